@@ -1,1 +1,460 @@
+"""Information governance: the one door every read goes through.
 
+    who is asking (authenticate) -> may they, and why (policy, decide) -> the store query with the
+    policy inside it -> one audit event -> answer
+
+`Governance` is the public entry point; the FHIR API, the web pages and exports call it, never
+the store's read methods directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, and_, delete, false, func, insert, not_, or_, select, update
+
+from ..fhir.categories import DIRECTORY_TYPES
+from ..fhir.compartment import patient_compartment_types
+from ..fhir.outcome import FHIRError
+from ..store.repository import SearchPage, Store, Stored
+from ..store.schema import compartment, resource
+from .audit import AuditTrail
+from .auth import (
+    TokenService,
+    check_password,
+    forbidden,
+    hash_password,
+    parse_scopes,
+    unauthorised,
+)
+from .policy import (
+    BREAK_GLASS_MINUTES,
+    BREAK_GLASS_ROLES,
+    DIRECT_CARE,
+    ROLE_CATEGORIES,
+    Access,
+    Decision,
+    ResourcePolicy,
+    active_agreements,
+    decide,
+    explain_relationship,
+    now_text,
+)
+from .relationships import derive_relationships
+from .schema import (
+    agreement,
+    agreement_party,
+    break_glass,
+    care_relationship,
+    organisation,
+    patient_choice,
+    staff,
+    staff_role,
+)
+
+MAX_FAILED_LOGINS = 5
+LOCKOUT_MINUTES = 15
+AGREEMENT_CACHE_SECONDS = 5.0
+
+
+@dataclass
+class PatientView:
+    """A governed page of one patient's record, with what was withheld and why."""
+
+    matches: list[Stored]
+    total: int | None
+    next_cursor: str | None
+    withheld_notes: list = field(default_factory=list)
+    withheld_sensitive: int = 0
+
+
+class Governance:
+    def __init__(self, engine: Engine, store: Store, tokens: TokenService, audit: AuditTrail):
+        self.engine = engine
+        self.store = store
+        self.tokens = tokens
+        self.audit_trail = audit
+        self._agreements: dict[tuple[str, str], tuple[float, dict]] = {}
+        store.after_write.append(derive_relationships)
+
+    # ------------------------------------------------------------------ who is asking
+    def authenticate(self, request) -> Access:
+        header = request.headers.get("authorization") or ""
+        token = None
+        if header.lower().startswith("bearer "):
+            token = header[7:].strip()
+        elif request.cookies.get("sc_session"):
+            token = request.cookies["sc_session"]
+        if not token:
+            raise unauthorised("sign in first: this request has no access token")
+        return self.access_from_claims(self.tokens.verify(token))
+
+    def access_from_claims(self, claims: dict) -> Access:
+        access = Access(
+            username=claims.get("sub") if claims.get("kind", "user") == "user" else None,
+            ods=claims.get("ods"),
+            role=claims.get("role", ""),
+            purpose=claims.get("purpose", DIRECT_CARE),
+            scopes=frozenset((claims.get("scope") or "").split()),
+            client_id=claims.get("client_id"),
+            kind=claims.get("kind", "user"),
+            display_name=claims.get("name"),
+            patient_id=claims.get("patient"),
+        )
+        return self.prepare(access)
+
+    def prepare(self, access: Access) -> Access:
+        if access.ods:
+            key = (access.ods, access.purpose)
+            hit = self._agreements.get(key)
+            if hit is None or time.monotonic() - hit[0] > AGREEMENT_CACHE_SECONDS:
+                with self.engine.connect() as conn:
+                    hit = (time.monotonic(), active_agreements(conn, access.ods, access.purpose))
+                self._agreements[key] = hit
+            access.shared_with = hit[1]
+        access.policy = ResourcePolicy(access)
+        return access
+
+    def forget_agreements(self) -> None:
+        self._agreements.clear()
+
+    def issue_token(self, username: str, ods: str, role: str, purpose: str = DIRECT_CARE,
+                    scope: str = "user/*.cruds", lifetime: int = 3600, **extra) -> str:
+        """A token for a person in one of the roles they hold (checked here)."""
+        with self.engine.connect() as conn:
+            person = conn.execute(select(staff.c.display_name, staff.c.active)
+                                  .where(staff.c.username == username)).first()
+            if person is None or not person.active:
+                raise FHIRError.of(403, "forbidden", f"no active account '{username}'")
+            held = conn.execute(select(staff_role.c.ods).where(
+                staff_role.c.username == username, staff_role.c.role == role,
+                staff_role.c.ods == ods)).first()
+            if held is None:
+                raise FHIRError.of(403, "forbidden", f"{username} does not hold the {role} "
+                                   f"role at {ods}")
+        return self.tokens.issue({"sub": username, "ods": ods, "role": role, "purpose": purpose,
+                                  "scope": scope, "kind": "user", "name": person.display_name,
+                                  **extra}, lifetime)
+
+    def roles_of(self, username: str) -> list[tuple[str, str, str]]:
+        """(ods, organisation name, role) for each role the person holds."""
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(
+                select(staff_role.c.ods, organisation.c.name, staff_role.c.role)
+                .join(organisation, organisation.c.ods == staff_role.c.ods, isouter=True)
+                .where(staff_role.c.username == username).order_by(staff_role.c.ods))]
+
+    def sign_in(self, username: str, password: str) -> bool:
+        """Check a local account's password, with lock-out after repeated failures."""
+        now = datetime.now(UTC)
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            row = conn.execute(select(staff.c.password_hash, staff.c.failed_logins,
+                                      staff.c.locked_until, staff.c.active)
+                               .where(staff.c.username == username)).first()
+            if row is None or not row.active:
+                check_password(None, password)
+                return False
+            if row.locked_until and row.locked_until > now.isoformat():
+                return False
+            if check_password(row.password_hash, password):
+                conn.execute(update(staff).where(staff.c.username == username)
+                             .values(failed_logins=0, locked_until=None))
+                return True
+            failed = row.failed_logins + 1
+            locked = (now + timedelta(minutes=LOCKOUT_MINUTES)).isoformat() \
+                if failed >= MAX_FAILED_LOGINS else None
+            conn.execute(update(staff).where(staff.c.username == username)
+                         .values(failed_logins=0 if locked else failed, locked_until=locked))
+            return False
+
+    def is_locked(self, username: str) -> bool:
+        with self.engine.connect() as conn:
+            until = conn.execute(select(staff.c.locked_until)
+                                 .where(staff.c.username == username)).scalar()
+        return bool(until and until > datetime.now(UTC).isoformat())
+
+    # ------------------------------------------------------------------ may they
+    def require(self, access: Access, rtype: str, perm: str) -> None:
+        """SMART scopes narrow access: the token must carry a scope for this type and action."""
+        scopes = parse_scopes(" ".join(access.scopes))
+        if not any(s.allows(rtype, perm) for s in scopes):
+            raise forbidden(f"the access token's scopes do not allow '{perm}' on {rtype}")
+
+    def require_write(self, access: Access, types) -> None:
+        for t in types:
+            if t:
+                self.require(access, t, "c")
+        if access.kind != "system" and access.role not in ("clinician", "nurse", "allied-health",
+                                                           "social-worker", "sysadmin"):
+            raise forbidden(f"the {access.role} role cannot write to the record")
+
+    def _scope_patient(self, access: Access) -> str | None:
+        """With only patient/ scopes, a token is confined to its launch patient."""
+        scopes = parse_scopes(" ".join(access.scopes))
+        if scopes and all(s.context == "patient" for s in scopes):
+            if not access.patient_id:
+                raise forbidden("patient/ scopes need a patient in the launch context")
+            return access.patient_id
+        return None
+
+    def decide(self, access: Access, rtype: str, rid: str) -> Decision:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(resource.c.pk, resource.c.type, resource.c.source_org,
+                                      resource.c.category, resource.c.sensitivity)
+                               .where(resource.c.type == rtype, resource.c.id == rid)).mappings().first()
+            if row is None:
+                return Decision("deny", [f"{rtype}/{rid} is not known"])
+            patients = [p for (p,) in conn.execute(select(compartment.c.patient_id)
+                                                   .where(compartment.c.resource_pk == row["pk"]))]
+            return decide(conn, access, dict(row), patients[0] if patients else None)
+
+    # ------------------------------------------------------------------ governed reads
+    def read(self, access: Access, rtype: str, rid: str) -> Stored:
+        self.require(access, rtype, "r")
+        pinned = self._scope_patient(access)
+        try:
+            s = self.store.read(rtype, rid, access.policy)
+            if pinned and rtype in patient_compartment_types() and \
+                    pinned not in self._patients_of(s.pk):
+                raise forbidden("this token is confined to another patient's record")
+        except FHIRError as e:
+            if e.status == 404 and self.store.exists(rtype, rid):
+                d = self.decide(access, rtype, rid)
+                self.audit(access, "read", "4", entity=f"{rtype}/{rid}",
+                           patient_id=self._first_patient(rtype, rid), reason="; ".join(d.reasons))
+                raise forbidden(f"you may not see {rtype}/{rid}", d.reasons) from None
+            self.audit(access, "read", "4", entity=f"{rtype}/{rid}", reason=str(e))
+            raise
+        patients = self._patients_of(s.pk)
+        self.audit(access, "read", "0", entity=f"{rtype}/{rid}",
+                   patient_id=patients[0] if patients else None)
+        return s
+
+    def vread(self, access: Access, rtype: str, rid: str, version: int) -> Stored:
+        self.require(access, rtype, "r")
+        s = self.store.vread(rtype, rid, version, access.policy)
+        self.audit(access, "vread", "0", entity=f"{rtype}/{rid}/_history/{version}",
+                   patient_id=self._first_patient(rtype, rid))
+        return s
+
+    def history(self, access: Access, rtype, rid, since, count, before):
+        self.require(access, rtype or "*", "r")
+        rows, nxt = self.store.history(access.policy, rtype, rid, since, count, before)
+        self.audit(access, "history", "0", entity="/".join(x for x in (rtype, rid) if x) or "*",
+                   patient_id=self._first_patient(rtype, rid) if rid else None)
+        return rows, nxt
+
+    def search(self, access: Access, rtype: str | None, params, lenient: bool = False,
+               compartment: str | None = None) -> SearchPage:
+        self.require(access, rtype or "*", "s")
+        pinned = self._scope_patient(access)
+        if pinned:
+            if compartment and compartment != pinned:
+                raise forbidden("this token is confined to another patient's record")
+            compartment = pinned if rtype in patient_compartment_types() else compartment
+        query = "&".join(f"{k}={v}" for k, v in params if k != "_cursor")
+        try:
+            page = self.store.search(rtype, params, access.policy, lenient, compartment)
+        except FHIRError as e:
+            self.audit(access, "search", "4", entity=f"{rtype}?{query}", reason=str(e),
+                       patient_id=compartment)
+            raise
+        page.withheld_notes = []
+        patients = {p for s in page.matches if s.type == "Patient" for p in (s.id,)}
+        self.audit(access, "search", "0", entity=f"{rtype}?{query}"[:400],
+                   patient_id=compartment or (next(iter(patients)) if len(patients) == 1 else None))
+        return page
+
+    def everything(self, access: Access, patient_id: str, count: int = 100,
+                   cursor: str | None = None, since: str | None = None,
+                   types: list[str] | None = None) -> PatientView:
+        self.require(access, "Patient", "r")
+        pinned = self._scope_patient(access)
+        if pinned and pinned != patient_id:
+            raise forbidden("this token is confined to another patient's record")
+        self.check_patient(access, patient_id, "everything")
+        try:
+            matches, total, nxt = self.store.everything(patient_id, access.policy, count, cursor,
+                                                        since, types)
+        except FHIRError as e:
+            self.audit(access, "everything", "4", patient_id=patient_id, reason=str(e))
+            raise
+        view = PatientView(matches, total, nxt)
+        if cursor is None:
+            n = self.withheld_count(access, patient_id)
+            view.withheld_sensitive = n
+            if n:
+                from ..fhir.outcome import Issue
+
+                view.withheld_notes = [Issue(
+                    "suppressed", f"{n} item{'s' if n != 1 else ''} withheld: sensitive "
+                    "information your role may not see without breaking glass",
+                    severity="information")]
+        self.audit(access, "everything", "0", patient_id=patient_id,
+                   entity=f"Patient/{patient_id}/$everything",
+                   glass=self.has_glass(access, patient_id))
+        return view
+
+    def check_patient(self, access: Access, patient_id: str, action: str) -> list[str]:
+        """Patient-level decision (legitimate relationship); 403 with reasons when refused."""
+        if not ROLE_CATEGORIES.get(access.role) or access.purpose != DIRECT_CARE:
+            reason = f"the {access.role} role does not give access to care records"
+            self.audit(access, action, "4", patient_id=patient_id, reason=reason)
+            raise forbidden("you may not see this patient's record", [reason])
+        if not access.needs_relationship:
+            return ["partner system acting for its organisation"]
+        with self.engine.connect() as conn:
+            reasons = explain_relationship(conn, access, patient_id)
+        if not reasons:
+            reason = (f"{access.ods} has no legitimate relationship with this patient: no "
+                      "registration, open encounter, active episode, referral or care-team "
+                      "membership. Declare one (it will be reviewed) or, in an emergency, "
+                      "break glass.")
+            self.audit(access, action, "4", patient_id=patient_id, reason=reason)
+            raise forbidden("you have no legitimate relationship with this patient", [reason])
+        return reasons
+
+    def withheld_count(self, access: Access, patient_id: str) -> int:
+        """How many of the patient's items this viewer would see but for sensitivity labels."""
+        pol = access.policy
+        base = [resource.c.deleted == false(),
+                resource.c.pk.in_(select(compartment.c.resource_pk)
+                                  .where(compartment.c.patient_id == patient_id)),
+                pol.agreement_rule(), pol.category_rule(), pol.objection_rule(),
+                not_(pol.sensitivity_rule())]
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(resource).where(*base)).scalar_one()
+
+    def has_glass(self, access: Access, patient_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(break_glass.c.id).where(
+                break_glass.c.username == access.username,
+                break_glass.c.patient_id == patient_id,
+                break_glass.c.expires > now_text())).first() is not None
+
+    def _patients_of(self, pk: int | None) -> list[str]:
+        if pk is None:
+            return []
+        with self.engine.connect() as conn:
+            return [p for (p,) in conn.execute(select(compartment.c.patient_id)
+                                               .where(compartment.c.resource_pk == pk))]
+
+    def _first_patient(self, rtype, rid) -> str | None:
+        if rtype == "Patient":
+            return rid
+        if not rtype or rtype in DIRECTORY_TYPES:
+            return None
+        with self.engine.connect() as conn:
+            return conn.execute(select(compartment.c.patient_id).join(
+                resource, resource.c.pk == compartment.c.resource_pk).where(
+                resource.c.type == rtype, resource.c.id == rid).limit(1)).scalar()
+
+    # ------------------------------------------------------------------ audit
+    def audit(self, access: Access, action: str, outcome: str = "0", **kw) -> int:
+        return self.audit_trail.record(access, action, outcome, **kw)
+
+    # ------------------------------------------------------------------ emergency and declared
+    def break_glass(self, access: Access, patient_id: str, reason: str,
+                    minutes: int = BREAK_GLASS_MINUTES) -> int:
+        if access.role not in BREAK_GLASS_ROLES or access.kind != "user":
+            raise forbidden(f"the {access.role} role cannot break glass")
+        reason = (reason or "").strip()
+        if len(reason) < 10:
+            raise FHIRError.of(400, "required", "breaking glass needs a reason (at least 10 "
+                               "characters) that the IG lead will review")
+        start = datetime.now(UTC)
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            conn.execute(insert(break_glass), [{
+                "username": access.username, "ods": access.ods, "role": access.role,
+                "patient_id": patient_id, "reason": reason,
+                "started": start.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+                "expires": (start + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%f")}])
+            return self.audit_trail.record(access, "break-glass", "0", patient_id=patient_id,
+                                           reason=reason, glass=True, conn=conn)
+
+    def declare_relationship(self, access: Access, patient_id: str, reason: str,
+                             days: int = 30) -> None:
+        reason = (reason or "").strip()
+        if len(reason) < 10:
+            raise FHIRError.of(400, "required", "a declared relationship needs a reason (at "
+                               "least 10 characters); the IG lead reviews every one")
+        if access.role not in BREAK_GLASS_ROLES:
+            raise forbidden(f"the {access.role} role cannot declare a care relationship")
+        now = datetime.now(UTC)
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            conn.execute(insert(care_relationship), [{
+                "patient_id": patient_id, "ods": access.ods, "kind": "declared",
+                "username": access.username, "reason": reason, "review_status": "pending",
+                "created": now.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+                "expires": (now + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%f")}])
+            self.audit_trail.record(access, "declare-relationship", "0", patient_id=patient_id,
+                                    reason=reason, conn=conn)
+
+    # ------------------------------------------------------------------ administration
+    def add_organisation(self, ods: str, name: str, kind: str, **extra) -> None:
+        from .schema import organisation as org
+
+        with self.engine.begin() as conn:
+            conn.execute(delete(org).where(org.c.ods == ods))
+            conn.execute(insert(org), [{"ods": ods, "name": name, "kind": kind, **extra}])
+
+    def add_staff(self, username: str, display_name: str, roles: list[tuple[str, str]],
+                  password: str | None = None, **extra) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(staff_role).where(staff_role.c.username == username))
+            conn.execute(delete(staff).where(staff.c.username == username))
+            conn.execute(insert(staff), [{
+                "username": username, "display_name": display_name,
+                "password_hash": hash_password(password) if password else None,
+                "failed_logins": 0, "active": True, **extra}])
+            if roles:
+                conn.execute(insert(staff_role), [{"username": username, "ods": o, "role": r}
+                                                  for o, r in roles])
+
+    def add_agreement(self, id: str, title: str, parties: list[str], purposes: list[str],
+                      categories: list[str], status: str = "draft", effective: str | None = None,
+                      end: str | None = None, summary: str | None = None,
+                      signatures: list[tuple[str, str, str]] = ()) -> None:
+        stamp = now_text()
+        signed = {o: (u, t) for o, u, t in signatures}
+        with self.engine.begin() as conn:
+            conn.execute(delete(agreement_party).where(agreement_party.c.agreement_id == id))
+            conn.execute(delete(agreement).where(agreement.c.id == id))
+            conn.execute(insert(agreement), [{
+                "id": id, "title": title, "purposes": " ".join(purposes),
+                "categories": " ".join(categories), "status": status, "effective": effective,
+                "end": end, "summary": summary, "created": stamp, "updated": stamp}])
+            conn.execute(insert(agreement_party), [
+                {"agreement_id": id, "ods": o, "signed_by": signed.get(o, (None, None))[0],
+                 "signed_at": signed.get(o, (None, None))[1]} for o in parties])
+        self.forget_agreements()
+
+    def set_agreement_status(self, id: str, status: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(agreement).where(agreement.c.id == id)
+                         .values(status=status, updated=now_text()))
+        self.forget_agreements()
+
+    def record_choice(self, patient_id: str, kind: str, ods: str | None = None,
+                      recorded_by: str | None = None) -> None:
+        if kind not in ("objection-all", "objection-from", "objection-to", "national-opt-out"):
+            raise ValueError(f"unknown patient choice '{kind}'")
+        if kind in ("objection-from", "objection-to") and not ods:
+            raise ValueError(f"{kind} needs an organisation")
+        with self.engine.begin() as conn:
+            conn.execute(insert(patient_choice), [{
+                "patient_id": patient_id, "kind": kind, "ods": ods, "recorded": now_text(),
+                "recorded_by": recorded_by}])
+
+    def withdraw_choice(self, patient_id: str, kind: str, ods: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(patient_choice).where(
+                patient_choice.c.patient_id == patient_id, patient_choice.c.kind == kind,
+                or_(patient_choice.c.ods == ods, and_(patient_choice.c.ods.is_(None),
+                                                      ods is None))))
+
+
+__all__ = ["Governance", "Access", "Decision", "PatientView", "ResourcePolicy", "AuditTrail",
+           "TokenService", "care_relationship", "update"]

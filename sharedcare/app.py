@@ -1,0 +1,69 @@
+"""The one application object: database, store, governance and the web/FHIR routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+
+from .governance import Governance
+from .governance.audit import AuditTrail, load_key
+from .governance.auth import TokenService, load_signing_key
+from .store import migrate
+from .store.db import data_dir, make_engine
+from .store.indexing import Indexer
+from .store.repository import Store
+
+
+@dataclass
+class SharedCare:
+    """Everything a request handler needs, built once per process."""
+
+    engine: Engine
+    store: Store
+    governance: Governance
+    data_dir: Path
+
+    @classmethod
+    def open(cls, database: str | None = None, folder: Path | None = None,
+             upgrade: bool = True) -> "SharedCare":
+        folder = Path(folder) if folder else data_dir()
+        engine = make_engine(database, folder)
+        if upgrade:
+            migrate.upgrade(engine)
+        store = Store(engine, _indexer())
+        keys = folder / "keys"
+        gov = Governance(engine, store, TokenService(load_signing_key(keys)),
+                         AuditTrail(engine, load_key(keys)))
+        return cls(engine, store, gov, folder)
+
+
+_INDEXER: Indexer | None = None
+
+
+def _indexer() -> Indexer:
+    # Compiling ~1,000 search parameters takes a moment: do it once per process.
+    global _INDEXER
+    if _INDEXER is None:
+        _INDEXER = Indexer()
+    return _INDEXER
+
+
+def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
+    from .fhir.api import FhirApi
+
+    sc = sc or SharedCare.open(**open_kwargs)
+    routes = FhirApi(sc.store, sc.governance).routes()
+    try:
+        from .web import routes as web_routes
+
+        routes = web_routes(sc) + routes
+    except ImportError:  # the web package is optional while it is being built
+        pass
+    app = Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=2048)])
+    app.state.sc = sc
+    return app

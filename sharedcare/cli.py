@@ -1,0 +1,212 @@
+"""`sharedcare`: the front door. Serve, load, migrate, administer, verify the audit trail."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="sharedcare: an open shared care record (FHIR R4).", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.")
+admin_app = typer.Typer(help="Organisations, staff, agreements, patient choices and tokens.")
+audit_app = typer.Typer(help="The audit trail.")
+app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
+app.add_typer(audit_app, name="audit")
+console = Console(stderr=True)
+
+DatabaseOpt = typer.Option(None, "--database", "-d", envvar="SHAREDCARE_DATABASE_URL",
+                           help="Database URL (default: embedded SQLite in ./data).")
+DataDirOpt = typer.Option(None, "--data-dir", envvar="SHAREDCARE_DATA_DIR",
+                          help="Folder for the embedded database and keys (default ./data).")
+
+
+def _open(database: str | None, data_dir: Path | None):
+    from .app import SharedCare
+
+    return SharedCare.open(database, data_dir)
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve(database: str = DatabaseOpt, data_dir: Path = DataDirOpt,
+          host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+          port: int = typer.Option(8000, help="HTTP port."),
+          mllp_port: int = typer.Option(None, help="Also listen for HL7 v2 over MLLP here."),
+          workers: int = typer.Option(1, help="Worker processes (PostgreSQL only).")):
+    """Serve the FHIR API (/fhir) and the web pages."""
+    import uvicorn
+
+    from .app import create_app
+
+    sc = _open(database, data_dir)
+    application = create_app(sc)
+    if mllp_port:
+        from .feeds.service import attach_mllp
+
+        attach_mllp(application, sc, host, mllp_port)
+    console.print(f"sharedcare on http://{host}:{port}/  (FHIR base http://{host}:{port}/fhir)")
+    uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command()
+def load(paths: list[Path] = typer.Argument(..., help="Bundle JSON, NDJSON, or folders of them."),
+         database: str = DatabaseOpt, data_dir: Path = DataDirOpt,
+         source_org: str = typer.Option(None, help="ODS code of the organisation that controls "
+                                        "this data (stamped on resources without one)."),
+         batch: int = typer.Option(500, help="Resources per transaction for NDJSON.")):
+    """Load FHIR data: each Bundle is one transaction; rejected files are reported, the rest load."""
+    from .loader import Loader
+
+    sc = _open(database, data_dir)
+    loader = Loader(sc.store, source_org=source_org, batch=batch)
+    files = loader.files(paths)
+    if not files:
+        fail("no .json or .ndjson files found in " + ", ".join(map(str, paths)))
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), console=console) as progress:
+        task = progress.add_task("loading", total=len(files), rate="")
+        for f in files:
+            loader.load_file(f)
+            elapsed = time.perf_counter() - start
+            progress.update(task, advance=1,
+                            rate=f"{loader.loaded / elapsed:,.0f} resources/s" if elapsed else "")
+    elapsed = time.perf_counter() - start
+    for where, problem in loader.rejected:
+        console.print(f"[red]rejected[/red] {where}: {problem}")
+    print(f"loaded {loader.loaded} resources from {len(files) - len(loader.rejected_files)} "
+          f"files in {elapsed:.1f}s ({loader.loaded / max(elapsed, 1e-9):,.0f} resources/s); "
+          f"{len(loader.rejected)} rejected")
+    if loader.rejected:
+        raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(database: str = DatabaseOpt):
+    """Create or upgrade the schema to the latest version."""
+    from .store import migrate
+    from .store.db import make_engine
+
+    engine = make_engine(database)
+    migrate.upgrade(engine)
+    print(f"database at revision {migrate.current(engine)}")
+
+
+@audit_app.command("verify")
+def audit_verify(database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Check the audit trail's hash chain: any edit, deletion, insertion or reordering shows."""
+    sc = _open(database, data_dir)
+    problems = sc.governance.audit_trail.verify()
+    if problems:
+        for p in problems:
+            print(f"TAMPERED {p}")
+        raise typer.Exit(1)
+    print("audit trail intact")
+
+
+@admin_app.command("token")
+def admin_token(user: str = typer.Option(..., "--user"), role: str = typer.Option(..., "--role"),
+                org: str = typer.Option(None, "--org", help="ODS code (needed if the person "
+                                        "holds the role at several organisations)."),
+                scope: str = typer.Option("user/*.cruds"),
+                minutes: int = typer.Option(60),
+                database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Print an access token for scripted access as a person in a role (audited like any use)."""
+    from .fhir.outcome import FHIRError
+
+    sc = _open(database, data_dir)
+    orgs = [o for o, _, r in sc.governance.roles_of(user) if r == role and (org in (None, o))]
+    if not orgs:
+        fail(f"{user} holds no {role} role" + (f" at {org}" if org else ""))
+    if len(orgs) > 1:
+        fail(f"{user} is {role} at several organisations ({', '.join(orgs)}): pass --org")
+    try:
+        token = sc.governance.issue_token(user, orgs[0], role, scope=scope, lifetime=minutes * 60)
+    except FHIRError as e:
+        fail(str(e))
+    from .governance.policy import Access
+
+    sc.governance.audit(sc.governance.prepare(Access(user, orgs[0], role)), "login", "0",
+                        entity="admin token")
+    print(token)
+
+
+@admin_app.command("org")
+def admin_org(ods: str, name: str, kind: str, postcode: str = typer.Option(None),
+              database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Add or replace an organisation."""
+    from .governance.schema import ORG_KINDS
+
+    if kind not in ORG_KINDS:
+        fail(f"kind must be one of {', '.join(ORG_KINDS)}")
+    _open(database, data_dir).governance.add_organisation(ods, name, kind, postcode=postcode)
+    print(f"organisation {ods} saved")
+
+
+@admin_app.command("staff")
+def admin_staff(username: str, name: str,
+                role: list[str] = typer.Option(..., help="ODS:ROLE, repeatable"),
+                password: str = typer.Option(None, prompt=True, hide_input=True,
+                                             confirmation_prompt=True),
+                database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Add or replace a staff account with its roles."""
+    from .governance.policy import ROLES
+
+    roles = []
+    for r in role:
+        ods, _, rname = r.partition(":")
+        if rname not in ROLES:
+            fail(f"--role {r}: role must be one of {', '.join(ROLES)}")
+        roles.append((ods, rname))
+    _open(database, data_dir).governance.add_staff(username, name, roles, password or None)
+    print(f"staff {username} saved with {len(roles)} role(s)")
+
+
+@admin_app.command("choice")
+def admin_choice(patient_id: str, kind: str, org: str = typer.Option(None),
+                 database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Record a patient's choice: objection-all | objection-from | objection-to | national-opt-out."""
+    try:
+        _open(database, data_dir).governance.record_choice(patient_id, kind, org)
+    except ValueError as e:
+        fail(str(e))
+    print(f"recorded {kind} for Patient/{patient_id}")
+
+
+@admin_app.command("agreements")
+def admin_agreements(database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """List sharing agreements."""
+    from sqlalchemy import select
+
+    from .governance.schema import agreement, agreement_party
+
+    sc = _open(database, data_dir)
+    t = Table("id", "title", "status", "purposes", "parties")
+    with sc.engine.connect() as conn:
+        for a in conn.execute(select(agreement)).mappings():
+            parties = [p for (p,) in conn.execute(select(agreement_party.c.ods).where(
+                agreement_party.c.agreement_id == a["id"]))]
+            t.add_row(a["id"], a["title"], a["status"], a["purposes"], " ".join(parties))
+    Console().print(t)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
+
+_ = orjson

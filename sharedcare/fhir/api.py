@@ -1,0 +1,349 @@
+"""The FHIR R4 REST API at /fhir.
+
+Every handler reads straight through: who is asking (governance.authenticate) -> may they, and why
+(governance.policy) -> the store query with that policy inside it -> one audit event -> answer.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..governance import Access, Governance
+from ..store.repository import Store, Stored, WriteOp, instant
+from . import bundle as bundles
+from .capability import capability_statement
+from .outcome import FHIRError, Issue, operation_outcome
+from .validation import resource_types
+
+FHIR_JSON = "application/fhir+json"
+
+
+def fhir_response(body, status: int = 200, headers: dict | None = None) -> Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return Response(content, status, headers=headers, media_type=FHIR_JSON)
+
+
+def error_response(err: FHIRError) -> Response:
+    return fhir_response(err.outcome(), err.status, err.headers)
+
+
+def _resource_headers(s: Stored) -> dict:
+    return {"ETag": s.etag, "Last-Modified": instant(s.last_updated),
+            "Location": f"{s.type}/{s.id}/_history/{s.version}"}
+
+
+def _check_type(rtype: str) -> None:
+    if rtype not in resource_types():
+        raise FHIRError.of(404, "not-supported", f"'{rtype}' is not a FHIR R4 resource type")
+
+
+async def _body(request: Request) -> dict:
+    raw = await request.body()
+    if not raw:
+        raise FHIRError.of(400, "invalid", "the request has no body")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise FHIRError.of(400, "structure", f"the body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise FHIRError.of(400, "structure", "the body must be a JSON object")
+    return body
+
+
+def _version(etag: str | None) -> int | None:
+    return bundles._version_of(etag, "If-Match") if etag else None
+
+
+class FhirApi:
+    def __init__(self, store: Store, governance: Governance):
+        self.store = store
+        self.gov = governance
+
+    def base(self, request: Request) -> str:
+        return str(request.base_url).rstrip("/") + "/fhir"
+
+    def routes(self) -> list[Route]:
+        h = self.handle
+        return [
+            Route("/fhir/metadata", h(self.metadata), methods=["GET"]),
+            Route("/fhir", h(self.system), methods=["POST"]),
+            Route("/fhir/", h(self.system), methods=["POST"]),
+            Route("/fhir/_history", h(self.history), methods=["GET"]),
+            Route("/fhir/Patient/{id}/$everything", h(self.everything), methods=["GET", "POST"]),
+            Route("/fhir/{type}", h(self.type_level), methods=["GET", "POST", "PUT", "DELETE"]),
+            Route("/fhir/{type}/_search", h(self.search_post), methods=["POST"]),
+            Route("/fhir/{type}/_history", h(self.history), methods=["GET"]),
+            Route("/fhir/{type}/{id}", h(self.instance), methods=["GET", "PUT", "DELETE"]),
+            Route("/fhir/{type}/{id}/_history", h(self.history), methods=["GET"]),
+            Route("/fhir/{type}/{id}/_history/{vid}", h(self.vread), methods=["GET"]),
+            Route("/fhir/Patient/{id}/{ctype}", h(self.compartment_search), methods=["GET"]),
+        ]
+
+    def handle(self, fn):
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await fn(request)
+            except FHIRError as e:
+                return error_response(e)
+
+        return endpoint
+
+    # ------------------------------------------------------------------ handlers
+    async def metadata(self, request: Request) -> Response:
+        return fhir_response(capability_statement(self.store.indexer, self.base(request)))
+
+    async def system(self, request: Request) -> Response:
+        access = self.gov.authenticate(request)
+        body = await _body(request)
+        if body.get("resourceType") != "Bundle":
+            raise FHIRError.of(400, "invalid", "POST to the base URL takes a batch or transaction Bundle")
+        types = {(e.get("request") or {}).get("url", "").split("/")[0].split("?")[0]
+                 for e in body.get("entry") or [] if isinstance(e, dict)}
+        self.gov.require_write(access, types)
+        outcome = "0"
+        try:
+            if body.get("type") == "batch":
+                result = bundles.batch(self.store, body, self.base(request),
+                                       reader=lambda url: self._batch_read(access, url))
+            else:
+                result = bundles.process(self.store, body, self.base(request))
+            return fhir_response(result)
+        except FHIRError:
+            outcome = "4"
+            raise
+        finally:
+            self.gov.audit(access, "transaction", "C", outcome=outcome,
+                           entity=f"Bundle ({len(body.get('entry') or [])} entries)")
+
+    def _batch_read(self, access: Access, url: str) -> dict:
+        path, _, query = url.partition("?")
+        parts = [p for p in path.split("/") if p]
+        if len(parts) == 2:
+            s = self.gov.read(access, parts[0], parts[1])
+            return s.json()
+        page = self.gov.search(access, parts[0], parse_qsl(query))
+        return self._searchset(page, "", parts[0], [])
+
+    async def type_level(self, request: Request) -> Response:
+        rtype = request.path_params["type"]
+        _check_type(rtype)
+        if request.method == "GET":
+            return await self._search(request, rtype, list(request.query_params.multi_items()))
+        access = self.gov.authenticate(request)
+        self.gov.require_write(access, {rtype})
+        query = request.url.query
+        if request.method == "DELETE":
+            if not query:
+                raise FHIRError.of(400, "invalid", "conditional delete needs search parameters")
+            ids = self.store.match_ids(rtype, query, limit=2)
+            if len(ids) > 1:
+                raise FHIRError.of(412, "multiple-matches", "the conditions match several resources")
+            if ids:
+                self.store.write([WriteOp("DELETE", rtype, ids[0], None)])
+            self.gov.audit(access, "delete", "D", entity=f"{rtype}?{query}")
+            return Response(status_code=204)
+        body = await _body(request)
+        if body.get("resourceType") != rtype:
+            raise FHIRError.of(400, "invalid", f"resourceType must be {rtype}", "resourceType")
+        if request.method == "PUT":
+            # Conditional update: PUT Type?query.
+            if not query:
+                raise FHIRError.of(400, "invalid", "PUT needs an id or search parameters")
+            ids = self.store.match_ids(rtype, query, limit=2)
+            if len(ids) > 1:
+                raise FHIRError.of(412, "multiple-matches", "the conditions match several resources")
+            import uuid
+
+            rid = ids[0] if ids else (body.get("id") or str(uuid.uuid4()))
+            result = self.store.write([WriteOp("PUT", rtype, rid, body,
+                                               _version(request.headers.get("if-match")))])[0]
+            self.gov.audit(access, "update", "U", entity=f"{rtype}/{rid}")
+            return fhir_response(result.stored.content, 201 if result.created else 200,
+                                 _resource_headers(result.stored))
+        # POST: create, or conditional create with If-None-Exist.
+        cond = request.headers.get("if-none-exist")
+        if cond:
+            ids = self.store.match_ids(rtype, cond.lstrip("?"), limit=2)
+            if len(ids) > 1:
+                raise FHIRError.of(412, "multiple-matches", "If-None-Exist matches several resources")
+            if ids:
+                s = self.store.read(rtype, ids[0], access.policy)
+                return fhir_response(s.content, 200, _resource_headers(s))
+        import uuid
+
+        result = self.store.write([WriteOp("POST", rtype, str(uuid.uuid4()), body)])[0]
+        self.gov.audit(access, "create", "C", entity=f"{rtype}/{result.stored.id}")
+        return fhir_response(result.stored.content, 201, _resource_headers(result.stored))
+
+    async def search_post(self, request: Request) -> Response:
+        rtype = request.path_params["type"]
+        _check_type(rtype)
+        form = await request.form()
+        params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
+        return await self._search(request, rtype, params)
+
+    async def compartment_search(self, request: Request) -> Response:
+        ctype = request.path_params["ctype"]
+        _check_type(ctype)
+        return await self._search(request, ctype, list(request.query_params.multi_items()),
+                                  compartment=request.path_params["id"])
+
+    async def _search(self, request: Request, rtype: str, params, compartment: str | None = None):
+        access = self.gov.authenticate(request)
+        lenient = "handling=lenient" in (request.headers.get("prefer") or "")
+        page = self.gov.search(access, rtype, params, lenient=lenient, compartment=compartment)
+        path = f"{self.base(request)}/{rtype}" if compartment is None else \
+            f"{self.base(request)}/Patient/{compartment}/{rtype}"
+        return fhir_response(self._searchset(page, path, rtype, params))
+
+    def _searchset(self, page, path: str, rtype: str, params) -> dict:
+        req = page.request
+        base = path.rsplit("/", 1)[0] if path else ""
+        entries = [{"fullUrl": f"{base}/{s.type}/{s.id}" if base else f"{s.type}/{s.id}",
+                    "resource": _shape(s, req), "search": {"mode": "match"}}
+                   for s in page.matches]
+        entries += [{"fullUrl": f"{base}/{s.type}/{s.id}" if base else f"{s.type}/{s.id}",
+                     "resource": _shape(s, req), "search": {"mode": "include"}}
+                    for s in page.includes]
+        warnings = page.warnings + page.withheld_notes
+        if warnings:
+            entries.append({"resource": operation_outcome(warnings), "search": {"mode": "outcome"}})
+        links = [{"relation": "self", "url": f"{path}?{urlencode(req.echo)}"}]
+        if page.next_cursor:
+            links.append({"relation": "next",
+                          "url": f"{path}?{urlencode(req.echo + [('_cursor', page.next_cursor)])}"})
+        out = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
+        if page.total is not None:
+            out["total"] = page.total
+        return out
+
+    async def instance(self, request: Request) -> Response:
+        rtype, rid = request.path_params["type"], request.path_params["id"]
+        _check_type(rtype)
+        access = self.gov.authenticate(request)
+        if request.method == "GET":
+            s = self.gov.read(access, rtype, rid)
+            if_none = request.headers.get("if-none-match")
+            if if_none and if_none.strip() == s.etag:
+                return Response(status_code=304, headers={"ETag": s.etag})
+            return fhir_response(s.content, 200, _resource_headers(s))
+        self.gov.require_write(access, {rtype})
+        if request.method == "DELETE":
+            result = self.store.write([WriteOp("DELETE", rtype, rid, None)])[0]
+            self.gov.audit(access, "delete", "D", entity=f"{rtype}/{rid}")
+            return Response(status_code=204, headers={"ETag": result.stored.etag})
+        body = await _body(request)
+        if body.get("resourceType") != rtype:
+            raise FHIRError.of(400, "invalid", f"resourceType must be {rtype}", "resourceType")
+        if body.get("id") != rid:
+            raise FHIRError.of(400, "invalid", f"the resource id must be '{rid}' (the URL's id)", "id")
+        result = self.store.write([WriteOp("PUT", rtype, rid, body,
+                                           _version(request.headers.get("if-match")))])[0]
+        self.gov.audit(access, "update", "U", entity=f"{rtype}/{rid}")
+        return fhir_response(result.stored.content, 201 if result.created else 200,
+                             _resource_headers(result.stored))
+
+    async def vread(self, request: Request) -> Response:
+        rtype, rid, vid = (request.path_params[k] for k in ("type", "id", "vid"))
+        _check_type(rtype)
+        if not vid.isdigit():
+            raise FHIRError.of(400, "invalid", "version ids are whole numbers")
+        access = self.gov.authenticate(request)
+        s = self.gov.vread(access, rtype, rid, int(vid))
+        return fhir_response(s.content, 200, _resource_headers(s))
+
+    async def history(self, request: Request) -> Response:
+        rtype = request.path_params.get("type")
+        rid = request.path_params.get("id")
+        if rtype:
+            _check_type(rtype)
+        access = self.gov.authenticate(request)
+        q = request.query_params
+        count = int(q["_count"]) if q.get("_count", "").isdigit() else 50
+        before = int(q["_before_seq"]) if q.get("_before_seq", "").isdigit() else None
+        since = q.get("_since")
+        if since:
+            from ..store.indexing import date_range
+
+            try:
+                since = date_range(since)[0]
+            except ValueError as e:
+                raise FHIRError.of(400, "invalid", f"_since: {e}", "_since") from None
+        rows, nxt = self.gov.history(access, rtype, rid, since, min(count, 1000), before)
+        base = self.base(request)
+        entries = []
+        for method, s, t in rows:
+            e = {"fullUrl": f"{base}/{t}/{s.id}",
+                 "request": {"method": method, "url": f"{t}/{s.id}" if method != "POST" else t},
+                 "response": {"status": "410 Gone" if s.deleted else "200 OK",
+                              "etag": s.etag, "lastModified": instant(s.last_updated)}}
+            if not s.deleted:
+                e["resource"] = orjson.Fragment(s.content)
+            entries.append(e)
+        path = request.url.path
+        links = [{"relation": "self", "url": str(request.url)}]
+        if nxt:
+            qs = [(k, v) for k, v in q.multi_items() if k != "_before_seq"] + [("_before_seq", str(nxt))]
+            links.append({"relation": "next", "url": f"{str(request.base_url).rstrip('/')}{path}?{urlencode(qs)}"})
+        return fhir_response({"resourceType": "Bundle", "type": "history", "link": links,
+                              "entry": entries})
+
+    async def everything(self, request: Request) -> Response:
+        pid = request.path_params["id"]
+        access = self.gov.authenticate(request)
+        q = request.query_params
+        count = min(int(q["_count"]), 1000) if q.get("_count", "").isdigit() else 100
+        types = [t for t in (q.get("_type") or "").split(",") if t] or None
+        since = None
+        if q.get("_since"):
+            from ..store.indexing import date_range
+
+            try:
+                since = date_range(q["_since"])[0]
+            except ValueError as e:
+                raise FHIRError.of(400, "invalid", f"_since: {e}", "_since") from None
+        page = self.gov.everything(access, pid, count, q.get("_cursor"), since, types)
+        base = self.base(request)
+        entries = [{"fullUrl": f"{base}/{s.type}/{s.id}", "resource": orjson.Fragment(s.content),
+                    "search": {"mode": "match"}} for s in page.matches]
+        if page.withheld_notes:
+            entries.append({"resource": operation_outcome(page.withheld_notes),
+                            "search": {"mode": "outcome"}})
+        echo = [(k, v) for k, v in q.multi_items() if k != "_cursor"]
+        path = f"{base}/Patient/{pid}/$everything"
+        links = [{"relation": "self", "url": f"{path}?{urlencode(echo)}"}]
+        if page.next_cursor:
+            links.append({"relation": "next",
+                          "url": f"{path}?{urlencode(echo + [('_cursor', page.next_cursor)])}"})
+        out = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
+        if page.total is not None:
+            out["total"] = page.total
+        return fhir_response(out)
+
+
+def _shape(s: Stored, req) -> object:
+    """_summary / _elements shaping; untouched resources are passed through without re-parsing."""
+    if req.summary in (None, "false") and not req.elements:
+        return orjson.Fragment(s.content)
+    res = s.json()
+    keep = {"resourceType", "id", "meta"}
+    if req.summary == "text":
+        keep |= {"text"}
+        res = {k: v for k, v in res.items() if k in keep}
+    elif req.summary == "data":
+        res.pop("text", None)
+    if req.elements:
+        res = {k: v for k, v in res.items() if k in keep or k in req.elements}
+    meta = dict(res.get("meta") or {})
+    meta["tag"] = list(meta.get("tag") or []) + [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}]
+    res["meta"] = meta
+    return res
+
+
+__all__ = ["FhirApi", "fhir_response", "error_response", "Issue"]

@@ -1,0 +1,274 @@
+"""batch and transaction Bundles.
+
+A transaction is one database transaction: every entry is checked (validation, urn:uuid and
+conditional references, If-Match, conditional create/update) before anything is written, and any
+failure rolls the whole Bundle back with an OperationOutcome naming the entry.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+from ..store.repository import Store, WriteOp, WriteResult, instant
+from .outcome import FHIRError, Issue, operation_outcome
+from .validation import resource_types
+
+# Processing order the FHIR spec gives for transactions.
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+
+@dataclass
+class Entry:
+    index: int
+    method: str
+    url: str
+    full_url: str | None
+    resource: dict | None
+    if_none_exist: str | None
+    if_match: str | None
+
+    @property
+    def where(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def parse_entries(bundle: dict) -> list[Entry]:
+    out = []
+    for n, e in enumerate(bundle.get("entry") or []):
+        where = f"Bundle.entry[{n}]"
+        if not isinstance(e, dict):
+            raise FHIRError.of(400, "structure", "entry must be an object", where)
+        req = e.get("request")
+        if not isinstance(req, dict) or not req.get("method") or not req.get("url"):
+            raise FHIRError.of(400, "required", "entry.request.method and url are required",
+                               f"{where}.request")
+        method = str(req["method"]).upper()
+        if method not in ORDER:
+            raise FHIRError.of(400, "not-supported", f"method {method} is not supported",
+                               f"{where}.request.method")
+        res = e.get("resource")
+        if method in ("POST", "PUT") and not isinstance(res, dict):
+            raise FHIRError.of(400, "required", f"{method} needs a resource", f"{where}.resource")
+        out.append(Entry(n, method, str(req["url"]).lstrip("/"), e.get("fullUrl"), res,
+                         req.get("ifNoneExist"), req.get("ifMatch")))
+    return out
+
+
+def _version_of(etag: str | None, where: str) -> int | None:
+    if etag is None:
+        return None
+    v = etag.strip()
+    if v.startswith("W/"):
+        v = v[2:]
+    v = v.strip('"')
+    if not v.isdigit():
+        raise FHIRError.of(400, "invalid", f"If-Match '{etag}' is not a version ETag", where)
+    return int(v)
+
+
+def _split_url(url: str, where: str) -> tuple[str, str | None, str | None]:
+    """'Patient/1' -> (Patient, 1, None); 'Patient?x=y' -> (Patient, None, 'x=y')."""
+    path, _, query = url.partition("?")
+    parts = [p for p in path.split("/") if p]
+    if not parts or parts[0] not in resource_types():
+        raise FHIRError.of(400, "invalid", f"'{url}' does not name a resource type",
+                           f"{where}.request.url")
+    return parts[0], (parts[1] if len(parts) > 1 else None), (query or None)
+
+
+def rewrite_references(node, mapping: dict[str, str], unresolved: list[str]):
+    """Replace every Reference.reference (and uri-typed attachments) found in `mapping`."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str):
+                if v in mapping:
+                    node[k] = mapping[v]
+                elif v.startswith("urn:uuid:") or v.startswith("urn:oid:"):
+                    unresolved.append(v)
+            else:
+                rewrite_references(v, mapping, unresolved)
+    elif isinstance(node, list):
+        for item in node:
+            rewrite_references(item, mapping, unresolved)
+
+
+def _conditional_references(node, found: list[str]):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str) and "?" in v and "/" not in v.split("?")[0]:
+                found.append(v)
+            else:
+                _conditional_references(v, found)
+    elif isinstance(node, list):
+        for item in node:
+            _conditional_references(item, found)
+
+
+def process(store: Store, bundle: dict, base_url: str) -> dict:
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise FHIRError.of(400, "invalid", "expected a Bundle")
+    btype = bundle.get("type")
+    if btype == "transaction":
+        return transaction(store, bundle, base_url)
+    if btype == "batch":
+        return batch(store, bundle, base_url)
+    raise FHIRError.of(400, "invalid", f"Bundle.type must be transaction or batch, not {btype}",
+                       "Bundle.type")
+
+
+def transaction(store: Store, bundle: dict, base_url: str) -> dict:
+    entries = parse_entries(bundle)
+    with store.begin_write() as conn, conn.begin():
+        ops, op_entries, responses = plan_writes(store, entries, conn)
+        results = store.write(ops, conn)
+    for index, result in zip(op_entries, results, strict=True):
+        responses[index] = _response_entry(result, base_url)
+    return {"resourceType": "Bundle", "type": "transaction-response",
+            "entry": [responses[e.index] for e in entries]}
+
+
+def plan_writes(store: Store, entries: list[Entry], conn
+                ) -> tuple[list[WriteOp], list[int], dict[int, dict]]:
+    """Turn entries into write operations: ids assigned, references resolved, conditions met.
+
+    Returns the operations, the entry index of each, and the ready responses of entries that
+    need no write (a conditional create that matched, a delete of nothing).
+    """
+    mapping: dict[str, str] = {}
+    ops: list[WriteOp] = []
+    op_entries: list[int] = []
+    responses: dict[int, dict] = {}
+    ordered = sorted(entries, key=lambda e: (ORDER[e.method], e.index))
+    # Pass 1: decide every entry's target id, so all urn:uuid references can be rewritten.
+    targets: dict[int, tuple[str, str, str]] = {}  # index -> (method, type, id)
+    for e in ordered:
+        if e.method in ("GET", "HEAD"):
+            raise FHIRError.of(400, "not-supported", "GET entries are only allowed in a batch",
+                               f"{e.where}.request.method")
+        rtype, rid, query = _split_url(e.url, e.where)
+        if e.resource is not None and e.resource.get("resourceType") != rtype:
+            raise FHIRError.of(400, "invalid",
+                               f"resourceType {e.resource.get('resourceType')!r} does not match "
+                               f"request.url {e.url!r}", f"{e.where}.resource.resourceType")
+        if e.method == "POST":
+            existing = store.match_ids(rtype, e.if_none_exist, conn) if e.if_none_exist else []
+            if len(existing) > 1:
+                raise FHIRError.of(412, "multiple-matches",
+                                   f"ifNoneExist '{e.if_none_exist}' matches several {rtype}",
+                                   f"{e.where}.request.ifNoneExist")
+            if existing:
+                targets[e.index] = ("NOOP", rtype, existing[0])
+            else:
+                targets[e.index] = ("POST", rtype, str(uuid.uuid4()))
+        elif e.method == "PUT":
+            if query:
+                found = store.match_ids(rtype, query, conn)
+                if len(found) > 1:
+                    raise FHIRError.of(412, "multiple-matches",
+                                       f"conditional update '{e.url}' matches several resources",
+                                       f"{e.where}.request.url")
+                rid = found[0] if found else (e.resource.get("id") or str(uuid.uuid4()))
+            if not rid:
+                raise FHIRError.of(400, "invalid", "PUT needs Type/id or Type?query",
+                                   f"{e.where}.request.url")
+            if e.resource.get("id") not in (None, rid) and not query:
+                raise FHIRError.of(400, "invalid", f"resource id does not match {e.url}",
+                                   f"{e.where}.resource.id")
+            targets[e.index] = ("PUT", rtype, rid)
+        elif e.method == "DELETE":
+            if query:
+                found = store.match_ids(rtype, query, conn)
+                if len(found) > 1:
+                    raise FHIRError.of(412, "multiple-matches",
+                                       f"conditional delete '{e.url}' matches several resources",
+                                       f"{e.where}.request.url")
+                rid = found[0] if found else None
+            targets[e.index] = ("DELETE", rtype, rid or "")
+        else:
+            raise FHIRError.of(400, "not-supported", f"{e.method} is not supported in a Bundle",
+                               f"{e.where}.request.method")
+        if e.full_url:
+            _, rt, i = targets[e.index]
+            mapping[e.full_url] = f"{rt}/{i}"
+    # Pass 2: rewrite references, resolve conditional references, build write operations.
+    for e in ordered:
+        method, rtype, rid = targets[e.index]
+        if method == "NOOP":
+            responses[e.index] = {"response": {"status": "200 OK", "location": f"{rtype}/{rid}"}}
+            continue
+        if method == "DELETE" and not rid:
+            responses[e.index] = {"response": {"status": "204 No Content"}}
+            continue
+        res = None
+        if e.resource is not None:
+            res = _deep_copy(e.resource)
+            unresolved: list[str] = []
+            rewrite_references(res, mapping, unresolved)
+            if unresolved:
+                raise FHIRError.of(400, "invalid",
+                                   f"reference {unresolved[0]} does not resolve to any entry "
+                                   "in this Bundle", f"{e.where}.resource")
+            conditional: list[str] = []
+            _conditional_references(res, conditional)
+            if conditional:
+                cmap = {}
+                for ref in conditional:
+                    ctype, _, cq = ref.partition("?")
+                    found = store.match_ids(ctype, cq, conn)
+                    if len(found) != 1:
+                        raise FHIRError.of(
+                            412 if found else 400, "invalid",
+                            f"conditional reference {ref} matches {len(found)} resources "
+                            "(exactly one is required)", f"{e.where}.resource")
+                    cmap[ref] = f"{ctype}/{found[0]}"
+                rewrite_references(res, cmap, [])
+        ops.append(WriteOp(method, rtype, rid, res, _version_of(e.if_match, e.where),
+                           f"{e.where}.resource"))
+        op_entries.append(e.index)
+    return ops, op_entries, responses
+
+
+def _deep_copy(obj):
+    import orjson
+
+    return orjson.loads(orjson.dumps(obj))
+
+
+def _response_entry(r: WriteResult, base_url: str) -> dict:
+    s = r.stored
+    if s.deleted:
+        return {"response": {"status": "204 No Content"}}
+    status = "201 Created" if r.created else "200 OK"
+    return {
+        "fullUrl": f"{base_url}/{s.type}/{s.id}",
+        "response": {
+            "status": status,
+            "location": f"{s.type}/{s.id}/_history/{s.version}",
+            "etag": s.etag,
+            "lastModified": instant(s.last_updated),
+        },
+    }
+
+
+def batch(store: Store, bundle: dict, base_url: str, reader=None) -> dict:
+    """Each entry on its own: a failure becomes that entry's OperationOutcome, not the Bundle's."""
+    entries = parse_entries(bundle)
+    out = []
+    for e in entries:
+        try:
+            if e.method in ("GET", "HEAD"):
+                if reader is None:
+                    raise FHIRError.of(400, "not-supported", "GET entries are not supported here")
+                out.append({"resource": reader(e.url), "response": {"status": "200 OK"}})
+                continue
+            with store.begin_write() as conn, conn.begin():
+                ops, _, responses = plan_writes(store, [e], conn)
+                results = store.write(ops, conn)
+            out.append(_response_entry(results[0], base_url) if results else responses[e.index])
+        except FHIRError as err:
+            issues = [Issue(i.code, i.diagnostics, i.expression) for i in err.issues]
+            out.append({"response": {"status": str(err.status),
+                                     "outcome": operation_outcome(issues)}})
+    return {"resourceType": "Bundle", "type": "batch-response", "entry": out}

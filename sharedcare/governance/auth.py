@@ -1,0 +1,130 @@
+"""Authentication: signed access tokens (JWT, via joserfc), SMART v2 scopes, local accounts.
+
+Tokens are issued by sharedcare itself -- to staff after sign-in (local or OpenID Connect), to
+SMART apps through authorization code + PKCE, to partner systems through client_credentials with
+private_key_jwt, and to operators by `sharedcare admin token`. Every one carries the person (or
+system), the organisation, the chosen role and the purpose; scopes can only narrow what the
+governance policy allows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey
+
+from ..fhir.outcome import FHIRError, Issue
+
+TOKEN_LIFETIME = 3600
+ALG = "ES256"
+SCOPE_RE = re.compile(r"^(patient|user|system)/(\*|[A-Za-z]+)\.(\*|read|write|[cruds]+)$")
+
+
+def load_signing_key(folder: Path) -> ECKey:
+    path = folder / "signing-key.json"
+    if path.exists():
+        return ECKey.import_key(json.loads(path.read_text()))
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ECKey.generate_key("P-256", parameters={"kid": secrets.token_hex(8)}, private=True)
+    path.write_text(json.dumps(key.as_dict(private=True)))
+    path.chmod(0o600)
+    return key
+
+
+@dataclass(frozen=True)
+class Scope:
+    context: str  # patient | user | system
+    rtype: str  # a resource type or *
+    perms: frozenset[str]  # subset of c r u d s
+
+    @classmethod
+    def parse(cls, text: str) -> "Scope | None":
+        m = SCOPE_RE.match(text)
+        if not m:
+            return None
+        ctx, rtype, p = m.groups()
+        perms = {"*": "cruds", "read": "rs", "write": "cud"}.get(p, p)
+        return cls(ctx, rtype, frozenset(perms))
+
+    def allows(self, rtype: str, perm: str) -> bool:
+        return (self.rtype == "*" or self.rtype == rtype) and perm in self.perms
+
+
+def parse_scopes(scope: str) -> list[Scope]:
+    return [s for s in (Scope.parse(t) for t in scope.split()) if s is not None]
+
+
+class TokenService:
+    def __init__(self, key: ECKey, issuer: str = "sharedcare"):
+        self.key = key
+        self.issuer = issuer
+
+    def issue(self, claims: dict, lifetime: int = TOKEN_LIFETIME) -> str:
+        now = int(time.time())
+        body = {"iss": self.issuer, "iat": now, "exp": now + lifetime,
+                "jti": secrets.token_hex(12), **claims}
+        return jwt.encode({"alg": ALG, "kid": self.key.kid}, body, self.key)
+
+    def verify(self, token: str) -> dict:
+        """Claims of a valid token; FHIRError 401 for anything else (bad signature, expired)."""
+        try:
+            tok = jwt.decode(token, self.key, algorithms=[ALG])
+        except (JoseError, ValueError) as e:
+            raise unauthorised(f"the access token is not valid ({type(e).__name__})") from None
+        claims = tok.claims
+        if claims.get("iss") != self.issuer:
+            raise unauthorised("the access token was not issued by this server")
+        if int(claims.get("exp", 0)) < time.time():
+            raise unauthorised("the access token has expired")
+        return claims
+
+    def public_jwks(self) -> dict:
+        return {"keys": [self.key.as_dict(private=False)]}
+
+
+def unauthorised(diagnostics: str) -> FHIRError:
+    return FHIRError(401, [Issue("login", diagnostics)],
+                     {"WWW-Authenticate": 'Bearer realm="sharedcare"'})
+
+
+def forbidden(diagnostics: str, reasons: list[str] | None = None) -> FHIRError:
+    issues = [Issue("forbidden", diagnostics)]
+    issues += [Issue("forbidden", r, severity="information") for r in reasons or []]
+    return FHIRError(403, issues)
+
+
+# --- local accounts --------------------------------------------------------------------------
+_hasher = None
+
+
+def password_hasher():
+    global _hasher
+    if _hasher is None:
+        from argon2 import PasswordHasher
+
+        # Lighter than argon2's defaults so sign-in stays quick on a 2-core server, still
+        # well above OWASP's minimum (m=19 MiB, t=2).
+        _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+    return _hasher
+
+
+def hash_password(password: str) -> str:
+    return password_hasher().hash(password)
+
+
+def check_password(stored: str | None, password: str) -> bool:
+    from argon2.exceptions import InvalidHashError, VerificationError
+
+    if not stored:
+        return False
+    try:
+        return password_hasher().verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return False

@@ -1,0 +1,272 @@
+"""The governance decision: who may see which resources, for what purpose, and why.
+
+The rules are written once, as data (the tables below) and as one function per rule. They are
+used two ways: `ResourcePolicy.resource_filter()` turns them into a single SQL predicate that the
+store puts inside every query, and `decide()` evaluates them on one resource to explain the
+answer in plain English ("why can't I see this?").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+from sqlalchemy import Connection, and_, false, literal, not_, or_, select, true, union
+from sqlalchemy.sql.elements import ColumnElement
+
+from ..fhir.categories import DIRECTORY_TYPES
+from ..fhir.compartment import patient_compartment_types
+from ..store.schema import compartment, resource
+from .schema import agreement, agreement_party, break_glass, care_relationship, patient_choice
+
+DIRECT_CARE = "direct-care"
+PURPOSES = ("direct-care", "planning", "research")
+
+CLINICAL = ("demographics", "gp-summary", "encounters", "results", "documents", "care-plans",
+            "mental-health", "social-care", "care-home-notes", "other")
+# Which data categories each role may see for direct care (own organisation's data included).
+ROLE_CATEGORIES: dict[str, frozenset[str]] = {
+    "clinician": frozenset(CLINICAL),
+    "nurse": frozenset(CLINICAL),
+    "allied-health": frozenset(set(CLINICAL) - {"social-care"}),
+    "social-worker": frozenset({"demographics", "encounters", "documents", "care-plans",
+                                "social-care", "care-home-notes"}),
+    "admin": frozenset({"demographics", "encounters"}),
+    "ig-lead": frozenset(),
+    "programme-lead": frozenset(),
+    "sysadmin": frozenset(),
+    "patient": frozenset(),
+    # A partner system (client_credentials) acting for its organisation.
+    "system": frozenset(CLINICAL),
+}
+ROLES = tuple(r for r in ROLE_CATEGORIES if r != "system")
+# Sensitive labels each role may see in another organisation's data without breaking glass.
+ROLE_SENSITIVITY: dict[str, frozenset[str]] = {
+    "clinician": frozenset({"mental-health", "safeguarding"}),
+    "nurse": frozenset({"mental-health", "safeguarding"}),
+    "social-worker": frozenset({"safeguarding"}),
+}
+SENSITIVE = ("sexual-health", "mental-health", "safeguarding", "gender-identity",
+             "assisted-conception")
+# Roles that may break glass (clinical roles with a duty of care in an emergency).
+BREAK_GLASS_ROLES = frozenset({"clinician", "nurse", "allied-health", "social-worker"})
+BREAK_GLASS_MINUTES = 240
+
+
+def now_text() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+@dataclass
+class Access:
+    """Who is asking: one person in one chosen role at one organisation, or a partner system."""
+
+    username: str | None
+    ods: str | None
+    role: str
+    purpose: str = DIRECT_CARE
+    scopes: frozenset[str] = frozenset()
+    client_id: str | None = None
+    kind: str = "user"  # user | system
+    display_name: str | None = None
+    patient_id: str | None = None  # a patient's own account
+    # Filled by Governance per request: what agreements and relationships allow.
+    shared_with: dict[str, frozenset[str]] = field(default_factory=dict)  # source ods -> categories
+    policy: "ResourcePolicy | None" = None
+
+    @property
+    def needs_relationship(self) -> bool:
+        return self.kind == "user"
+
+
+@dataclass
+class Decision:
+    effect: str  # permit | deny | filter
+    reasons: list[str]
+
+    @property
+    def permitted(self) -> bool:
+        return self.effect != "deny"
+
+
+def active_agreements(conn: Connection, ods: str, purpose: str, today: str | None = None
+                      ) -> dict[str, frozenset[str]]:
+    """source organisation -> data categories it shares with `ods` for `purpose`, today."""
+    today = today or date.today().isoformat()
+    mine = select(agreement_party.c.agreement_id).where(agreement_party.c.ods == ods)
+    rows = conn.execute(
+        select(agreement.c.id, agreement.c.purposes, agreement.c.categories,
+               agreement_party.c.ods)
+        .join(agreement_party, agreement_party.c.agreement_id == agreement.c.id)
+        .where(agreement.c.id.in_(mine), agreement.c.status == "active",
+               or_(agreement.c.effective.is_(None), agreement.c.effective <= today),
+               or_(agreement.c.end.is_(None), agreement.c.end >= today))
+    ).all()
+    out: dict[str, set[str]] = {}
+    for _aid, purposes, categories, party in rows:
+        if purpose in purposes.split():
+            out.setdefault(party, set()).update(categories.split())
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+class ResourcePolicy:
+    """The SQL form of the rules for one Access."""
+
+    def __init__(self, access: Access):
+        self.access = access
+
+    # Each rule as SQL over the `resource` row -----------------------------------------
+    def agreement_rule(self) -> ColumnElement:
+        a = self.access
+        ors = [resource.c.source_org == a.ods] if a.ods else []
+        for src, cats in sorted(a.shared_with.items()):
+            if src != a.ods and cats:
+                ors.append(and_(resource.c.source_org == src, resource.c.category.in_(sorted(cats))))
+        return or_(*ors) if ors else false()
+
+    def category_rule(self) -> ColumnElement:
+        cats = ROLE_CATEGORIES.get(self.access.role, frozenset())
+        if cats >= set(CLINICAL):
+            return true()
+        return resource.c.category.in_(sorted(cats)) if cats else false()
+
+    def sensitivity_rule(self, glass: bool = True) -> ColumnElement:
+        """Labelled data from another organisation is withheld unless the role may see every
+        label on it -- or the viewer has broken glass for that patient."""
+        allowed = ROLE_SENSITIVITY.get(self.access.role, frozenset())
+        blocked = [s for s in SENSITIVE if s not in allowed]
+        cond = or_(resource.c.sensitivity == "",
+                   and_(*[not_(resource.c.sensitivity.like(f"% {s} %")) for s in blocked]))
+        if self.access.ods:
+            cond = or_(cond, resource.c.source_org == self.access.ods)
+        if glass and self.access.needs_relationship:
+            cond = or_(cond, resource.c.pk.in_(
+                select(compartment.c.resource_pk).where(
+                    compartment.c.patient_id.in_(self.glass_patients()))))
+        return cond
+
+    def objection_rule(self) -> ColumnElement:
+        """A patient's objection stops sharing of other organisations' data about them."""
+        a = self.access
+        c = compartment.alias("oc")
+        o = patient_choice.alias("oo")
+        objected = (
+            select(c.c.resource_pk).join(o, o.c.patient_id == c.c.patient_id)
+            .where(or_(o.c.kind == "objection-all",
+                       and_(o.c.kind == "objection-from", o.c.ods == resource.c.source_org),
+                       and_(o.c.kind == "objection-to", o.c.ods == literal(a.ods))))
+        )
+        if self.access.purpose != DIRECT_CARE:
+            # The national data opt-out applies to planning and research, never direct care.
+            objected = union(objected, select(c.c.resource_pk).join(
+                o, o.c.patient_id == c.c.patient_id).where(o.c.kind == "national-opt-out"))
+        own = resource.c.source_org == a.ods if a.ods else false()
+        return or_(own, resource.c.pk.not_in(objected))
+
+    def relationship_patients(self):
+        a = self.access
+        now = now_text()
+        return select(care_relationship.c.patient_id).where(
+            care_relationship.c.ods == a.ods,
+            or_(care_relationship.c.expires.is_(None), care_relationship.c.expires > now),
+            or_(care_relationship.c.kind != "declared", care_relationship.c.username == a.username))
+
+    def glass_patients(self):
+        a = self.access
+        return select(break_glass.c.patient_id).where(
+            break_glass.c.username == a.username, break_glass.c.expires > now_text())
+
+    def relationship_rule(self) -> ColumnElement:
+        if not self.access.needs_relationship:
+            return true()
+        allowed = union(self.relationship_patients(), self.glass_patients())
+        return resource.c.pk.in_(select(compartment.c.resource_pk)
+                                 .where(compartment.c.patient_id.in_(allowed)))
+
+    def resource_filter(self) -> ColumnElement:
+        a = self.access
+        if a.purpose != DIRECT_CARE or not ROLE_CATEGORIES.get(a.role):
+            # Secondary uses run through population/ with their own governed extracts; roles
+            # without direct-care categories see only directory data.
+            return resource.c.type.in_(sorted(DIRECTORY_TYPES))
+        patient_data = and_(
+            self.agreement_rule(), self.category_rule(), self.sensitivity_rule(),
+            self.objection_rule(),
+            or_(resource.c.type.not_in(sorted(patient_compartment_types())),
+                self.relationship_rule()))
+        return or_(resource.c.type.in_(sorted(DIRECTORY_TYPES)), patient_data)
+
+
+def decide(conn: Connection, access: Access, row: dict, patient_id: str | None) -> Decision:
+    """Explain the decision on one resource row (type, source_org, category, sensitivity)."""
+    reasons: list[str] = []
+    rtype = row["type"]
+    if rtype in DIRECTORY_TYPES:
+        return Decision("permit", [f"{rtype} is directory information, open to all staff"])
+    if access.purpose != DIRECT_CARE or not ROLE_CATEGORIES.get(access.role):
+        return Decision("deny", [f"the {access.role} role does not give access to care records"])
+    deny: list[str] = []
+    src = row.get("source_org")
+    cat = row.get("category")
+    if src == access.ods:
+        reasons.append(f"it was recorded by your organisation ({src})")
+    elif src in access.shared_with and cat in access.shared_with[src]:
+        reasons.append(f"an active sharing agreement with {src} covers {cat} for direct care")
+    else:
+        deny.append(f"no active sharing agreement lets {src or 'its source'} share {cat} "
+                    f"data with {access.ods} for direct care")
+    if cat not in ROLE_CATEGORIES.get(access.role, frozenset()):
+        deny.append(f"the {access.role} role does not include {cat} information")
+    glass = False
+    if patient_id is not None and access.needs_relationship:
+        rels = explain_relationship(conn, access, patient_id)
+        glass = any(r.startswith("you broke glass") for r in rels)
+        if rels:
+            reasons.extend(rels)
+        else:
+            deny.append(f"{access.ods} has no legitimate relationship with this patient "
+                        "(registration, open encounter, episode, referral, care team or a "
+                        "declared relationship)")
+    labels = [s for s in (row.get("sensitivity") or "").split() if s]
+    if labels and src != access.ods and not glass:
+        hidden = [s for s in labels if s not in ROLE_SENSITIVITY.get(access.role, frozenset())]
+        if hidden:
+            deny.append("it is labelled sensitive (" + ", ".join(hidden) + ") and withheld "
+                        f"from the {access.role} role outside {src}; break glass if this is an "
+                        "emergency")
+    if patient_id is not None and src != access.ods:
+        for kind, ods in conn.execute(select(patient_choice.c.kind, patient_choice.c.ods)
+                                      .where(patient_choice.c.patient_id == patient_id)):
+            if kind == "objection-all" or (kind == "objection-from" and ods == src) or (
+                    kind == "objection-to" and ods == access.ods):
+                deny.append("the patient has objected to this sharing")
+    if deny:
+        return Decision("deny", deny)
+    return Decision("permit", reasons)
+
+
+def explain_relationship(conn: Connection, access: Access, patient_id: str) -> list[str]:
+    """The legitimate relationships that let `access` see this patient, in words."""
+    out = []
+    now = now_text()
+    for kind, source, username, reason in conn.execute(
+            select(care_relationship.c.kind, care_relationship.c.source,
+                   care_relationship.c.username, care_relationship.c.reason)
+            .where(care_relationship.c.patient_id == patient_id,
+                   care_relationship.c.ods == access.ods,
+                   or_(care_relationship.c.expires.is_(None), care_relationship.c.expires > now))):
+        if kind == "declared" and username != access.username:
+            continue
+        out.append({
+            "registered": f"the patient is registered with {access.ods}",
+            "encounter": f"the patient has an open encounter at {access.ods} ({source})",
+            "episode": f"the patient has an active episode of care at {access.ods} ({source})",
+            "referral": f"the patient has been referred to {access.ods} ({source})",
+            "care-team": f"{access.ods} is in the patient's care team ({source})",
+            "declared": f"you declared a relationship: {reason}",
+        }.get(kind, kind))
+    for (reason,) in conn.execute(select(break_glass.c.reason).where(
+            break_glass.c.username == access.username, break_glass.c.patient_id == patient_id,
+            break_glass.c.expires > now)):
+        out.append(f"you broke glass: {reason}")
+    return out

@@ -1,0 +1,616 @@
+"""The FHIR resource store: versioned writes with their search index, and governed reads.
+
+Every read takes an `AccessPolicy` and puts its SQL predicate inside the query itself, so what a
+viewer may not see is never fetched, counted, paged or included. Writes run in one database
+transaction each (a whole Bundle in one), so nothing is ever half-written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import orjson
+from sqlalchemy import Connection, Engine, and_, delete, false, func, insert, or_, select, tuple_, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from ..fhir.categories import category_of
+from ..fhir.codes import DATA_CATEGORY_SYSTEM, SENSITIVITY_SYSTEM, SOURCE_ORG_SYSTEM
+from ..fhir.outcome import FHIRError, Issue, not_found
+from ..fhir.validation import problems, resource_types
+from .indexing import Indexer, IndexRows
+from .schema import (
+    compartment,
+    idx_date,
+    idx_number,
+    idx_reference,
+    idx_string,
+    idx_token,
+    idx_uri,
+    resource,
+    resource_version,
+)
+from .search import SearchBuilder, SearchRequest
+
+INDEX_WRITE = (idx_token, idx_string, idx_date, idx_number, idx_reference, idx_uri, compartment)
+MAX_TEXT = 255
+
+
+class AccessPolicy(Protocol):
+    """What a viewer may read, as one SQL predicate over the `resource` table."""
+
+    def resource_filter(self) -> ColumnElement | None: ...
+
+
+class PermitAll:
+    """The system's own access, for writes' bookkeeping and operator tools -- never for a user."""
+
+    def resource_filter(self) -> ColumnElement | None:
+        return None
+
+
+@dataclass
+class Stored:
+    type: str
+    id: str
+    version: int
+    last_updated: str
+    content: bytes | None  # JSON as served; None for a deleted version
+    deleted: bool = False
+    pk: int | None = None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    def json(self) -> dict:
+        return orjson.loads(self.content) if self.content else {}
+
+
+@dataclass
+class WriteOp:
+    """One write inside a unit of work."""
+
+    method: str  # POST | PUT | DELETE
+    rtype: str
+    rid: str
+    resource: dict | None
+    if_match: int | None = None
+    where: str = ""  # location for error messages, e.g. "Bundle.entry[3]"
+
+
+@dataclass
+class WriteResult:
+    stored: Stored
+    created: bool
+    unchanged: bool = False
+
+
+@dataclass
+class SearchPage:
+    matches: list[Stored]
+    includes: list[Stored]
+    total: int | None
+    next_cursor: str | None
+    request: SearchRequest
+    warnings: list[Issue] = field(default_factory=list)
+    withheld_notes: list[Issue] = field(default_factory=list)
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def instant(last_updated: str) -> str:
+    """Stored timestamps are naive UTC; FHIR instants carry the zone."""
+    return last_updated + "+00:00"
+
+
+def stamp_source(res: dict, ods: str) -> dict:
+    meta = res.get("meta") or {}
+    tags = meta.get("tag") or []
+    if any(t.get("system") == SOURCE_ORG_SYSTEM for t in tags):
+        return res
+    return {**res, "meta": {**meta, "tag": [*tags, {"system": SOURCE_ORG_SYSTEM, "code": ods}]}}
+
+
+def governance_columns(res: dict) -> tuple[str | None, str | None, str]:
+    meta = res.get("meta") or {}
+    source = category = None
+    for tag in meta.get("tag") or ():
+        if tag.get("system") == SOURCE_ORG_SYSTEM:
+            source = tag.get("code")
+        elif tag.get("system") == DATA_CATEGORY_SYSTEM:
+            category = tag.get("code")
+    labels = sorted(
+        s.get("code") for s in meta.get("security") or () if s.get("system") == SENSITIVITY_SYSTEM
+    )
+    category = category_of(res.get("resourceType", ""), category)
+    return source, category, (" " + " ".join(labels) + " ") if labels else ""
+
+
+class Store:
+    def __init__(self, engine: Engine, indexer: Indexer | None = None):
+        self.engine = engine
+        self.indexer = indexer or Indexer()
+        self.search_builder = SearchBuilder(self.indexer)
+        # Named hook point: called inside every write transaction with what was written
+        # (governance keeps care relationships current here).
+        self.after_write: list = []
+
+    # ------------------------------------------------------------------ writes
+    def begin_write(self):
+        """A write transaction (BEGIN IMMEDIATE on SQLite)."""
+        return self.engine.connect().execution_options(write=True)
+
+    def write(self, ops: list[WriteOp], conn: Connection | None = None,
+              source_org: str | None = None) -> list[WriteResult]:
+        """Write in one transaction. `source_org` stamps resources that arrive without a
+        source-organisation tag: whoever writes a record is its controller."""
+        if source_org:
+            for op in ops:
+                if op.resource is not None:
+                    op.resource = stamp_source(op.resource, source_org)
+        if conn is not None:
+            return self._write(conn, ops)
+        with self.begin_write() as c, c.begin():
+            return self._write(c, ops)
+
+    def create(self, res: dict) -> WriteResult:
+        rid = str(uuid.uuid4())
+        return self.write([WriteOp("POST", res["resourceType"], rid, res)])[0]
+
+    def _write(self, conn: Connection, ops: list[WriteOp]) -> list[WriteResult]:
+        issues: list[Issue] = []
+        for op in ops:
+            if op.resource is not None:
+                found = problems(op.resource, op.where or None)
+                issues.extend(found)
+        if issues:
+            raise FHIRError(400, issues)
+        keys = list({(op.rtype, op.rid) for op in ops})
+        existing: dict[tuple[str, str], tuple[int, int, bool]] = {}
+        for chunk in _chunks(keys, 400):
+            rows = conn.execute(
+                select(resource.c.type, resource.c.id, resource.c.pk, resource.c.version,
+                       resource.c.deleted).where(tuple_(resource.c.type, resource.c.id).in_(chunk))
+            )
+            for t, i, pk, v, d in rows:
+                existing[(t, i)] = (pk, v, d)
+
+        stamp = now_utc()
+        new_rows, upd_rows, version_rows, results = [], [], [], []
+        indexed: list[tuple[tuple[str, str], IndexRows | None]] = []
+        for op in ops:
+            key = (op.rtype, op.rid)
+            prior = existing.get(key)
+            if op.if_match is not None:
+                current = prior[1] if prior and not prior[2] else None
+                if current != op.if_match:
+                    raise FHIRError.of(
+                        412, "conflict",
+                        f"{op.rtype}/{op.rid} is at version {current or 'none'}, "
+                        f"not {op.if_match} (If-Match)", op.where or None)
+            if op.method == "DELETE":
+                if prior is None or prior[2]:
+                    results.append(WriteResult(Stored(op.rtype, op.rid, prior[1] if prior else 0,
+                                                      stamp, None, True), False, True))
+                    continue
+                version = prior[1] + 1
+                existing[key] = (prior[0], version, True)
+                upd_rows.append({"b_pk": prior[0], "version": version, "last_updated": stamp,
+                                 "deleted": True, "content": None, "source_org": None,
+                                 "category": None, "sensitivity": ""})
+                version_rows.append((key, version, "DELETE", True, None))
+                indexed.append((key, None))
+                results.append(WriteResult(Stored(op.rtype, op.rid, version, stamp, None, True),
+                                           False))
+                continue
+            res = dict(op.resource)
+            res["id"] = op.rid
+            version = (prior[1] + 1) if prior else 1
+            meta = dict(res.get("meta") or {})
+            meta["versionId"] = str(version)
+            meta["lastUpdated"] = instant(stamp)
+            res["meta"] = meta
+            content = orjson.dumps(res)
+            src, cat, sens = governance_columns(res)
+            row = {"version": version, "last_updated": stamp, "deleted": False,
+                   "content": content.decode(), "source_org": src, "category": cat,
+                   "sensitivity": sens}
+            if prior:
+                upd_rows.append({"b_pk": prior[0], **row})
+            else:
+                new_rows.append({"type": op.rtype, "id": op.rid, **row})
+            existing[key] = (prior[0] if prior else None, version, False)
+            version_rows.append((key, version, op.method, False, row["content"]))
+            indexed.append((key, self.indexer.index(res)))
+            results.append(WriteResult(
+                Stored(op.rtype, op.rid, version, stamp, content, False), prior is None or prior[2]))
+
+        if new_rows:
+            # Duplicate (type, id) inside one unit of work: keep them as successive versions.
+            seen: dict[tuple[str, str], dict] = {}
+            for r in new_rows:
+                k = (r["type"], r["id"])
+                if k in seen:
+                    raise FHIRError.of(400, "duplicate", f"{k[0]}/{k[1]} is written twice")
+                seen[k] = r
+            pks = conn.execute(
+                insert(resource).returning(resource.c.pk, sort_by_parameter_order=True), new_rows
+            ).scalars().all()
+            for r, pk in zip(new_rows, pks, strict=True):
+                existing[(r["type"], r["id"])] = (pk, r["version"], False)
+        if upd_rows:
+            from sqlalchemy import bindparam
+
+            conn.execute(
+                update(resource).where(resource.c.pk == bindparam("b_pk")),
+                upd_rows,
+            )
+            stale = [r["b_pk"] for r in upd_rows]
+            for t in INDEX_WRITE:
+                for chunk in _chunks(stale, 500):
+                    conn.execute(delete(t).where(t.c.resource_pk.in_(chunk)))
+        conn.execute(
+            insert(resource_version),
+            [{"resource_pk": existing[k][0], "version": v, "last_updated": stamp, "method": m,
+              "deleted": d, "content": c} for k, v, m, d, c in version_rows],
+        )
+        self._insert_index(conn, [(existing[k][0], k[0], rows) for k, rows in indexed if rows])
+        for hook in self.after_write:
+            hook(conn, results)
+        return results
+
+    def _insert_index(self, conn: Connection, items: list[tuple[int, str, IndexRows]]) -> None:
+        tok, st, dt, num, ref, uri, comp = [], [], [], [], [], [], []
+        for pk, rtype, rows in items:
+            for p, s, c, tx in rows.tokens:
+                tok.append({"resource_pk": pk, "type": rtype, "param": p, "system": _cut(s),
+                            "code": _cut(c), "text": _cut(tx)})
+            for p, v, e in rows.strings:
+                st.append({"resource_pk": pk, "type": rtype, "param": p, "value": v[:MAX_TEXT],
+                           "exact": e[:MAX_TEXT]})
+            for p, lo, hi in rows.dates:
+                dt.append({"resource_pk": pk, "type": rtype, "param": p, "low": lo, "high": hi})
+            for p, lo, hi, v, s, c, u in rows.numbers:
+                num.append({"resource_pk": pk, "type": rtype, "param": p, "low": lo, "high": hi,
+                            "value": v, "system": _cut(s), "code": _cut(c, 64),
+                            "unit": _cut(u, 64)})
+            for p, tt, ti, url in rows.references:
+                ref.append({"resource_pk": pk, "type": rtype, "param": p, "target_type": tt,
+                            "target_id": _cut(ti, 64), "url": _cut(url, 512)})
+            for p, u in rows.uris:
+                uri.append({"resource_pk": pk, "type": rtype, "param": p, "uri": u[:512]})
+            for patient in rows.compartments:
+                comp.append({"resource_pk": pk, "patient_id": patient})
+        for table, batch in ((idx_token, tok), (idx_string, st), (idx_date, dt),
+                             (idx_number, num), (idx_reference, ref), (idx_uri, uri),
+                             (compartment, comp)):
+            if batch:
+                conn.execute(insert(table), batch)
+
+    # ------------------------------------------------------------------ reads
+    def _visible(self, policy: AccessPolicy) -> list[ColumnElement]:
+        pred = policy.resource_filter()
+        return [pred] if pred is not None else []
+
+    def read(self, rtype: str, rid: str, policy: AccessPolicy, conn: Connection | None = None
+             ) -> Stored:
+        stmt = select(resource.c.pk, resource.c.version, resource.c.last_updated,
+                      resource.c.deleted, resource.c.content).where(
+            resource.c.type == rtype, resource.c.id == rid, *self._visible(policy))
+        row = self._one(stmt, conn)
+        if row is None:
+            raise not_found(rtype, rid)
+        pk, version, lu, deleted, content = row
+        if deleted:
+            raise FHIRError(410, [Issue("deleted", f"{rtype}/{rid} was deleted")],
+                            {"ETag": f'W/"{version}"'})
+        return Stored(rtype, rid, version, lu, content.encode(), False, pk)
+
+    def exists(self, rtype: str, rid: str, conn: Connection | None = None) -> bool:
+        stmt = select(resource.c.pk).where(resource.c.type == rtype, resource.c.id == rid,
+                                           resource.c.deleted == false())
+        return self._one(stmt, conn) is not None
+
+    def vread(self, rtype: str, rid: str, version: int, policy: AccessPolicy) -> Stored:
+        stmt = (
+            select(resource_version.c.version, resource_version.c.last_updated,
+                   resource_version.c.deleted, resource_version.c.content)
+            .join(resource, resource.c.pk == resource_version.c.resource_pk)
+            .where(resource.c.type == rtype, resource.c.id == rid,
+                   resource_version.c.version == version, *self._visible(policy))
+        )
+        row = self._one(stmt)
+        if row is None:
+            raise FHIRError.of(404, "not-found", f"{rtype}/{rid} has no version {version}")
+        v, lu, deleted, content = row
+        if deleted:
+            raise FHIRError.of(410, "deleted", f"{rtype}/{rid} version {v} is a deletion")
+        return Stored(rtype, rid, v, lu, content.encode(), False)
+
+    def history(self, policy: AccessPolicy, rtype: str | None = None, rid: str | None = None,
+                since: str | None = None, count: int = 50, before_seq: int | None = None
+                ) -> tuple[list[tuple[str, Stored, str]], int | None]:
+        """Newest first. Returns ((method, Stored, type) ..., next before_seq)."""
+        conds = list(self._visible(policy))
+        if rtype:
+            conds.append(resource.c.type == rtype)
+        if rid:
+            conds.append(resource.c.id == rid)
+        if since:
+            conds.append(resource_version.c.last_updated >= since)
+        if before_seq:
+            conds.append(resource_version.c.seq < before_seq)
+        stmt = (
+            select(resource.c.type, resource.c.id, resource_version.c.version,
+                   resource_version.c.last_updated, resource_version.c.deleted,
+                   resource_version.c.content, resource_version.c.method, resource_version.c.seq)
+            .join(resource, resource.c.pk == resource_version.c.resource_pk)
+            .where(*conds)
+            .order_by(resource_version.c.seq.desc())
+            .limit(count + 1)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        if rid and not rows and before_seq is None:
+            if not self.exists(rtype, rid) and not self._any_version(rtype, rid):
+                raise not_found(rtype, rid)
+        out = [(m, Stored(t, i, v, lu, c.encode() if c else None, d), t)
+               for t, i, v, lu, d, c, m, _ in rows[:count]]
+        nxt = rows[count - 1][7] if len(rows) > count else None
+        return out, nxt
+
+    def _any_version(self, rtype, rid) -> bool:
+        return self._one(select(resource.c.pk).where(resource.c.type == rtype,
+                                                     resource.c.id == rid)) is not None
+
+    def _one(self, stmt, conn: Connection | None = None):
+        if conn is not None:
+            return conn.execute(stmt).first()
+        with self.engine.connect() as c:
+            return c.execute(stmt).first()
+
+    # ------------------------------------------------------------------ search
+    def search(self, rtype: str | None, params: list[tuple[str, str]], policy: AccessPolicy,
+               lenient: bool = False, compartment_of: str | None = None) -> SearchPage:
+        req = self.search_builder.parse(rtype, params, lenient)
+        where = [resource.c.deleted == false(), *req.clauses, *self._visible(policy)]
+        if rtype:
+            where.insert(0, resource.c.type == rtype)
+        if compartment_of is not None:
+            where.append(resource.c.pk.in_(
+                select(compartment.c.resource_pk).where(compartment.c.patient_id == compartment_of)))
+        with self.engine.connect() as conn:
+            total = None
+            if req.total != "none" and req.cursor is None:
+                total = conn.execute(select(func.count()).select_from(resource).where(*where)
+                                     ).scalar_one()
+            if req.summary == "count":
+                return SearchPage([], [], total, None, req, req.warnings)
+            if req.sort:
+                matches, nxt = self._sorted_page(conn, req, where)
+            else:
+                matches, nxt = self._keyset_page(conn, req, where)
+            includes = self._includes(conn, req, matches, policy)
+        return SearchPage(matches, includes, total, nxt, req, req.warnings)
+
+    def _keyset_page(self, conn, req: SearchRequest, where) -> tuple[list[Stored], str | None]:
+        # Pages follow the immutable row key: a resource created or updated between pages can
+        # neither push another onto the next page (repeat) nor pull one back (skip).
+        conds = list(where)
+        if req.cursor:
+            if not req.cursor.isdigit():
+                raise FHIRError.of(400, "invalid", "the paging cursor is not valid", "_cursor")
+            conds.append(resource.c.pk > int(req.cursor))
+        stmt = (select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
+                       resource.c.last_updated, resource.c.content)
+                .where(*conds).order_by(resource.c.pk).limit(req.count + 1))
+        rows = conn.execute(stmt).all()
+        out = [Stored(t, i, v, lu, c.encode(), False, pk) for pk, t, i, v, lu, c in rows[:req.count]]
+        nxt = str(rows[req.count - 1][0]) if len(rows) > req.count and req.count else None
+        return out, nxt
+
+    def _sorted_page(self, conn, req: SearchRequest, where) -> tuple[list[Stored], str | None]:
+        from .schema import search_result
+
+        # A sorted search's order can change when a resource is updated between pages, so its
+        # matches are snapshotted on the first page and later pages read the snapshot.
+        if req.cursor:
+            sid, _, offset = req.cursor.partition(":")
+            if not offset.isdigit():
+                raise FHIRError.of(400, "invalid", "the paging cursor is not valid", "_cursor")
+            start = int(offset)
+            pks = conn.execute(
+                select(search_result.c.resource_pk).where(
+                    search_result.c.search_id == sid, search_result.c.rank >= start,
+                    search_result.c.rank < start + req.count + 1).order_by(search_result.c.rank)
+            ).scalars().all()
+            if not pks and start > 0:
+                raise FHIRError.of(410, "expired", "this search's pages have expired; search again")
+        else:
+            order = [self._sort_expr(req.rtype, k) for k in req.sort] + [resource.c.pk]
+            pks = conn.execute(select(resource.c.pk).where(*where).order_by(*order)
+                               ).scalars().all()
+            start, sid = 0, None
+            if len(pks) > req.count:
+                sid = str(uuid.uuid4())
+                with self.begin_write() as w, w.begin():
+                    w.execute(insert(search_result), [
+                        {"search_id": sid, "rank": n, "resource_pk": pk, "created": now_utc()}
+                        for n, pk in enumerate(pks)])
+            pks = pks[: req.count + 1]
+        page = pks[: req.count]
+        rows = {r.pk: r for r in conn.execute(
+            select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
+                   resource.c.last_updated, resource.c.content, resource.c.deleted)
+            .where(resource.c.pk.in_(page))).all()}
+        out = [Stored(r.type, r.id, r.version, r.last_updated, r.content.encode(), False, r.pk)
+               for pk in page if (r := rows.get(pk)) is not None and not r.deleted]
+        nxt = None
+        if len(pks) > req.count:
+            if not req.cursor:
+                nxt = f"{sid}:{req.count}"
+            else:
+                nxt = f"{req.cursor.partition(':')[0]}:{start + req.count}"
+        return out, nxt
+
+    def _sort_expr(self, rtype: str | None, key):
+        from .schema import INDEX_TABLES
+
+        if key.param == "_id":
+            col = resource.c.id
+        elif key.param == "_lastUpdated":
+            col = resource.c.last_updated
+        else:
+            sp = self.indexer.params_for(rtype)[key.param]
+            t = INDEX_TABLES[sp.type]
+            value = {"string": "value", "date": "low", "token": "code", "number": "value",
+                     "quantity": "value", "reference": "target_id", "uri": "uri"}[sp.type]
+            # Correlated subquery: ascending sorts by a resource's smallest value of the
+            # parameter, descending by its largest (as the FHIR spec suggests).
+            agg = func.max if key.descending else func.min
+            col = (select(agg(t.c[value])).where(t.c.resource_pk == resource.c.pk,
+                                                  t.c.param == sp.code).scalar_subquery())
+        return col.desc() if key.descending else col.asc()
+
+    def _includes(self, conn, req: SearchRequest, matches: list[Stored], policy: AccessPolicy
+                  ) -> list[Stored]:
+        if not matches or not (req.includes or req.revincludes):
+            return []
+        seen = {(m.type, m.id) for m in matches}
+        out: list[Stored] = []
+        frontier = matches
+        for depth in range(3):
+            found: list[Stored] = []
+            pks = [m.pk for m in frontier]
+            for inc in req.includes:
+                if depth and not inc.iterate:
+                    continue
+                conds = [idx_reference.c.resource_pk.in_(pks), idx_reference.c.target_id.isnot(None)]
+                if inc.param != "*":
+                    conds += [idx_reference.c.type == inc.source_type,
+                              idx_reference.c.param == inc.param]
+                if inc.target_type:
+                    conds.append(idx_reference.c.target_type == inc.target_type)
+                targets = select(idx_reference.c.target_type, idx_reference.c.target_id).where(*conds)
+                stmt = (select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
+                               resource.c.last_updated, resource.c.content)
+                        .where(tuple_(resource.c.type, resource.c.id).in_(targets),
+                               resource.c.deleted == false(), *self._visible(policy)))
+                found += [Stored(t, i, v, lu, c.encode(), False, pk)
+                          for pk, t, i, v, lu, c in conn.execute(stmt)]
+            for inc in req.revincludes:
+                if depth and not inc.iterate:
+                    continue
+                keys = [(m.type, m.id) for m in frontier]
+                conds = [tuple_(idx_reference.c.target_type, idx_reference.c.target_id).in_(keys)]
+                if inc.param != "*":
+                    conds += [idx_reference.c.type == inc.source_type,
+                              idx_reference.c.param == inc.param]
+                sources = select(idx_reference.c.resource_pk).where(*conds)
+                stmt = (select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
+                               resource.c.last_updated, resource.c.content)
+                        .where(resource.c.pk.in_(sources), resource.c.deleted == false(),
+                               *self._visible(policy)))
+                found += [Stored(t, i, v, lu, c.encode(), False, pk)
+                          for pk, t, i, v, lu, c in conn.execute(stmt)]
+            frontier = []
+            for s in found:
+                if (s.type, s.id) not in seen:
+                    seen.add((s.type, s.id))
+                    out.append(s)
+                    frontier.append(s)
+            if not frontier:
+                break
+        return out
+
+    # ------------------------------------------------------------------ $everything
+    def everything(self, patient_id: str, policy: AccessPolicy, count: int = 100,
+                   cursor: str | None = None, since: str | None = None,
+                   types: list[str] | None = None) -> tuple[list[Stored], int | None, str | None]:
+        """Every resource in the patient's compartment (and the Patient), paged by row key."""
+        conds = [resource.c.deleted == false(), *self._visible(policy)]
+        in_comp = resource.c.pk.in_(select(compartment.c.resource_pk)
+                                    .where(compartment.c.patient_id == patient_id))
+        conds.append(in_comp)
+        if since:
+            conds.append(resource.c.last_updated >= since)
+        if types:
+            conds.append(resource.c.type.in_(types))
+        with self.engine.connect() as conn:
+            pat = conn.execute(select(resource.c.pk).where(
+                resource.c.type == "Patient", resource.c.id == patient_id,
+                resource.c.deleted == false(), *self._visible(policy))).first()
+            if pat is None:
+                raise not_found("Patient", patient_id)
+            total = None
+            if cursor is None:
+                total = conn.execute(select(func.count()).select_from(resource).where(*conds)
+                                     ).scalar_one()
+            elif not cursor.isdigit():
+                raise FHIRError.of(400, "invalid", "the paging cursor is not valid", "_cursor")
+            page_conds = conds + ([resource.c.pk > int(cursor)] if cursor else [])
+            rows = conn.execute(
+                select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
+                       resource.c.last_updated, resource.c.content)
+                .where(*page_conds).order_by(resource.c.pk).limit(count + 1)).all()
+        out = [Stored(t, i, v, lu, c.encode(), False, pk) for pk, t, i, v, lu, c in rows[:count]]
+        nxt = str(rows[count - 1][0]) if len(rows) > count else None
+        return out, total, nxt
+
+    # ------------------------------------------------------------------ conditional helpers
+    def match_ids(self, rtype: str, query: str, conn: Connection | None = None,
+                  limit: int = 2) -> list[str]:
+        """Ids matching a conditional query ('identifier=sys|val'), system view, at most limit."""
+        from urllib.parse import parse_qsl
+
+        params = parse_qsl(query, keep_blank_values=True)
+        if not params:
+            raise FHIRError.of(400, "invalid", f"empty conditional query for {rtype}")
+        req = self.search_builder.parse(rtype, params)
+        stmt = (select(resource.c.id).where(resource.c.type == rtype, resource.c.deleted == false(),
+                                            *req.clauses).limit(limit))
+        if conn is not None:
+            return list(conn.execute(stmt).scalars())
+        with self.engine.connect() as c:
+            return list(c.execute(stmt).scalars())
+
+    def iter_current(self, policy: AccessPolicy, types: Iterable[str] | None = None,
+                     since: str | None = None, batch: int = 2000) -> Iterator[Stored]:
+        """Every current resource the policy allows, in row order, streamed in batches."""
+        last = 0
+        while True:
+            conds = [resource.c.deleted == false(), resource.c.pk > last, *self._visible(policy)]
+            if types:
+                conds.append(resource.c.type.in_(list(types)))
+            if since:
+                conds.append(resource.c.last_updated >= since)
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
+                           resource.c.last_updated, resource.c.content)
+                    .where(*conds).order_by(resource.c.pk).limit(batch)).all()
+            if not rows:
+                return
+            for pk, t, i, v, lu, c in rows:
+                yield Stored(t, i, v, lu, c.encode(), False, pk)
+            last = rows[-1][0]
+
+
+def _cut(s: str | None, n: int = MAX_TEXT) -> str | None:
+    return s[:n] if s is not None and len(s) > n else s
+
+
+def _chunks(seq, n):
+    seq = list(seq)
+    for i in range(0, len(seq), n):
+        yield seq[i: i + n]
+
+
+__all__ = ["Store", "Stored", "WriteOp", "WriteResult", "SearchPage", "AccessPolicy", "PermitAll",
+           "or_", "and_"]

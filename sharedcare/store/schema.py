@@ -1,0 +1,170 @@
+"""The store's schema. It documents itself: one row per resource, one per version, one index
+table per kind of search parameter (in the manner of HAPI FHIR's HFJ_SPIDX_* tables), and the
+patient compartment of every resource, so `$everything` and compartment searches are index
+lookups and the data could later be distributed by patient without redesign.
+
+Times are stored as canonical UTC text ('YYYY-MM-DDTHH:MM:SS[.ffffff]'), which sorts correctly
+and compares identically on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT identity.
+PK = BigInteger().with_variant(Integer(), "sqlite")
+
+resource = Table(
+    "resource",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", String(32), nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    # The resource JSON exactly as served (meta.versionId / meta.lastUpdated included), so a read
+    # is one row fetch and no re-serialisation.
+    Column("content", Text, nullable=True),
+    # Governance columns, copied from meta at write time so policy is a plain SQL predicate.
+    Column("source_org", String(32), nullable=True),  # controlling organisation (ODS code)
+    Column("category", String(32), nullable=True),  # data category an agreement shares
+    Column("sensitivity", String(200), nullable=False, default=""),  # ' code code ' or ''
+    UniqueConstraint("type", "id", name="uq_resource_type_id"),
+    comment="Current version of every resource (deleted ones kept as tombstones).",
+)
+Index("ix_resource_type_pk", resource.c.type, resource.c.pk)
+Index("ix_resource_type_updated", resource.c.type, resource.c.last_updated)
+
+resource_version = Table(
+    "resource_version",
+    metadata,
+    Column("seq", PK, primary_key=True, autoincrement=True),
+    Column("resource_pk", BigInteger, ForeignKey("resource.pk"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", String(32), nullable=False),
+    Column("method", String(8), nullable=False),  # POST | PUT | DELETE
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content", Text, nullable=True),
+    UniqueConstraint("resource_pk", "version", name="uq_version"),
+    comment="Every version of every resource: vread and _history.",
+)
+
+compartment = Table(
+    "compartment",
+    metadata,
+    Column("resource_pk", BigInteger, ForeignKey("resource.pk"), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    comment="Patient compartment membership (official R4 CompartmentDefinition).",
+)
+Index("ix_compartment_patient", compartment.c.patient_id, compartment.c.resource_pk)
+Index("ix_compartment_resource", compartment.c.resource_pk)
+
+
+def _index_table(name: str, comment: str, *columns: Column) -> Table:
+    t = Table(
+        name,
+        metadata,
+        Column("resource_pk", BigInteger, ForeignKey("resource.pk"), nullable=False),
+        Column("type", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *columns,
+        comment=comment,
+    )
+    Index(f"ix_{name}_resource", t.c.resource_pk)
+    return t
+
+
+idx_token = _index_table(
+    "idx_token",
+    "token parameters: Coding, CodeableConcept, Identifier, code, boolean, ContactPoint",
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+    Column("text", String(255), nullable=True),
+)
+Index("ix_idx_token_lookup", idx_token.c.type, idx_token.c.param, idx_token.c.code, idx_token.c.system)
+
+idx_string = _index_table(
+    "idx_string",
+    "string parameters: value is normalised (case and accents folded), exact is as written",
+    Column("value", String(255), nullable=False),
+    Column("exact", String(255), nullable=False),
+)
+Index("ix_idx_string_lookup", idx_string.c.type, idx_string.c.param, idx_string.c.value)
+
+idx_date = _index_table(
+    "idx_date",
+    "date parameters as an inclusive UTC range [low, high]",
+    Column("low", String(32), nullable=False),
+    Column("high", String(32), nullable=False),
+)
+Index("ix_idx_date_lookup", idx_date.c.type, idx_date.c.param, idx_date.c.low, idx_date.c.high)
+
+idx_number = _index_table(
+    "idx_number",
+    "number and quantity parameters; [low, high] is the implied precision of the value",
+    Column("low", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("system", String(255), nullable=True),
+    Column("code", String(64), nullable=True),
+    Column("unit", String(64), nullable=True),
+)
+Index("ix_idx_number_lookup", idx_number.c.type, idx_number.c.param, idx_number.c.value)
+
+idx_reference = _index_table(
+    "idx_reference",
+    "reference parameters: local references resolved to (target_type, target_id)",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("url", String(512), nullable=True),
+)
+Index(
+    "ix_idx_reference_target",
+    idx_reference.c.target_id,
+    idx_reference.c.target_type,
+    idx_reference.c.param,
+)
+
+idx_uri = _index_table(
+    "idx_uri",
+    "uri parameters",
+    Column("uri", String(512), nullable=False),
+)
+Index("ix_idx_uri_lookup", idx_uri.c.type, idx_uri.c.param, idx_uri.c.uri)
+
+INDEX_TABLES = {
+    "token": idx_token,
+    "string": idx_string,
+    "date": idx_date,
+    "number": idx_number,
+    "quantity": idx_number,
+    "reference": idx_reference,
+    "uri": idx_uri,
+}
+
+search_result = Table(
+    "search_result",
+    metadata,
+    Column("search_id", String(36), nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("resource_pk", BigInteger, nullable=False),
+    Column("created", String(32), nullable=False),
+    comment="Snapshot of a sorted search's matches, so its pages neither skip nor repeat.",
+)
+Index("ix_search_result", search_result.c.search_id, search_result.c.rank)

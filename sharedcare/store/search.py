@@ -1,0 +1,456 @@
+"""FHIR search parameters -> SQL over the index tables.
+
+Each parameter becomes `resource.pk IN (subquery on one index table)`, so any number of them AND
+together, and the governance predicate sits in the same WHERE clause: paging, totals and
+_include all see exactly what the viewer may see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, exists, false, not_, or_, select, true
+from sqlalchemy.sql.elements import ColumnElement
+
+from ..fhir.outcome import FHIRError, Issue
+from .indexing import Indexer, SearchParam, date_range, normalize_string, number_range
+from .schema import INDEX_TABLES, idx_reference, idx_token, resource
+
+# Parameters of the search itself, not of the resource.
+RESULT_PARAMS = {
+    "_count",
+    "_sort",
+    "_include",
+    "_revinclude",
+    "_summary",
+    "_elements",
+    "_total",
+    "_cursor",
+    "_format",
+    "_pretty",
+    "_search",
+}
+NOT_SUPPORTED = {"_text", "_content", "_query", "_filter", "_list", "_contained", "_containedType"}
+DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
+MODIFIERS = {
+    "token": {"not", "text", "missing", "exact"},
+    "string": {"exact", "contains", "missing"},
+    "date": {"missing"},
+    "number": {"missing"},
+    "quantity": {"missing"},
+    "reference": {"missing"},  # plus :Type
+    "uri": {"missing", "below", "above"},
+}
+MAX_COUNT = 1000
+DEFAULT_COUNT = 50
+
+
+def split_values(raw: str) -> list[str]:
+    """Comma separates OR'd values; a backslash escapes a literal comma, $ or |."""
+    out, cur, i = [], [], 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and i + 1 < len(raw):
+            cur.append(raw[i + 1])
+            i += 2
+            continue
+        if ch == ",":
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    out.append("".join(cur))
+    return out
+
+
+def split_token(value: str) -> tuple[str | None, str | None]:
+    """'system|code' -> (system, code); '|code' -> ('', code); 'code' -> (None, code)."""
+    if "|" in value:
+        system, code = value.split("|", 1)
+        return system, (code or None)
+    return None, value
+
+
+@dataclass
+class Include:
+    source_type: str
+    param: str
+    target_type: str | None
+    iterate: bool = False
+
+
+@dataclass
+class SortKey:
+    param: str
+    descending: bool
+
+
+@dataclass
+class SearchRequest:
+    """A parsed search: what to match, and how to present it."""
+
+    rtype: str | None  # None: whole-system search over several types
+    clauses: list[ColumnElement] = field(default_factory=list)
+    count: int = DEFAULT_COUNT
+    sort: list[SortKey] = field(default_factory=list)
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    summary: str | None = None
+    elements: list[str] | None = None
+    total: str = "accurate"
+    cursor: str | None = None
+    warnings: list[Issue] = field(default_factory=list)
+    # The query string without paging state, for self/next links.
+    echo: list[tuple[str, str]] = field(default_factory=list)
+
+
+class SearchBuilder:
+    def __init__(self, indexer: Indexer):
+        self.indexer = indexer
+
+    # --- entry point -------------------------------------------------------------------
+    def parse(
+        self, rtype: str | None, params: list[tuple[str, str]], lenient: bool = False
+    ) -> SearchRequest:
+        req = SearchRequest(rtype)
+        for name, raw in params:
+            base = name.split(":", 1)[0]
+            if base not in ("_cursor",):
+                req.echo.append((name, raw))
+            if base in RESULT_PARAMS:
+                self._result_param(req, name, raw)
+                continue
+            if base in NOT_SUPPORTED:
+                raise _bad(f"search parameter {base} is not supported by this server", name)
+            try:
+                req.clauses.append(self.clause(rtype, name, raw))
+            except UnknownParam as e:
+                if not lenient:
+                    raise _bad(str(e), name) from None
+                req.warnings.append(Issue("not-supported", f"{e} (ignored)", name, "warning"))
+        return req
+
+    def _result_param(self, req: SearchRequest, name: str, raw: str) -> None:
+        base, _, mod = name.partition(":")
+        if base == "_count":
+            if not raw.isdigit():
+                raise _bad("_count must be a whole number", name)
+            req.count = min(int(raw), MAX_COUNT)
+        elif base == "_sort":
+            for key in split_values(raw):
+                desc = key.startswith("-")
+                key = key.lstrip("-")
+                if key not in ("_id", "_lastUpdated") and (
+                    req.rtype is None or key not in self.indexer.params_for(req.rtype)
+                ):
+                    raise _bad(f"cannot sort by unknown parameter '{key}'", name)
+                req.sort.append(SortKey(key, desc))
+        elif base in ("_include", "_revinclude"):
+            iterate = mod == "iterate"
+            if mod not in ("", "iterate", "recurse"):
+                raise _bad(f"unknown modifier :{mod}", name)
+            inc = self._parse_include(raw, name, iterate)
+            if inc is not None:
+                (req.includes if base == "_include" else req.revincludes).append(inc)
+        elif base == "_summary":
+            if raw not in ("count", "text", "data", "false"):
+                raise _bad(f"_summary={raw} is not supported (count, text, data, false are)", name)
+            req.summary = None if raw == "false" else raw
+        elif base == "_elements":
+            req.elements = [e.strip() for e in raw.split(",") if e.strip()]
+        elif base == "_total":
+            if raw not in ("none", "estimate", "accurate"):
+                raise _bad("_total must be none, estimate or accurate", name)
+            req.total = raw
+        elif base == "_cursor":
+            req.cursor = raw
+
+    def _parse_include(self, raw: str, name: str, iterate: bool) -> Include | None:
+        if raw == "*":
+            return Include("*", "*", None, iterate)
+        parts = raw.split(":")
+        if len(parts) not in (2, 3):
+            raise _bad("expected Type:parameter[:TargetType]", name)
+        stype, param = parts[0], parts[1]
+        sp = self.indexer.params_for(stype).get(param)
+        if sp is None or sp.type != "reference":
+            raise _bad(f"{stype} has no reference parameter '{param}'", name)
+        return Include(stype, param, parts[2] if len(parts) == 3 else None, iterate)
+
+    # --- one parameter -> SQL ------------------------------------------------------------
+    def clause(self, rtype: str | None, name: str, raw: str) -> ColumnElement:
+        if name.startswith("_has:"):
+            return self._has(rtype, name, raw)
+        head, dot, chain = name.partition(".")
+        code, _, modifier = head.partition(":")
+        if code == "_id":
+            ids = split_values(raw)
+            cond = resource.c.id.in_(ids)
+            return not_(cond) if modifier == "not" else cond
+        if code == "_lastUpdated":
+            return or_(*[self._last_updated(v, name) for v in split_values(raw)])
+        if code == "_type" and rtype is None:
+            return resource.c.type.in_(split_values(raw))
+        sp = self._param(rtype, code)
+        if dot:
+            return self._chain(sp, modifier, chain, raw, name)
+        if modifier == "missing":
+            if raw not in ("true", "false"):
+                raise _bad(":missing takes true or false", name)
+            present = self._present(sp)
+            return not_(present) if raw == "true" else present
+        if sp.type == "reference" and modifier and modifier not in ("identifier",):
+            if modifier not in sp.targets and modifier not in _all_types():
+                raise _bad(f"unknown modifier :{modifier}", name)
+        elif modifier and modifier not in MODIFIERS.get(sp.type, set()):
+            if sp.type in ("composite", "special"):
+                raise _bad(f"{sp.type} parameter '{code}' is not supported", name)
+            raise _bad(f"modifier :{modifier} is not supported for {sp.type} parameters", name)
+        values = split_values(raw)
+        if any(v == "" for v in values):
+            raise _bad("empty search value", name)
+        if sp.type == "token" and modifier == "not":
+            # :not is a negation of the whole OR-set: resources with no matching token.
+            return not_(self._in(sp, or_(*[self._token(sp, v, None) for v in values])))
+        conds = [self._value(sp, modifier, v, name) for v in values]
+        if sp.type == "date" or sp.type in ("number", "quantity"):
+            # ne means "no value equal", evaluated per value row; other prefixes OR across rows.
+            pass
+        return self._in(sp, or_(*conds))
+
+    def _param(self, rtype: str | None, code: str) -> SearchParam:
+        if rtype is None:
+            raise UnknownParam(f"'{code}' cannot be searched across all resource types")
+        sp = self.indexer.params_for(rtype).get(code)
+        if sp is None:
+            raise UnknownParam(f"'{code}' is not a search parameter of {rtype}")
+        if sp.type in ("composite", "special"):
+            raise _bad(f"{sp.type} parameter '{code}' is not supported", code)
+        return sp
+
+    def _in(self, sp: SearchParam, cond: ColumnElement) -> ColumnElement:
+        t = INDEX_TABLES[sp.type]
+        sub = select(t.c.resource_pk).where(t.c.type == sp.base, t.c.param == sp.code, cond)
+        return resource.c.pk.in_(sub)
+
+    def _present(self, sp: SearchParam) -> ColumnElement:
+        t = INDEX_TABLES.get(sp.type)
+        if t is None:
+            raise _bad(f"{sp.type} parameter '{sp.code}' is not supported", sp.code)
+        return exists().where(
+            t.c.resource_pk == resource.c.pk, t.c.type == sp.base, t.c.param == sp.code
+        )
+
+    def _value(self, sp: SearchParam, modifier: str, value: str, name: str) -> ColumnElement:
+        kind = sp.type
+        if kind == "token":
+            return self._token(sp, value, modifier)
+        if kind == "string":
+            t = INDEX_TABLES["string"]
+            if modifier == "exact":
+                return t.c.exact == value
+            norm = normalize_string(value)
+            like = _escape_like(norm)
+            if modifier == "contains":
+                return t.c.value.like(f"%{like}%", escape="\\")
+            return t.c.value.like(f"{like}%", escape="\\")
+        if kind == "date":
+            prefix, v = _prefix(value)
+            try:
+                low, high = date_range(v)
+            except ValueError as e:
+                raise _bad(f"'{v}' is not a valid date: {e}", name) from None
+            t = INDEX_TABLES["date"]
+            return _date_cond(prefix, t.c.low, t.c.high, low, high)
+        if kind in ("number", "quantity"):
+            prefix, v = _prefix(value)
+            system = code = None
+            if kind == "quantity" and "|" in v:
+                v, system, code = (v.split("|") + ["", ""])[:3]
+            try:
+                low, high, exact = number_range(v)
+            except ValueError as e:
+                raise _bad(f"'{v}' is not a valid number: {e}", name) from None
+            t = INDEX_TABLES["number"]
+            cond = _number_cond(prefix, t.c.value, low, high, exact)
+            if system:
+                cond = and_(cond, t.c.system == system)
+            if code:
+                cond = and_(cond, or_(t.c.code == code, t.c.unit == code))
+            return cond
+        if kind == "reference":
+            return self._reference(sp, modifier, value)
+        if kind == "uri":
+            t = INDEX_TABLES["uri"]
+            if modifier == "below":
+                return t.c.uri.like(f"{_escape_like(value)}%", escape="\\")
+            if modifier == "above":
+                # A stored uri is "above" the value when the value starts with it.
+                return and_(t.c.uri != "", _literal(value).like(t.c.uri + "%"))
+            return t.c.uri == value
+        raise _bad(f"{kind} parameter '{sp.code}' is not supported", name)
+
+    def _token(self, sp: SearchParam, value: str, modifier: str | None) -> ColumnElement:
+        t = idx_token
+        if modifier == "text":
+            return t.c.text.like(f"{_escape_like(normalize_string(value))}%", escape="\\")
+        system, code = split_token(value)
+        if system is None:
+            return t.c.code == code
+        if system == "":
+            return and_(t.c.code == code, t.c.system.is_(None))
+        if code is None:
+            return t.c.system == system
+        return and_(t.c.code == code, t.c.system == system)
+
+    def _reference(self, sp: SearchParam, modifier: str, value: str) -> ColumnElement:
+        t = idx_reference
+        if "/" in value and not value.startswith(("http://", "https://", "urn:")):
+            parts = value.split("/")
+            if len(parts) >= 2:
+                rtype, rid = parts[-2], parts[-1]
+                if len(parts) >= 4 and parts[-2] == "_history":
+                    rtype, rid = parts[-4], parts[-3]
+                return and_(t.c.target_type == rtype, t.c.target_id == rid)
+        if value.startswith(("http://", "https://", "urn:")):
+            return t.c.url == value
+        cond = t.c.target_id == value
+        if modifier:
+            cond = and_(cond, t.c.target_type == modifier)
+        return cond
+
+    def _last_updated(self, value: str, name: str) -> ColumnElement:
+        prefix, v = _prefix(value)
+        try:
+            low, high = date_range(v)
+        except ValueError as e:
+            raise _bad(f"'{v}' is not a valid date: {e}", name) from None
+        col = resource.c.last_updated
+        return _date_cond(prefix, col, col, low, high, point=True)
+
+    def _chain(self, sp: SearchParam, modifier: str, chain: str, raw: str, name: str):
+        """subject:Patient.identifier=x -> reference whose target matches identifier=x."""
+        if sp.type != "reference":
+            raise _bad(f"'{sp.code}' is not a reference parameter and cannot be chained", name)
+        targets = [modifier] if modifier else list(sp.targets)
+        candidates = [t for t in targets if chain.split(".")[0].split(":")[0] in
+                      self.indexer.params_for(t) or chain.split(".")[0] in ("_id", "_lastUpdated")]
+        if not candidates:
+            raise _bad(f"no target type of '{sp.code}' has a parameter '{chain}'", name)
+        if len(candidates) > 1 and not modifier:
+            # Several possible targets: the reference may point at any that matches.
+            pass
+        ors = []
+        for target in candidates:
+            inner = self.clause(target, chain, raw)
+            ids = select(resource.c.id).where(
+                resource.c.type == target, resource.c.deleted == false(), inner
+            )
+            ors.append(and_(idx_reference.c.target_type == target, idx_reference.c.target_id.in_(ids)))
+        return self._in(sp, or_(*ors))
+
+    def _has(self, rtype: str | None, name: str, raw: str) -> ColumnElement:
+        """_has:Observation:patient:code=1234 -> this resource is referenced by such an Observation."""
+        parts = name.split(":", 3)
+        if len(parts) != 4 or rtype is None:
+            raise _bad("expected _has:Type:reference-parameter:search-parameter", name)
+        _, src_type, ref_param, rest = parts
+        ref_sp = self.indexer.params_for(src_type).get(ref_param)
+        if ref_sp is None or ref_sp.type != "reference":
+            raise _bad(f"{src_type} has no reference parameter '{ref_param}'", name)
+        inner = self.clause(src_type, rest, raw)
+        src = select(resource.c.pk).where(
+            resource.c.type == src_type, resource.c.deleted == false(), inner
+        )
+        refs = select(idx_reference.c.target_id).where(
+            idx_reference.c.type == src_type,
+            idx_reference.c.param == ref_param,
+            idx_reference.c.target_type == rtype,
+            idx_reference.c.resource_pk.in_(src),
+        )
+        return resource.c.id.in_(refs)
+
+
+class UnknownParam(Exception):
+    pass
+
+
+def _bad(diagnostics: str, expression: str | None = None) -> FHIRError:
+    return FHIRError(400, [Issue("invalid", diagnostics, expression)])
+
+
+def _prefix(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in DATE_PREFIXES and not value[2].isalpha():
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def _escape_like(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _literal(value: str):
+    from sqlalchemy import literal
+
+    return literal(value)
+
+
+def _date_cond(prefix, lo_col, hi_col, low: str, high: str, point: bool = False) -> ColumnElement:
+    """FHIR date prefixes as range comparisons: the stored value is [lo_col, hi_col]."""
+    if prefix == "eq":
+        return and_(lo_col >= low, hi_col <= high)
+    if prefix == "ne":
+        return or_(lo_col < low, hi_col > high)
+    if prefix == "lt":
+        return lo_col < low
+    if prefix == "gt":
+        return hi_col > high
+    if prefix == "le":
+        return lo_col <= high
+    if prefix == "ge":
+        return hi_col >= low
+    if prefix == "sa":
+        return lo_col > high
+    if prefix == "eb":
+        return hi_col < low
+    if prefix == "ap":
+        # Approximately: within 10% of the distance from now, at least a day either side.
+        lo = datetime.fromisoformat(low).replace(tzinfo=UTC)
+        now = datetime.now(UTC)
+        slack = max(abs(now - lo) * 0.1, timedelta(days=1))
+        wlow = (lo - slack).strftime("%Y-%m-%dT%H:%M:%S")
+        whigh = (datetime.fromisoformat(high).replace(tzinfo=UTC) + slack).strftime(
+            "%Y-%m-%dT%H:%M:%S"
+        )
+        return and_(hi_col >= wlow, lo_col <= whigh)
+    raise _bad(f"unknown prefix {prefix}")
+
+
+def _number_cond(prefix, col, low: float, high: float, exact: float) -> ColumnElement:
+    if prefix == "eq":
+        return and_(col >= low, col < high)
+    if prefix == "ne":
+        return or_(col < low, col >= high)
+    if prefix in ("lt", "eb"):
+        return col < exact
+    if prefix in ("gt", "sa"):
+        return col > exact
+    if prefix == "le":
+        return col <= exact
+    if prefix == "ge":
+        return col >= exact
+    if prefix == "ap":
+        slack = abs(exact) * 0.1
+        return and_(col >= exact - slack, col <= exact + slack)
+    raise _bad(f"unknown prefix {prefix}")
+
+
+def _all_types() -> frozenset[str]:
+    from ..fhir.validation import resource_types
+
+    return resource_types()
+
+
+__all__ = ["SearchBuilder", "SearchRequest", "Include", "SortKey", "split_values", "true"]
