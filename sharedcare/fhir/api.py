@@ -9,6 +9,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -42,8 +43,7 @@ def _check_type(rtype: str) -> None:
         raise FHIRError.of(404, "not-supported", f"'{rtype}' is not a FHIR R4 resource type")
 
 
-async def _body(request: Request) -> dict:
-    raw = await request.body()
+def _body(raw: bytes) -> dict:
     if not raw:
         raise FHIRError.of(400, "invalid", "the request has no body")
     try:
@@ -85,21 +85,25 @@ class FhirApi:
         ]
 
     def handle(self, fn):
+        """Read the body on the event loop, then run the (blocking, database-bound) handler in
+        the thread pool so one slow query never stalls other requests."""
+
         async def endpoint(request: Request) -> Response:
             try:
-                return await fn(request)
+                body = await request.body()
+                return await run_in_threadpool(fn, request, body)
             except FHIRError as e:
                 return error_response(e)
 
         return endpoint
 
     # ------------------------------------------------------------------ handlers
-    async def metadata(self, request: Request) -> Response:
+    def metadata(self, request: Request, raw: bytes) -> Response:
         return fhir_response(capability_statement(self.store.indexer, self.base(request)))
 
-    async def system(self, request: Request) -> Response:
+    def system(self, request: Request, raw: bytes) -> Response:
         access = self.gov.authenticate(request)
-        body = await _body(request)
+        body = _body(raw)
         if body.get("resourceType") != "Bundle":
             raise FHIRError.of(400, "invalid", "POST to the base URL takes a batch or transaction Bundle")
         types = {(e.get("request") or {}).get("url", "").split("/")[0].split("?")[0]
@@ -109,15 +113,16 @@ class FhirApi:
         try:
             if body.get("type") == "batch":
                 result = bundles.batch(self.store, body, self.base(request),
-                                       reader=lambda url: self._batch_read(access, url))
+                                       reader=lambda url: self._batch_read(access, url),
+                                       source_org=access.ods)
             else:
-                result = bundles.process(self.store, body, self.base(request))
+                result = bundles.process(self.store, body, self.base(request), access.ods)
             return fhir_response(result)
         except FHIRError:
             outcome = "4"
             raise
         finally:
-            self.gov.audit(access, "transaction", "C", outcome=outcome,
+            self.gov.audit(access, "transaction", outcome,
                            entity=f"Bundle ({len(body.get('entry') or [])} entries)")
 
     def _batch_read(self, access: Access, url: str) -> dict:
@@ -129,11 +134,11 @@ class FhirApi:
         page = self.gov.search(access, parts[0], parse_qsl(query))
         return self._searchset(page, "", parts[0], [])
 
-    async def type_level(self, request: Request) -> Response:
+    def type_level(self, request: Request, raw: bytes) -> Response:
         rtype = request.path_params["type"]
         _check_type(rtype)
         if request.method == "GET":
-            return await self._search(request, rtype, list(request.query_params.multi_items()))
+            return self._search(request, rtype, list(request.query_params.multi_items()))
         access = self.gov.authenticate(request)
         self.gov.require_write(access, {rtype})
         query = request.url.query
@@ -145,9 +150,9 @@ class FhirApi:
                 raise FHIRError.of(412, "multiple-matches", "the conditions match several resources")
             if ids:
                 self.store.write([WriteOp("DELETE", rtype, ids[0], None)])
-            self.gov.audit(access, "delete", "D", entity=f"{rtype}?{query}")
+            self.gov.audit(access, "delete", entity=f"{rtype}?{query}")
             return Response(status_code=204)
-        body = await _body(request)
+        body = _body(raw)
         if body.get("resourceType") != rtype:
             raise FHIRError.of(400, "invalid", f"resourceType must be {rtype}", "resourceType")
         if request.method == "PUT":
@@ -161,8 +166,9 @@ class FhirApi:
 
             rid = ids[0] if ids else (body.get("id") or str(uuid.uuid4()))
             result = self.store.write([WriteOp("PUT", rtype, rid, body,
-                                               _version(request.headers.get("if-match")))])[0]
-            self.gov.audit(access, "update", "U", entity=f"{rtype}/{rid}")
+                                               _version(request.headers.get("if-match")))],
+                                      source_org=access.ods)[0]
+            self.gov.audit(access, "update", entity=f"{rtype}/{rid}")
             return fhir_response(result.stored.content, 201 if result.created else 200,
                                  _resource_headers(result.stored))
         # POST: create, or conditional create with If-None-Exist.
@@ -176,24 +182,25 @@ class FhirApi:
                 return fhir_response(s.content, 200, _resource_headers(s))
         import uuid
 
-        result = self.store.write([WriteOp("POST", rtype, str(uuid.uuid4()), body)])[0]
-        self.gov.audit(access, "create", "C", entity=f"{rtype}/{result.stored.id}")
+        result = self.store.write([WriteOp("POST", rtype, str(uuid.uuid4()), body)],
+                                  source_org=access.ods)[0]
+        self.gov.audit(access, "create", entity=f"{rtype}/{result.stored.id}")
         return fhir_response(result.stored.content, 201, _resource_headers(result.stored))
 
-    async def search_post(self, request: Request) -> Response:
+    def search_post(self, request: Request, raw: bytes) -> Response:
         rtype = request.path_params["type"]
         _check_type(rtype)
-        form = await request.form()
-        params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
-        return await self._search(request, rtype, params)
+        form = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+        params = list(request.query_params.multi_items()) + form
+        return self._search(request, rtype, params)
 
-    async def compartment_search(self, request: Request) -> Response:
+    def compartment_search(self, request: Request, raw: bytes) -> Response:
         ctype = request.path_params["ctype"]
         _check_type(ctype)
-        return await self._search(request, ctype, list(request.query_params.multi_items()),
+        return self._search(request, ctype, list(request.query_params.multi_items()),
                                   compartment=request.path_params["id"])
 
-    async def _search(self, request: Request, rtype: str, params, compartment: str | None = None):
+    def _search(self, request: Request, rtype: str, params, compartment: str | None = None):
         access = self.gov.authenticate(request)
         lenient = "handling=lenient" in (request.headers.get("prefer") or "")
         page = self.gov.search(access, rtype, params, lenient=lenient, compartment=compartment)
@@ -222,7 +229,7 @@ class FhirApi:
             out["total"] = page.total
         return out
 
-    async def instance(self, request: Request) -> Response:
+    def instance(self, request: Request, raw: bytes) -> Response:
         rtype, rid = request.path_params["type"], request.path_params["id"]
         _check_type(rtype)
         access = self.gov.authenticate(request)
@@ -235,20 +242,21 @@ class FhirApi:
         self.gov.require_write(access, {rtype})
         if request.method == "DELETE":
             result = self.store.write([WriteOp("DELETE", rtype, rid, None)])[0]
-            self.gov.audit(access, "delete", "D", entity=f"{rtype}/{rid}")
+            self.gov.audit(access, "delete", entity=f"{rtype}/{rid}")
             return Response(status_code=204, headers={"ETag": result.stored.etag})
-        body = await _body(request)
+        body = _body(raw)
         if body.get("resourceType") != rtype:
             raise FHIRError.of(400, "invalid", f"resourceType must be {rtype}", "resourceType")
         if body.get("id") != rid:
             raise FHIRError.of(400, "invalid", f"the resource id must be '{rid}' (the URL's id)", "id")
         result = self.store.write([WriteOp("PUT", rtype, rid, body,
-                                           _version(request.headers.get("if-match")))])[0]
-        self.gov.audit(access, "update", "U", entity=f"{rtype}/{rid}")
+                                           _version(request.headers.get("if-match")))],
+                                  source_org=access.ods)[0]
+        self.gov.audit(access, "update", entity=f"{rtype}/{rid}")
         return fhir_response(result.stored.content, 201 if result.created else 200,
                              _resource_headers(result.stored))
 
-    async def vread(self, request: Request) -> Response:
+    def vread(self, request: Request, raw: bytes) -> Response:
         rtype, rid, vid = (request.path_params[k] for k in ("type", "id", "vid"))
         _check_type(rtype)
         if not vid.isdigit():
@@ -257,7 +265,7 @@ class FhirApi:
         s = self.gov.vread(access, rtype, rid, int(vid))
         return fhir_response(s.content, 200, _resource_headers(s))
 
-    async def history(self, request: Request) -> Response:
+    def history(self, request: Request, raw: bytes) -> Response:
         rtype = request.path_params.get("type")
         rid = request.path_params.get("id")
         if rtype:
@@ -293,7 +301,7 @@ class FhirApi:
         return fhir_response({"resourceType": "Bundle", "type": "history", "link": links,
                               "entry": entries})
 
-    async def everything(self, request: Request) -> Response:
+    def everything(self, request: Request, raw: bytes) -> Response:
         pid = request.path_params["id"]
         access = self.gov.authenticate(request)
         q = request.query_params

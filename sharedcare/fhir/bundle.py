@@ -106,23 +106,23 @@ def _conditional_references(node, found: list[str]):
             _conditional_references(item, found)
 
 
-def process(store: Store, bundle: dict, base_url: str) -> dict:
+def process(store: Store, bundle: dict, base_url: str, source_org: str | None = None) -> dict:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise FHIRError.of(400, "invalid", "expected a Bundle")
     btype = bundle.get("type")
     if btype == "transaction":
-        return transaction(store, bundle, base_url)
+        return transaction(store, bundle, base_url, source_org)
     if btype == "batch":
-        return batch(store, bundle, base_url)
+        return batch(store, bundle, base_url, source_org=source_org)
     raise FHIRError.of(400, "invalid", f"Bundle.type must be transaction or batch, not {btype}",
                        "Bundle.type")
 
 
-def transaction(store: Store, bundle: dict, base_url: str) -> dict:
+def transaction(store: Store, bundle: dict, base_url: str, source_org: str | None = None) -> dict:
     entries = parse_entries(bundle)
     with store.begin_write() as conn, conn.begin():
         ops, op_entries, responses = plan_writes(store, entries, conn)
-        results = store.write(ops, conn)
+        results = store.write(ops, conn, source_org)
     for index, result in zip(op_entries, results, strict=True):
         responses[index] = _response_entry(result, base_url)
     return {"resourceType": "Bundle", "type": "transaction-response",
@@ -252,7 +252,8 @@ def _response_entry(r: WriteResult, base_url: str) -> dict:
     }
 
 
-def batch(store: Store, bundle: dict, base_url: str, reader=None) -> dict:
+def batch(store: Store, bundle: dict, base_url: str, reader=None,
+          source_org: str | None = None) -> dict:
     """Each entry on its own: a failure becomes that entry's OperationOutcome, not the Bundle's."""
     entries = parse_entries(bundle)
     out = []
@@ -265,7 +266,7 @@ def batch(store: Store, bundle: dict, base_url: str, reader=None) -> dict:
                 continue
             with store.begin_write() as conn, conn.begin():
                 ops, _, responses = plan_writes(store, [e], conn)
-                results = store.write(ops, conn)
+                results = store.write(ops, conn, source_org)
             out.append(_response_entry(results[0], base_url) if results else responses[e.index])
         except FHIRError as err:
             issues = [Issue(i.code, i.diagnostics, i.expression) for i in err.issues]

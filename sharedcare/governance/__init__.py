@@ -138,6 +138,13 @@ class Governance:
                                   "scope": scope, "kind": "user", "name": person.display_name,
                                   **extra}, lifetime)
 
+    def issue_system_token(self, client_id: str, ods: str, scope: str = "system/*.cruds",
+                           purpose: str = DIRECT_CARE, lifetime: int = 3600) -> str:
+        """A token for a partner system acting for its organisation (client_credentials)."""
+        return self.tokens.issue({"sub": client_id, "client_id": client_id, "ods": ods,
+                                  "role": "system", "purpose": purpose, "scope": scope,
+                                  "kind": "system"}, lifetime)
+
     def roles_of(self, username: str) -> list[tuple[str, str, str]]:
         """(ods, organisation name, role) for each role the person holds."""
         with self.engine.connect() as conn:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, delete, false, func, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, false, func, insert, or_, select, tuple_, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import category_of
@@ -182,7 +182,7 @@ class Store:
                 existing[(t, i)] = (pk, v, d)
 
         stamp = now_utc()
-        new_rows, upd_rows, version_rows, results = [], [], [], []
+        new_rows, upd_rows, del_rows, version_rows, results = [], [], [], [], []
         indexed: list[tuple[tuple[str, str], IndexRows | None]] = []
         for op in ops:
             key = (op.rtype, op.rid)
@@ -201,9 +201,10 @@ class Store:
                     continue
                 version = prior[1] + 1
                 existing[key] = (prior[0], version, True)
-                upd_rows.append({"b_pk": prior[0], "version": version, "last_updated": stamp,
-                                 "deleted": True, "content": None, "source_org": None,
-                                 "category": None, "sensitivity": ""})
+                # Governance columns stay as they were: who may see the tombstone (410) is
+                # who could see the resource.
+                del_rows.append({"b_pk": prior[0], "version": version, "last_updated": stamp,
+                                 "deleted": True, "content": None})
                 version_rows.append((key, version, "DELETE", True, None))
                 indexed.append((key, None))
                 results.append(WriteResult(Stored(op.rtype, op.rid, version, stamp, None, True),
@@ -244,14 +245,11 @@ class Store:
             ).scalars().all()
             for r, pk in zip(new_rows, pks, strict=True):
                 existing[(r["type"], r["id"])] = (pk, r["version"], False)
-        if upd_rows:
-            from sqlalchemy import bindparam
-
-            conn.execute(
-                update(resource).where(resource.c.pk == bindparam("b_pk")),
-                upd_rows,
-            )
-            stale = [r["b_pk"] for r in upd_rows]
+        for rows in (upd_rows, del_rows):
+            if rows:
+                conn.execute(update(resource).where(resource.c.pk == bindparam("b_pk")), rows)
+        if upd_rows or del_rows:
+            stale = [r["b_pk"] for r in upd_rows + del_rows]
             for t in INDEX_WRITE:
                 for chunk in _chunks(stale, 500):
                     conn.execute(delete(t).where(t.c.resource_pk.in_(chunk)))

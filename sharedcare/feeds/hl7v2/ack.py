@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import hl7
 
@@ -53,13 +53,17 @@ def build_ack(raw_or_message, ack_code: str = "AA", error: HL7Error | None = Non
     fields = _msh_fields(raw_or_message)
     encoding_ok = _field(fields, 2) in ("^~\\&", "^~\\&#")
     get = (lambda n: _field(fields, n)) if encoding_ok else (lambda n: "")
-    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
     event = _component(get(9), 2)
     msh = [
-        "MSH", "^~\\&",
-        get(5), get(6),  # sending = original receiver
-        get(3), get(4),  # receiving = original sender
-        now, "",
+        "MSH",
+        "^~\\&",
+        get(5),
+        get(6),  # sending = original receiver
+        get(3),
+        get(4),  # receiving = original sender
+        now,
+        "",
         f"ACK^{event}^ACK" if event else "ACK",
         uuid.uuid4().hex[:20],
         get(11) or "P",

@@ -153,7 +153,9 @@ def cx_identifier(rep: Rep, source_org: str, warnings: list[str]) -> dict | None
         digits = value.replace(" ", "").replace("-", "")
         if digits.isdigit() and len(digits) == 10 and nhs_number.is_valid(digits):
             return {"system": NHS_NUMBER_SYSTEM, "value": digits}
-        warnings.append("An identifier labelled as an NHS number failed the check digit; kept as local")
+        warnings.append(
+            "An identifier labelled as an NHS number failed the check digit; kept as local"
+        )
     authority = hd_name(rep, 4)
     ident: dict = {
         "system": local_identifier_system(source_org, slug(authority) if authority else "mrn"),
@@ -180,8 +182,18 @@ def key_identifier(identifiers: list[dict]) -> dict:
 
 # --- names, addresses, telecoms --------------------------------------------------------------------
 
-NAME_USE = {"L": "official", "D": "usual", "M": "maiden", "N": "nickname", "A": "usual",
-            "B": "old", "C": "old", "U": "temp", "T": "temp", "S": "anonymous"}
+NAME_USE = {
+    "L": "official",
+    "D": "usual",
+    "M": "maiden",
+    "N": "nickname",
+    "A": "usual",
+    "B": "old",
+    "C": "old",
+    "U": "temp",
+    "T": "temp",
+    "S": "anonymous",
+}
 
 
 def xpn_name(rep: Rep) -> dict | None:
@@ -229,8 +241,17 @@ def xad_address(rep: Rep) -> dict | None:
 
 
 TELECOM_USE = {"PRN": "home", "ORN": "home", "VHN": "home", "WPN": "work", "EMR": "temp"}
-EQUIPMENT = {"PH": "phone", "CP": "phone", "FX": "fax", "BP": "pager", "INTERNET": "email",
-             "X.400": "email", "MD": "other", "TDD": "other", "TTY": "other"}
+EQUIPMENT = {
+    "PH": "phone",
+    "CP": "phone",
+    "FX": "fax",
+    "BP": "pager",
+    "INTERNET": "email",
+    "X.400": "email",
+    "MD": "other",
+    "TDD": "other",
+    "TTY": "other",
+}
 
 
 def xtn_telecom(rep: Rep, default_use: str) -> dict | None:
@@ -279,7 +300,9 @@ def xcn_display(rep: Rep) -> str:
     name = xcn_name(rep)
     if not name:
         return rep.c(1)
-    return " ".join(name.get("prefix", []) + name.get("given", []) + [name.get("family", "")]).strip()
+    return " ".join(
+        name.get("prefix", []) + name.get("given", []) + [name.get("family", "")]
+    ).strip()
 
 
 def xcn_identifier(rep: Rep, source_org: str) -> dict | None:

@@ -34,6 +34,4 @@ class HL7Error(Exception):
         self.text = text
 
     def __repr__(self) -> str:
-        return (
-            f"HL7Error({self.ack_code!r}, {self.error_code!r}, {self.location!r}, {self.text!r})"
-        )
+        return f"HL7Error({self.ack_code!r}, {self.error_code!r}, {self.location!r}, {self.text!r})"

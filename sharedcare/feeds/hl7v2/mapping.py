@@ -36,13 +36,36 @@ THO = dt.THO
 
 ADT_EVENTS = {
     # event: Encounter.status (None: derive from PV1-2/PV1-45, as the PV1[Encounter] map does)
-    "A01": "in-progress", "A02": "in-progress", "A03": "finished", "A04": "planned",
-    "A05": "planned", "A06": "in-progress", "A07": "in-progress", "A08": None,
-    "A09": "in-progress", "A10": "in-progress", "A11": "cancelled", "A12": "in-progress",
-    "A13": "in-progress", "A14": "planned", "A15": "in-progress", "A16": "in-progress",
-    "A21": "onleave", "A22": "in-progress", "A23": "entered-in-error", "A25": "in-progress",
-    "A26": "in-progress", "A27": "cancelled", "A28": None, "A29": "entered-in-error",
-    "A31": None, "A40": None, "A41": None, "A45": None, "A47": None, "A60": None,
+    "A01": "in-progress",
+    "A02": "in-progress",
+    "A03": "finished",
+    "A04": "planned",
+    "A05": "planned",
+    "A06": "in-progress",
+    "A07": "in-progress",
+    "A08": None,
+    "A09": "in-progress",
+    "A10": "in-progress",
+    "A11": "cancelled",
+    "A12": "in-progress",
+    "A13": "in-progress",
+    "A14": "planned",
+    "A15": "in-progress",
+    "A16": "in-progress",
+    "A21": "onleave",
+    "A22": "in-progress",
+    "A23": "entered-in-error",
+    "A25": "in-progress",
+    "A26": "in-progress",
+    "A27": "cancelled",
+    "A28": None,
+    "A29": "entered-in-error",
+    "A31": None,
+    "A40": None,
+    "A41": None,
+    "A45": None,
+    "A47": None,
+    "A60": None,
 }
 # Events whose message structure requires a real PV1 (visit events).
 PV1_REQUIRED = {e for e, s in ADT_EVENTS.items() if s} - {"A29"} | {"A08"}
@@ -61,31 +84,111 @@ PATIENT_CLASS = {  # IG ConceptMap PatientClass[EncounterClass]
     "N": (f"{THO}/v2-0004", "N", "Not Applicable"),
     "U": (f"{THO}/v2-0004", "U", "Unknown"),
 }
-CLASS_STATUS = {"P": "planned", "U": "unknown"}  # IG PatientClass[EncounterStatus]; rest in-progress
+CLASS_STATUS = {
+    "P": "planned",
+    "U": "unknown",
+}  # IG PatientClass[EncounterStatus]; rest in-progress
 GENDER = {"M": "male", "F": "female", "O": "other", "A": "other", "U": "unknown", "N": "unknown"}
-PARTICIPANTS = ((7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"),
-                (17, "ADM", "admitter"))
+PARTICIPANTS = (
+    (7, "ATND", "attender"),
+    (8, "REF", "referrer"),
+    (9, "CON", "consultant"),
+    (17, "ADM", "admitter"),
+)
 OBS_STATUS = {  # OBX-11 -> Observation.status (IG ObservationResultStatus)
-    "C": "corrected", "D": "entered-in-error", "F": "final", "I": "registered",
-    "N": "cancelled", "O": "registered", "P": "preliminary", "R": "preliminary",
-    "S": "preliminary", "U": "final", "W": "entered-in-error", "X": "cancelled", "A": "amended",
+    "C": "corrected",
+    "D": "entered-in-error",
+    "F": "final",
+    "I": "registered",
+    "N": "cancelled",
+    "O": "registered",
+    "P": "preliminary",
+    "R": "preliminary",
+    "S": "preliminary",
+    "U": "final",
+    "W": "entered-in-error",
+    "X": "cancelled",
+    "A": "amended",
 }
 REPORT_STATUS = {  # OBR-25 -> DiagnosticReport.status (IG ResultStatus)
-    "O": "registered", "I": "registered", "S": "registered", "A": "partial", "P": "preliminary",
-    "C": "corrected", "R": "partial", "N": "partial", "F": "final", "X": "cancelled",
-    "D": "entered-in-error", "M": "partial", "Y": "unknown", "Z": "unknown",
+    "O": "registered",
+    "I": "registered",
+    "S": "registered",
+    "A": "partial",
+    "P": "preliminary",
+    "C": "corrected",
+    "R": "partial",
+    "N": "partial",
+    "F": "final",
+    "X": "cancelled",
+    "D": "entered-in-error",
+    "M": "partial",
+    "Y": "unknown",
+    "Z": "unknown",
 }
-DOC_STATUS = {"AU": "final", "LA": "final", "DI": "preliminary", "DO": "preliminary",
-              "IN": "preliminary", "IP": "preliminary", "PA": "preliminary"}
+DOC_STATUS = {
+    "AU": "final",
+    "LA": "final",
+    "DI": "preliminary",
+    "DO": "preliminary",
+    "IN": "preliminary",
+    "IP": "preliminary",
+    "PA": "preliminary",
+}
 V3_INTERPRETATION = {
-    "<", ">", "A", "AA", "AC", "B", "CAR", "D", "DET", "E", "EX", "EXP", "H", "HH", "HM", "HU",
-    "HX", "I", "IE", "IND", "L", "LL", "LU", "LX", "MS", "N", "NCL", "ND", "NEG", "NR", "NS",
-    "OBX", "POS", "QCF", "R", "RR", "S", "SDD", "SYN-R", "SYN-S", "TOX", "U", "UNE", "VS", "W", "WR",
+    "<",
+    ">",
+    "A",
+    "AA",
+    "AC",
+    "B",
+    "CAR",
+    "D",
+    "DET",
+    "E",
+    "EX",
+    "EXP",
+    "H",
+    "HH",
+    "HM",
+    "HU",
+    "HX",
+    "I",
+    "IE",
+    "IND",
+    "L",
+    "LL",
+    "LU",
+    "LX",
+    "MS",
+    "N",
+    "NCL",
+    "ND",
+    "NEG",
+    "NR",
+    "NS",
+    "OBX",
+    "POS",
+    "QCF",
+    "R",
+    "RR",
+    "S",
+    "SDD",
+    "SYN-R",
+    "SYN-S",
+    "TOX",
+    "U",
+    "UNE",
+    "VS",
+    "W",
+    "WR",
 }
 SN_COMPARATORS = {"<", "<=", ">=", ">"}
 STRING_TYPES = {"ST", "TX", "FT", "TN", "RP", "HD", "EI", "ID", "IS"}
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
-_RANGE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)\s*(?:-|to|_)\s*([+-]?\d+(?:\.\d+)?)\s*$", re.I)
+_RANGE = re.compile(
+    r"^\s*([+-]?\d+(?:\.\d+)?)\s*(?:-|to|_)\s*([+-]?\d+(?:\.\d+)?)\s*$", re.IGNORECASE
+)
 _OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
 
 
@@ -144,7 +247,10 @@ class _Builder:
         entry = {
             "fullUrl": f"urn:uuid:{self.uuid(*k)}",
             "resource": resource,
-            "request": {"method": "PUT", "url": dt.conditional_url(rtype, key["system"], key["value"])},
+            "request": {
+                "method": "PUT",
+                "url": dt.conditional_url(rtype, key["system"], key["value"]),
+            },
         }
         self.entries[k] = entry
         return entry["fullUrl"]
@@ -165,28 +271,38 @@ class _Builder:
             "target": [{"reference": e["fullUrl"]} for e in entries],
             "recorded": recorded,
             "activity": {"coding": [{"system": f"{THO}/v2-0003", "code": event}]},
-            "agent": [{
-                "type": {"coding": [{
-                    "system": f"{THO}/provenance-participant-type", "code": "author"}]},
-                "who": self.org_ref,
-            }],
-            "entity": [{
-                "role": "source",
-                "what": {
-                    "identifier": {
-                        "system": local_identifier_system(
-                            self.source_org, f"hl7v2-message/{dt.slug(self.feed_id)}"),
-                        "value": self.control_id,
+            "agent": [
+                {
+                    "type": {
+                        "coding": [
+                            {"system": f"{THO}/provenance-participant-type", "code": "author"}
+                        ]
                     },
-                    "display": f"HL7 v2 {message_type}^{event} message {self.control_id}",
-                },
-            }],
+                    "who": self.org_ref,
+                }
+            ],
+            "entity": [
+                {
+                    "role": "source",
+                    "what": {
+                        "identifier": {
+                            "system": local_identifier_system(
+                                self.source_org, f"hl7v2-message/{dt.slug(self.feed_id)}"
+                            ),
+                            "value": self.control_id,
+                        },
+                        "display": f"HL7 v2 {message_type}^{event} message {self.control_id}",
+                    },
+                }
+            ],
         }
-        entries.append({
-            "fullUrl": f"urn:uuid:{prov_id}",
-            "resource": provenance,
-            "request": {"method": "PUT", "url": f"Provenance/{prov_id}"},
-        })
+        entries.append(
+            {
+                "fullUrl": f"urn:uuid:{prov_id}",
+                "resource": provenance,
+                "request": {"method": "PUT", "url": f"Provenance/{prov_id}"},
+            }
+        )
         return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
     # --- shared resources ---------------------------------------------------------------------
@@ -217,8 +333,11 @@ class _Builder:
             "status": "active",
             "name": p["description"] or key,
             "mode": "instance",
-            "physicalType": {"coding": [{
-                "system": f"{THO}/location-physical-type", "code": kind[0], "display": kind[1]}]},
+            "physicalType": {
+                "coding": [
+                    {"system": f"{THO}/location-physical-type", "code": kind[0], "display": kind[1]}
+                ]
+            },
             "managingOrganization": self.org_ref,
         }
         return {"reference": self.put("Location", ident, body), "display": body["name"]}
@@ -232,7 +351,9 @@ def _dtm(seg: Seg, n: int, rep: Rep | None = None) -> Dtm | None:
     return parse_dtm(value, f"{seg.id}-{n}") if value else None
 
 
-def _map_pid(b: _Builder, pid: Seg, pd1: Seg | None, *, active: bool | None = None) -> tuple[str, dict]:
+def _map_pid(
+    b: _Builder, pid: Seg, pd1: Seg | None, *, active: bool | None = None
+) -> tuple[str, dict]:
     identifiers: list[dict] = []
     for rep in pid.reps(3):
         ident = dt.cx_identifier(rep, b.source_org, b.warnings)
@@ -286,9 +407,7 @@ def _map_pid(b: _Builder, pid: Seg, pd1: Seg | None, *, active: bool | None = No
     return b.put("Patient", key, body), key
 
 
-def _map_pv1(
-    b: _Builder, pv1: Seg, patient: str, status: str | None, event: str
-) -> str | None:
+def _map_pv1(b: _Builder, pv1: Seg, patient: str, status: str | None, event: str) -> str | None:
     visit = pv1.rep(19)
     if not visit.c(1):
         b.warnings.append("PV1 without a visit number (PV1-19): no Encounter written")
@@ -301,8 +420,11 @@ def _map_pv1(
     start, end = _dtm(pv1, 44), _dtm(pv1, 45)
     if status is None:
         status = "finished" if end else CLASS_STATUS.get(klass, "in-progress")
-    ident = {"system": local_identifier_system(b.source_org, "visit"), "value": visit.c(1),
-             "type": dt.table_concept("VN", "0203")}
+    ident = {
+        "system": local_identifier_system(b.source_org, "visit"),
+        "value": visit.c(1),
+        "type": dt.table_concept("VN", "0203"),
+    }
     system, code, display = PATIENT_CLASS[klass]
     body: dict = {
         "identifier": [ident],
@@ -317,12 +439,22 @@ def _map_pv1(
         for rep in pv1.reps(n):
             who = b.practitioner(rep)
             if who:
-                participants.append({
-                    "type": [{"coding": [{
-                        "system": f"{THO}/v3-ParticipationType", "code": code_,
-                        "display": display_}]}],
-                    "individual": who,
-                })
+                participants.append(
+                    {
+                        "type": [
+                            {
+                                "coding": [
+                                    {
+                                        "system": f"{THO}/v3-ParticipationType",
+                                        "code": code_,
+                                        "display": display_,
+                                    }
+                                ]
+                            }
+                        ],
+                        "individual": who,
+                    }
+                )
     if participants:
         body["participant"] = participants
     if start or end:
@@ -334,8 +466,12 @@ def _map_pv1(
         hosp["dischargeDisposition"] = dt.table_concept(pv1.get(36), "0112")
     if hosp:
         body["hospitalization"] = hosp
-    loc_status = {"planned": "planned", "finished": "completed", "cancelled": "completed",
-                  "entered-in-error": "completed"}.get(status, "active")
+    loc_status = {
+        "planned": "planned",
+        "finished": "completed",
+        "cancelled": "completed",
+        "entered-in-error": "completed",
+    }.get(status, "active")
     locations = []
     current = b.location(pv1.rep(3))
     if current:
@@ -370,8 +506,7 @@ def _map_adt(b: _Builder, segs: list[Seg], event: str) -> list[tuple[str, str]]:
                 raise HL7Error("AE", "100", "MRG", "Merge event without an MRG segment")
             nxt = segs[i + 1] if i + 1 < len(segs) else None
             pd1 = nxt if nxt is not None and nxt.id == "PD1" else None
-            patient, patient_key = _map_pid(
-                b, seg, pd1, active=False if event == "A29" else None)
+            patient, patient_key = _map_pid(b, seg, pd1, active=False if event == "A29" else None)
             group_has_mrg = False
         elif seg.id == "PV1":
             if patient is None:
@@ -382,8 +517,9 @@ def _map_adt(b: _Builder, segs: list[Seg], event: str) -> list[tuple[str, str]]:
             if patient is None:
                 raise HL7Error("AE", "100", "MRG", "MRG before PID")
             group_has_mrg = True
-            retired = [i for i in (dt.cx_identifier(r, b.source_org, b.warnings)
-                                   for r in seg.reps(1)) if i]
+            retired = [
+                i for i in (dt.cx_identifier(r, b.source_org, b.warnings) for r in seg.reps(1)) if i
+            ]
             if not retired:
                 raise HL7Error("AE", "101", "MRG-1", "Prior patient identifier (MRG-1) is missing")
             old = dt.key_identifier(retired)
@@ -391,10 +527,12 @@ def _map_adt(b: _Builder, segs: list[Seg], event: str) -> list[tuple[str, str]]:
                 raise HL7Error("AE", "102", "MRG-1", "MRG-1 names the surviving patient itself")
             merges.append((_identifier_string(patient_key), _identifier_string(old)))
             res = b.resource(patient)
-            res.setdefault("link", []).append({
-                "other": {"identifier": {"system": old["system"], "value": old["value"]}},
-                "type": "replaces",
-            })
+            res.setdefault("link", []).append(
+                {
+                    "other": {"identifier": {"system": old["system"], "value": old["value"]}},
+                    "type": "replaces",
+                }
+            )
     if patient is None:
         raise HL7Error("AE", "100", "PID", "ADT message without a PID segment")
     if event in MERGE_EVENTS and not group_has_mrg:
@@ -492,10 +630,6 @@ def _ed_attachment(rep: Rep, loc: str) -> dict:
     return att
 
 
-def _text_lines(vtype: str, reps: list[Rep]) -> list[str]:
-    return [r.text() for r in reps]
-
-
 def _map_obx(
     b: _Builder, seg: Seg, report: dict, patient: str, encounter: str | None, used: set[str]
 ) -> tuple[str | None, dict | None]:
@@ -521,8 +655,12 @@ def _map_obx(
         value_id = f"{base}#{n}"
     used.add(value_id)
     ident = {"system": report["key"]["system"] + "/result", "value": value_id}
-    body: dict = {"identifier": [ident], "status": OBS_STATUS[raw_status], "code": code,
-                  "subject": {"reference": patient}}
+    body: dict = {
+        "identifier": [ident],
+        "status": OBS_STATUS[raw_status],
+        "code": code,
+        "subject": {"reference": patient},
+    }
     if encounter:
         body["encounter"] = {"reference": encounter}
     effective = _dtm(seg, 14) or report["effective"]
@@ -533,18 +671,20 @@ def _map_obx(
         if vtype == "ED":
             attachment = _ed_attachment(values[0], "OBX-5")
         elif vtype in STRING_TYPES:
-            body["valueString"] = "\n".join(_text_lines(vtype, values))
+            body["valueString"] = "\n".join(r.text() for r in values)
         elif len(values) == 1:
             body.update(_obx_value(b, seg, vtype, values[0]))
         else:  # IG OBX[Observation-Component]: one component per repetition
-            body["component"] = [
-                {"code": code, **_obx_value(b, seg, vtype, r)} for r in values
-            ]
+            body["component"] = [{"code": code, **_obx_value(b, seg, vtype, r)} for r in values]
     interpretation = []
     for rep in seg.reps(8):
         c = rep.c(1)
         if c:
-            system = f"{THO}/v3-ObservationInterpretation" if c in V3_INTERPRETATION else f"{THO}/v2-0078"
+            system = (
+                f"{THO}/v3-ObservationInterpretation"
+                if c in V3_INTERPRETATION
+                else f"{THO}/v2-0078"
+            )
             interpretation.append({"coding": [{"system": system, "code": c}]})
     if interpretation:
         body["interpretation"] = interpretation
@@ -609,7 +749,9 @@ def _map_oru(b: _Builder, segs: list[Seg], event: str) -> None:
                 raise HL7Error("AE", "100", "PID", "ORU^R01 result without a PID segment")
             code = dt.codeable_concept(seg.rep(4), b.source_org)
             if not code:
-                raise HL7Error("AE", "101", "OBR-4", "Universal service identifier (OBR-4) is missing")
+                raise HL7Error(
+                    "AE", "101", "OBR-4", "Universal service identifier (OBR-4) is missing"
+                )
             filler = _ei_key(b, seg.rep(3), "filler-order")
             placer = _ei_key(b, seg.rep(2), "placer-order")
             identifiers = []
@@ -619,13 +761,26 @@ def _map_oru(b: _Builder, segs: list[Seg], event: str) -> None:
                 identifiers.append({**placer, "type": dt.table_concept("PLAC", "0203")})
             key = filler or placer
             if key is None:
-                b.warnings.append("OBR without placer or filler number: keyed by message control id")
-                key = {"system": local_identifier_system(b.source_org, "hl7v2-report"),
-                       "value": f"{b.control_id}-{seg.get(1) or index}"}
+                b.warnings.append(
+                    "OBR without placer or filler number: keyed by message control id"
+                )
+                key = {
+                    "system": local_identifier_system(b.source_org, "hl7v2-report"),
+                    "value": f"{b.control_id}-{seg.get(1) or index}",
+                }
                 identifiers.append(key)
-            report = {"obr": seg, "key": key, "identifiers": identifiers, "code": code,
-                      "patient": patient, "encounter": encounter, "effective": _dtm(seg, 7),
-                      "results": [], "forms": [], "in_specimen": False}
+            report = {
+                "obr": seg,
+                "key": key,
+                "identifiers": identifiers,
+                "code": code,
+                "patient": patient,
+                "encounter": encounter,
+                "effective": _dtm(seg, 7),
+                "results": [],
+                "forms": [],
+                "in_specimen": False,
+            }
             last_obs = None
         elif seg.id == "SPM" and report is not None:
             report["in_specimen"] = True
@@ -681,8 +836,9 @@ def _map_mdm(b: _Builder, segs: list[Seg], event: str) -> None:
             vtype = seg.get(2).upper()
             reps = seg.reps(5)
             if vtype in ("TX", "ST", "FT", "CE", "CWE"):
-                text_lines.extend(r.text() if vtype in ("TX", "ST", "FT") else
-                                  (r.c(2) or r.c(1)) for r in reps)
+                text_lines.extend(
+                    r.text() if vtype in ("TX", "ST", "FT") else (r.c(2) or r.c(1)) for r in reps
+                )
             elif vtype == "ED":
                 for r in reps:
                     att = _ed_attachment(r, "OBX-5")
@@ -711,8 +867,11 @@ def _map_mdm(b: _Builder, segs: list[Seg], event: str) -> None:
     if event == "T11":
         status = "entered-in-error"
     type_rep = txa.rep(2)
-    doc_type = (dt.codeable_concept(type_rep, b.source_org) if type_rep.c(3)
-                else dt.table_concept(type_rep.c(1), "0270", type_rep.c(2)))
+    doc_type = (
+        dt.codeable_concept(type_rep, b.source_org)
+        if type_rep.c(3)
+        else dt.table_concept(type_rep.c(1), "0270", type_rep.c(2))
+    )
     body: dict = {"masterIdentifier": key, "identifier": [key], "status": status}
     completion = txa.get(17).upper()
     if completion in DOC_STATUS:
@@ -735,8 +894,9 @@ def _map_mdm(b: _Builder, segs: list[Seg], event: str) -> None:
     relation = {"T05": "appends", "T06": "appends", "T09": "replaces", "T10": "replaces"}.get(event)
     if relation:
         if txa.get(13):
-            body["relatesTo"] = [{"code": relation,
-                                  "target": {"identifier": _doc_identifier(b, txa.rep(13))}}]
+            body["relatesTo"] = [
+                {"code": relation, "target": {"identifier": _doc_identifier(b, txa.rep(13))}}
+            ]
         else:
             b.warnings.append(f"MDM^{event} without a parent document number (TXA-13)")
     title = "; ".join(r.text() for r in txa.reps(25))
@@ -744,10 +904,14 @@ def _map_mdm(b: _Builder, segs: list[Seg], event: str) -> None:
         body["description"] = title
     content = []
     if text_lines:
-        content.append({"attachment": {
-            "contentType": "text/plain; charset=utf-8",
-            "data": base64.b64encode("\n".join(text_lines).encode("utf-8")).decode(),
-        }})
+        content.append(
+            {
+                "attachment": {
+                    "contentType": "text/plain; charset=utf-8",
+                    "data": base64.b64encode("\n".join(text_lines).encode("utf-8")).decode(),
+                }
+            }
+        )
     content.extend({"attachment": a} for a in attachments if a)
     if not content:  # notification-only events (T01, T03, T05, ...) carry no content
         content.append({"attachment": {"title": title or "Document notification (no content)"}})

@@ -90,5 +90,5 @@ def mllp_send(host: str, port: int, messages: list[str], timeout: float = 30.0) 
                 buffer += chunk
             block, _, buffer = buffer.partition(END)
             start = block.find(START)
-            acks.append(_decode(block[start + 1 if start != -1 else 0:]))
+            acks.append(_decode(block[start + 1 if start != -1 else 0 :]))
     return acks

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import hl7
@@ -101,7 +101,7 @@ class Rep:
 class Seg:
     """A segment with HL7 field numbering (MSH-3 is ``seg.get(3)`` as for any other segment)."""
 
-    __slots__ = ("id", "index", "_fields")
+    __slots__ = ("_fields", "id", "index")
 
     def __init__(self, segment: hl7.Segment, index: int):
         self.id = str(segment[0])
@@ -177,13 +177,13 @@ def parse(raw: str | bytes) -> hl7.Message:
     except Exception as exc:  # python-hl7 raises assorted errors on malformed input
         raise HL7Error("AR", "100", "MSH", "Message could not be split into segments") from exc
     msh = Seg(message[0], 1)
+    if not msh.get(7):
+        raise HL7Error("AR", "101", "MSH-7", "Message date/time (MSH-7) is missing")
+    parse_dtm(msh.get(7), "MSH-7", ack_code="AR")
     if not msh.get(9, 1):
         raise HL7Error("AR", "101", "MSH-9", "Message type (MSH-9) is missing")
     if not msh.get(10):
         raise HL7Error("AR", "101", "MSH-10", "Message control ID (MSH-10) is missing")
-    if not msh.get(7):
-        raise HL7Error("AR", "101", "MSH-7", "Message date/time (MSH-7) is missing")
-    parse_dtm(msh.get(7), "MSH-7", ack_code="AR")
     return message
 
 
@@ -214,7 +214,7 @@ class Dtm:
         return when.isoformat(timespec="seconds") if not when.microsecond else when.isoformat()
 
     def utc(self) -> datetime:
-        return (self.when or _local_midnight(self.date)).astimezone(timezone.utc)
+        return (self.when or _local_midnight(self.date)).astimezone(UTC)
 
 
 def _local_midnight(date: str) -> datetime:

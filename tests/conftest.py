@@ -1,0 +1,139 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL), a real server, real tokens.
+
+Every database test runs on both backends. PostgreSQL is at $SHAREDCARE_TEST_PG (default
+postgresql://postgres@127.0.0.1:5432/postgres); when it is unreachable its tests skip -- except
+under CI=true, where the run fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PG_ADMIN_URL = os.environ.get("SHAREDCARE_TEST_PG",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI") == "true"
+TEST_ORG = "RTEST"
+
+
+def shared_dir(*parts: str) -> Path:
+    """A folder of ../shared; skip when absent, but fail under CI (it must be there)."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        if IN_CI:
+            pytest.fail(f"{path} is missing in CI")
+        pytest.skip(f"{path} is not available")
+    return path
+
+
+_pg_state: dict = {}
+
+
+def _postgres_available() -> bool:
+    if "ok" not in _pg_state:
+        try:
+            eng = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            with eng.connect() as c:
+                c.execute(text("select 1"))
+            eng.dispose()
+            _pg_state["ok"] = True
+        except Exception as e:  # noqa: BLE001 - any failure means unreachable
+            _pg_state["ok"] = False
+            _pg_state["why"] = str(e).splitlines()[0]
+    return _pg_state["ok"]
+
+
+@pytest.fixture(scope="session")
+def pg_database():
+    """One throwaway PostgreSQL database for the whole run."""
+    if not _postgres_available():
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is unreachable in CI: {_pg_state.get('why')}")
+        pytest.skip(f"PostgreSQL unreachable: {_pg_state.get('why')}")
+    name = f"sharedcare_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    yield url
+    with admin.connect() as c:
+        c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"))
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sharedcare.sqlite'}"
+    url = request.getfixturevalue("pg_database")
+    # A clean schema for every test: drop everything the last test made.
+    eng = create_engine(url)
+    with eng.begin() as c:
+        c.execute(text("DROP SCHEMA public CASCADE"))
+        c.execute(text("CREATE SCHEMA public"))
+    eng.dispose()
+    return url
+
+
+@pytest.fixture
+def sc(database_url, tmp_path):
+    from sharedcare.app import SharedCare
+
+    app = SharedCare.open(database_url, tmp_path / "data")
+    app.governance.add_organisation(TEST_ORG, "Test Partner System Trust", "acute-trust")
+    yield app
+    app.engine.dispose()
+
+
+@pytest.fixture
+def system_token(sc):
+    """A partner system of TEST_ORG with full system scopes."""
+    return sc.governance.issue_system_token("test-system", TEST_ORG)
+
+
+@pytest.fixture
+def client(sc, system_token):
+    from starlette.testclient import TestClient
+
+    from sharedcare.app import create_app
+
+    with TestClient(create_app(sc), base_url="http://testserver") as c:
+        c.headers["Authorization"] = f"Bearer {system_token}"
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(sc):
+    """The real app on a real socket (uvicorn in a thread), for real FHIR clients."""
+    import uvicorn
+
+    from sharedcare.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(sc), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(5)
