@@ -93,6 +93,46 @@ def load(paths: list[Path] = typer.Argument(..., help="Bundle JSON, NDJSON, or f
         raise typer.Exit(1)
 
 
+@app.command()
+def demo(patients: int = typer.Option(2000, help="How many synthetic patients."),
+         seed: int = typer.Option(42, help="Seed: the same seed gives the same care system."),
+         data_dir: Path = typer.Option(Path("demo-data"), envvar="SHAREDCARE_DATA_DIR",
+                                       help="Folder for the demo's SQLite database and keys."),
+         host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8000),
+         fresh: bool = typer.Option(False, help="Delete the demo database and build it again."),
+         serve_it: bool = typer.Option(True, "--serve/--no-serve", help="Serve it when built.")):
+    """Build (once) and serve a synthetic integrated care system on embedded SQLite."""
+    import shutil
+
+    from .demo import generate
+    from .demo.load import already_loaded, load_demo
+
+    if fresh and data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sc = _open(f"sqlite:///{(data_dir / 'sharedcare.sqlite').resolve()}", data_dir)
+    cs = generate(seed, patients)
+    seeded = already_loaded(sc)
+    if seeded and seeded != f"{seed}:{patients}":
+        fail(f"{data_dir} holds a demo built with seed:patients {seeded}; use --fresh to rebuild")
+    if not seeded:
+        start = time.perf_counter()
+        with console.status("building the demo care system") as status:
+            load_demo(sc, cs, lambda what, n: status.update(f"loading {what}: {n:,}"))
+        console.print(f"demo built in {time.perf_counter() - start:.0f}s")
+    t = Table("persona", "username", "password", "organisation", title="Sign in as")
+    for p in cs.personas:
+        t.add_row(p.role, p.username, p.password, p.org or "-")
+    Console().print(t)
+    print(f"sharedcare demo ({cs.icb_name}, {patients:,} patients): http://{host}:{port}/")
+    if serve_it:
+        import uvicorn
+
+        from .app import create_app
+
+        uvicorn.run(create_app(sc), host=host, port=port, log_level="warning", access_log=False)
+
+
 @db_app.command("upgrade")
 def db_upgrade(database: str = DatabaseOpt):
     """Create or upgrade the schema to the latest version."""

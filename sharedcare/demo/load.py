@@ -1,0 +1,102 @@
+"""Load a generated care system into a sharedcare database: organisations, staff and roles,
+agreements, every partner's records, patient choices, break-glass and audit history."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import insert, select
+
+from ..fhir import bundle as bundles
+from ..fhir.codes import NHS_NUMBER_SYSTEM
+from ..governance.policy import Access
+from ..governance.schema import break_glass, staff
+from ..store.schema import idx_token, resource
+from . import CareSystem
+
+DEMO_MARKER = "demo-loaded"
+
+
+def _ts(dt) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def patient_ids_by_nhs_number(sc, numbers: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    with sc.engine.connect() as conn:
+        for i in range(0, len(numbers), 500):
+            chunk = numbers[i: i + 500]
+            for code, rid in conn.execute(
+                    select(idx_token.c.code, resource.c.id)
+                    .join(resource, resource.c.pk == idx_token.c.resource_pk)
+                    .where(idx_token.c.type == "Patient", idx_token.c.param == "identifier",
+                           idx_token.c.system == NHS_NUMBER_SYSTEM, idx_token.c.code.in_(chunk))):
+                out[code] = rid
+    return out
+
+
+def load_demo(sc, cs: CareSystem, progress: Callable[[str, int], None] | None = None) -> dict:
+    """Everything the demo needs, in dependency order. Returns counts."""
+    gov = sc.governance
+    say = progress or (lambda what, n: None)
+    for o in cs.organisations:
+        gov.add_organisation(o.ods, o.name, o.kind, postcode=o.postcode,
+                             go_live=o.go_live.isoformat() if o.go_live else None,
+                             registered_population=o.registered_population)
+    say("organisations", len(cs.organisations))
+    for a in cs.agreements:
+        gov.add_agreement(a.id, a.title, a.parties, a.purposes, a.categories, a.status,
+                          a.effective.isoformat() if a.effective else None,
+                          a.end.isoformat() if a.end else None,
+                          signatures=[(o, u, _ts(t)) for o, u, t in a.signatures])
+    say("agreements", len(cs.agreements))
+    loaded = 0
+    for b in cs.bundles(500):
+        result = bundles.process(sc.store, b, "")
+        loaded += len(result["entry"])
+        say("resources", loaded)
+    ids = patient_ids_by_nhs_number(sc, cs.nhs_numbers())
+    patient_persona = {p.username: p for p in cs.personas if p.nhs_number}
+    for s in cs.staff:
+        gov.add_staff(s.username, s.display_name, s.roles, s.password, sds_id=s.sds_id)
+    for username, p in patient_persona.items():
+        gov.add_staff(username, p.description.split(" (")[0], [], p.password,
+                      patient_id=ids.get(p.nhs_number))
+    say("staff", len(cs.staff) + len(patient_persona))
+    for nhs, scope, ods in cs.objections:
+        if nhs in ids:
+            gov.record_choice(ids[nhs], {"all": "objection-all", "from-org": "objection-from",
+                                         "to-org": "objection-to"}[scope], ods)
+    for nhs in cs.national_opt_outs:
+        if nhs in ids:
+            gov.record_choice(ids[nhs], "national-opt-out")
+    with sc.engine.begin() as conn:
+        rows = [{"username": g["username"], "ods": g["org"], "role": g["role"],
+                 "patient_id": ids[g["nhs_number"]], "reason": g.get("reason") or "",
+                 "started": _ts(g["when"]), "expires": _ts(g["when"] + timedelta(hours=4)),
+                 "reviewed_by": None}
+                for g in cs.break_glass_history if g["nhs_number"] in ids]
+        if rows:
+            conn.execute(insert(break_glass), rows)
+    # Past use, oldest first, so the hash chain runs in time order.
+    history = sorted(cs.audit_history, key=lambda e: e["when"])
+    with sc.engine.connect().execution_options(write=True) as conn, conn.begin():
+        for e in history:
+            access = Access(e["username"], e["org"], e["role"], e.get("purpose", "direct-care"))
+            gov.audit_trail.record(
+                access, e["action"], "0" if e["outcome"] == "permitted" else "4",
+                patient_id=ids.get(e["nhs_number"]), reason=e.get("reason"),
+                glass=e["action"] == "break-glass", conn=conn, recorded=_ts(e["when"]))
+    say("audit events", len(history))
+    with sc.engine.begin() as conn:
+        conn.execute(insert(staff), [{"username": DEMO_MARKER, "display_name": "demo seed marker",
+                                      "active": False, "failed_logins": 0,
+                                      "sds_id": f"{cs.seed}:{cs.patients_count}"}])
+    return {"organisations": len(cs.organisations), "resources": loaded,
+            "staff": len(cs.staff), "audit": len(history)}
+
+
+def already_loaded(sc) -> str | None:
+    with sc.engine.connect() as conn:
+        return conn.execute(select(staff.c.sds_id).where(staff.c.username == DEMO_MARKER)).scalar()
