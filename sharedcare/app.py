@@ -14,6 +14,7 @@ from .governance import Governance
 from .governance.audit import AuditTrail, load_key
 from .governance.auth import TokenService, load_signing_key
 from .store import migrate
+from .programme import schema as _programme_schema  # noqa: F401  (tables in metadata)
 from .store.db import data_dir, make_engine
 from .store.indexing import Indexer
 from .store.repository import Store
@@ -64,6 +65,9 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
         routes = web_routes(sc) + routes
     except ImportError:  # the web package is optional while it is being built
         pass
-    app = Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=2048)])
+    from .web.core import CsrfMiddleware
+
+    app = Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=2048),
+                                               Middleware(CsrfMiddleware)])
     app.state.sc = sc
     return app

@@ -3,6 +3,7 @@
 from alembic import context
 
 import sharedcare.governance.schema  # noqa: F401  (registers the governance tables)
+import sharedcare.programme.schema  # noqa: F401  (and the programme tables)
 from sharedcare.store.schema import metadata
 
 engine = context.config.attributes["engine"]

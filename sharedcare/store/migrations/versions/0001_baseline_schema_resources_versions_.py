@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 19:27:45.326142
+Create Date: 2026-11-25 19:31:35.647364
 """
 from alembic import op
 import sqlalchemy as sa
@@ -112,6 +112,32 @@ def upgrade():
         batch_op.create_index('ix_care_relationship_lookup', ['ods', 'patient_id'], unique=False)
         batch_op.create_index('ix_care_relationship_source', ['source'], unique=False)
 
+    op.create_table('case_study',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('title', sa.String(length=200), nullable=False),
+    sa.Column('place', sa.String(length=200), nullable=False),
+    sa.Column('organisation', sa.String(length=200), nullable=True),
+    sa.Column('technology', sa.String(length=200), nullable=True),
+    sa.Column('themes', sa.String(length=400), nullable=True),
+    sa.Column('status', sa.String(length=32), nullable=True),
+    sa.Column('summary', sa.Text(), nullable=True),
+    sa.Column('lat', sa.Float(), nullable=True),
+    sa.Column('lon', sa.Float(), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    comment='Places and projects implementing new technology, to learn from.'
+    )
+    op.create_table('champion',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('username', sa.String(length=64), nullable=True),
+    sa.Column('ods', sa.String(length=16), nullable=True),
+    sa.Column('profession', sa.String(length=64), nullable=True),
+    sa.Column('group_name', sa.String(length=32), nullable=False),
+    sa.Column('since', sa.String(length=10), nullable=True),
+    sa.Column('notes', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    comment='Clinical champions and the design group.'
+    )
     op.create_table('feedback',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('created', sa.String(length=32), nullable=False),
@@ -151,6 +177,15 @@ def upgrade():
     with op.batch_alter_table('patient_choice', schema=None) as batch_op:
         batch_op.create_index('ix_patient_choice', ['patient_id'], unique=False)
 
+    op.create_table('readiness_assessment',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('taken_on', sa.String(length=10), nullable=False),
+    sa.Column('taken_by', sa.String(length=64), nullable=True),
+    sa.Column('answers', sa.Text(), nullable=False),
+    sa.Column('notes', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('id'),
+    comment='Readiness self-assessments on the five themes, repeated over time.'
+    )
     op.create_table('resource',
     sa.Column('pk', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('type', sa.String(length=64), nullable=False),
@@ -363,12 +398,15 @@ def downgrade():
         batch_op.drop_index('ix_resource_type_pk')
 
     op.drop_table('resource')
+    op.drop_table('readiness_assessment')
     with op.batch_alter_table('patient_choice', schema=None) as batch_op:
         batch_op.drop_index('ix_patient_choice')
 
     op.drop_table('patient_choice')
     op.drop_table('organisation')
     op.drop_table('feedback')
+    op.drop_table('champion')
+    op.drop_table('case_study')
     with op.batch_alter_table('care_relationship', schema=None) as batch_op:
         batch_op.drop_index('ix_care_relationship_source')
         batch_op.drop_index('ix_care_relationship_lookup')

@@ -1,0 +1,276 @@
+"""Shared web machinery: templates, sessions, sign-in and role choice, feedback."""
+
+from __future__ import annotations
+
+import secrets
+from functools import wraps
+from pathlib import Path
+from urllib.parse import quote, urlparse
+
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import insert
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..fhir.outcome import FHIRError
+from ..governance.policy import Access, now_text
+from ..governance.schema import feedback
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+SESSION_COOKIE = "sc_session"
+PENDING_COOKIE = "sc_pending"  # signed-in person who has not yet chosen a role
+ROLE_LABELS = {
+    "clinician": "Clinician", "nurse": "Nurse", "allied-health": "Allied health professional",
+    "social-worker": "Social worker", "admin": "Admin and clerical", "ig-lead": "IG lead",
+    "programme-lead": "Programme lead", "sysadmin": "System administrator",
+    "patient": "Patient", "system": "Partner system",
+}
+
+_env: Environment | None = None
+
+
+def template_dirs() -> list[Path]:
+    """Each capability keeps its templates beside its code."""
+    root = HERE.parent
+    return [p for p in (HERE / "templates", root / "programme" / "templates",
+                        root / "population" / "templates", root / "governance" / "templates")
+            if p.exists()]
+
+
+def env() -> Environment:
+    global _env
+    if _env is None:
+        _env = Environment(loader=ChoiceLoader([FileSystemLoader(str(d)) for d in template_dirs()]),
+                           autoescape=select_autoescape(["html", "svg"]), trim_blocks=True,
+                           lstrip_blocks=True)
+        _env.globals["role_label"] = lambda r: ROLE_LABELS.get(r, r)
+        _env.globals["nav_links"] = nav_links
+    return _env
+
+
+CLINICAL_ROLES = ("clinician", "nurse", "allied-health", "social-worker", "admin")
+
+
+def nav_links(access: Access) -> list[tuple[str, str]]:
+    """The menu: what this role comes here to do."""
+    role = access.role
+    links: list[tuple[str, str]] = []
+    if role in CLINICAL_ROLES:
+        links.append(("/patients", "Find a patient"))
+    if role == "ig-lead":
+        links += [("/governance/audit", "Audit"), ("/governance/break-glass", "Break-glass review"),
+                  ("/programme/agreements", "Sharing agreements")]
+    if role == "programme-lead":
+        links += [("/programme/adoption", "Adoption"), ("/programme/map", "Partner map"),
+                  ("/programme/agreements", "Sharing agreements"),
+                  ("/programme/feedback", "Feedback inbox"), ("/programme/readiness", "Readiness"),
+                  ("/programme/case-studies", "Case studies"), ("/population", "Population health")]
+    if role == "patient":
+        links.append(("/my-record/access-log", "Who looked at my record"))
+    else:
+        links.append(("/programme/you-said-we-did", "You said, we did"))
+    return links
+
+
+def render(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
+    access = context.pop("access", None) or getattr(request.state, "access", None)
+    html = env().get_template(template).render(request=request, access=access,
+                                                path=request.url.path, **context)
+    response = HTMLResponse(html, status)
+    if request.cookies.get("sc_csrf") != request.state.csrf:
+        response.set_cookie("sc_csrf", request.state.csrf, httponly=True, samesite="strict")
+    return response
+
+
+def signed_in(request: Request) -> Access | None:
+    sc = request.app.state.sc
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    try:
+        return sc.governance.access_from_claims(sc.governance.tokens.verify(token))
+    except FHIRError:
+        return None
+
+
+def page(*roles: str):
+    """Decorator for a page handler `fn(request, access) -> Response` run in the thread pool:
+    redirects to sign-in when nobody is signed in, 403 page for other roles."""
+
+    def wrap(fn):
+        @wraps(fn)
+        async def endpoint(request: Request) -> Response:
+            access = signed_in(request)
+            if access is None:
+                return RedirectResponse(f"/sign-in?next={quote(str(request.url.path))}", 303)
+            if roles and access.role not in roles:
+                return render(request, "error.html", 403, access=access,
+                              title="You cannot use this page",
+                              message=f"This page is for {', '.join(ROLE_LABELS.get(r, r) for r in roles)}.")
+            request.state.access = access
+            form = None
+            if request.method == "POST":
+                form = await request.form()
+                if form.get("csrf") != request.cookies.get("sc_csrf"):
+                    return render(request, "error.html", 400, access=access,
+                                  title="Form expired", message="Please go back and try again.")
+            try:
+                if form is not None:
+                    return await run_in_threadpool(fn, request, access, form)
+                return await run_in_threadpool(fn, request, access)
+            except FHIRError as e:
+                return render(request, "error.html", e.status, access=access,
+                              title="You cannot see this" if e.status == 403 else "Something is wrong",
+                              message=e.issues[0].diagnostics if e.issues else str(e),
+                              reasons=[i.diagnostics for i in e.issues[1:]])
+
+        return endpoint
+
+    return wrap
+
+
+def _safe_next(url: str | None) -> str:
+    parsed = urlparse(url or "/")
+    return parsed.path if not parsed.netloc and parsed.path.startswith("/") else "/"
+
+
+def _session(response: Response, token: str) -> Response:
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", max_age=8 * 3600)
+    response.delete_cookie(PENDING_COOKIE)
+    return response
+
+
+async def sign_in_page(request: Request) -> Response:
+    sc = request.app.state.sc
+    nxt = _safe_next(request.query_params.get("next"))
+    if request.method == "GET":
+        return render(request, "signin.html", next=nxt)
+    form = await request.form()
+    username = (form.get("username") or "").strip()
+    password = form.get("password") or ""
+    nxt = _safe_next(form.get("next"))
+    ok = await run_in_threadpool(sc.governance.sign_in, username, password)
+    if not ok:
+        locked = await run_in_threadpool(sc.governance.is_locked, username)
+        msg = ("This account is locked after repeated failed sign-ins. Try again in 15 minutes "
+               "or ask your system administrator." if locked else
+               "The username or password is not right.")
+        return render(request, "signin.html", 401, next=nxt, error=msg, username=username)
+    roles = await run_in_threadpool(sc.governance.roles_of, username)
+    pending = sc.governance.tokens.issue({"sub": username, "kind": "pending"}, 600)
+    if not roles:  # a patient's own account
+        token = await run_in_threadpool(_patient_token, sc, username)
+        if token is None:
+            return render(request, "signin.html", 403, next=nxt,
+                          error="This account has no role in the care system.")
+        return _session(RedirectResponse("/my-record/access-log", 303), token)
+    if len(roles) == 1:
+        ods, _, role = roles[0]
+        token = sc.governance.issue_token(username, ods, role)
+        return _session(RedirectResponse(nxt if nxt != "/" else "/", 303), token)
+    resp = RedirectResponse(f"/choose-role?next={quote(nxt)}", 303)
+    resp.set_cookie(PENDING_COOKIE, pending, httponly=True, samesite="lax", max_age=600)
+    return resp
+
+
+def _patient_token(sc, username: str) -> str | None:
+    from sqlalchemy import select
+
+    from ..governance.schema import staff
+
+    with sc.engine.connect() as conn:
+        row = conn.execute(select(staff.c.patient_id, staff.c.display_name)
+                           .where(staff.c.username == username)).first()
+    if row is None or not row.patient_id:
+        return None
+    return sc.governance.tokens.issue({"sub": username, "role": "patient", "kind": "user",
+                                       "patient": row.patient_id, "name": row.display_name,
+                                       "scope": "patient/AuditEvent.rs"}, 3600)
+
+
+async def choose_role_page(request: Request) -> Response:
+    sc = request.app.state.sc
+    try:
+        claims = sc.governance.tokens.verify(request.cookies.get(PENDING_COOKIE) or "")
+    except FHIRError:
+        return RedirectResponse("/sign-in", 303)
+    username = claims["sub"]
+    roles = await run_in_threadpool(sc.governance.roles_of, username)
+    nxt = _safe_next(request.query_params.get("next"))
+    if request.method == "GET":
+        return render(request, "roles.html", roles=roles, next=nxt, username=username)
+    form = await request.form()
+    if form.get("csrf") != request.cookies.get("sc_csrf"):
+        return RedirectResponse("/sign-in", 303)
+    choice = form.get("role") or ""
+    picked = next(((o, r) for o, _, r in roles if f"{o}:{r}" == choice), None)
+    if picked is None:
+        return render(request, "roles.html", 400, roles=roles, next=nxt, username=username,
+                      error="Choose one of your roles.")
+    token = sc.governance.issue_token(username, picked[0], picked[1])
+    return _session(RedirectResponse(_safe_next(form.get("next")), 303), token)
+
+
+async def sign_out(request: Request) -> Response:
+    resp = RedirectResponse("/sign-in", 303)
+    resp.delete_cookie(SESSION_COOKIE)
+    return resp
+
+
+@page()
+def home(request: Request, access: Access) -> Response:
+    return render(request, "home.html")
+
+
+@page()
+def send_feedback(request: Request, access: Access, form) -> Response:
+    text = (form.get("text") or "").strip()
+    kind = form.get("kind") or "idea"
+    back = _safe_next(form.get("page"))
+    if not text:
+        return RedirectResponse(f"{back}?feedback=empty#feedback", 303)
+    sc = request.app.state.sc
+    with sc.engine.begin() as conn:
+        conn.execute(insert(feedback), [{
+            "created": now_text(), "username": access.username, "ods": access.ods,
+            "role": access.role, "page": back[:400], "kind": kind[:32], "text": text[:4000],
+            "status": "new"}])
+    return RedirectResponse(f"{back}?feedback=thanks#feedback", 303)
+
+
+class CsrfMiddleware:
+    """Gives every browser a random CSRF token (double-submit cookie) for its forms."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            from http.cookies import SimpleCookie
+
+            cookies = SimpleCookie()
+            for k, v in scope.get("headers", []):
+                if k == b"cookie":
+                    cookies.load(v.decode("latin-1"))
+            token = cookies["sc_csrf"].value if "sc_csrf" in cookies else secrets.token_urlsafe(24)
+            scope.setdefault("state", {})["csrf"] = token
+        await self.app(scope, receive, send)
+
+
+def routes(sc) -> list:
+    from . import pages
+    from ..programme import pages as programme_pages
+
+    out = [
+        Mount("/static", StaticFiles(directory=str(STATIC), check_dir=False), name="static"),
+        Route("/sign-in", sign_in_page, methods=["GET", "POST"]),
+        Route("/choose-role", choose_role_page, methods=["GET", "POST"]),
+        Route("/sign-out", sign_out, methods=["GET", "POST"]),
+        Route("/feedback", send_feedback, methods=["POST"]),
+        Route("/", home),
+    ]
+    return out + pages.routes(sc)
