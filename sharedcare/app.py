@@ -58,13 +58,9 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
     from .fhir.api import FhirApi
 
     sc = sc or SharedCare.open(**open_kwargs)
-    routes = FhirApi(sc.store, sc.governance).routes()
-    try:
-        from .web import routes as web_routes
+    from . import web
 
-        routes = web_routes(sc) + routes
-    except ImportError:  # the web package is optional while it is being built
-        pass
+    routes = web.routes(sc) + FhirApi(sc.store, sc.governance).routes()
     from .web.core import CsrfMiddleware
 
     app = Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=2048),

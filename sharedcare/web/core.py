@@ -263,7 +263,6 @@ class CsrfMiddleware:
 
 def routes(sc) -> list:
     from . import pages
-    from ..programme import pages as programme_pages
 
     out = [
         Mount("/static", StaticFiles(directory=str(STATIC), check_dir=False), name="static"),
