@@ -7,8 +7,11 @@ failure rolls the whole Bundle back with an OperationOutcome naming the entry.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
+
+import orjson
 from urllib.parse import parse_qsl
 
 from ..store.repository import Store, WriteOp, WriteResult, instant
@@ -78,32 +81,30 @@ def _split_url(url: str, where: str) -> tuple[str, str | None, str | None]:
     return parts[0], (parts[1] if len(parts) > 1 else None), (query or None)
 
 
-def rewrite_references(node, mapping: dict[str, str], unresolved: list[str]):
-    """Replace every Reference.reference (and uri-typed attachments) found in `mapping`."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == "reference" and isinstance(v, str):
-                if v in mapping:
-                    node[k] = mapping[v]
-                elif v.startswith("urn:uuid:") or v.startswith("urn:oid:"):
-                    unresolved.append(v)
-            else:
-                rewrite_references(v, mapping, unresolved)
-    elif isinstance(node, list):
-        for item in node:
-            rewrite_references(item, mapping, unresolved)
+REFERENCE = re.compile(rb'"reference":"((?:[^"\\\\]|\\\\.)*)"')
 
 
-def _conditional_references(node, found: list[str]):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == "reference" and isinstance(v, str) and "?" in v and "/" not in v.split("?")[0]:
-                found.append(v)
-            else:
-                _conditional_references(v, found)
-    elif isinstance(node, list):
-        for item in node:
-            _conditional_references(item, found)
+def resolve_references(resource: dict, mapping: dict[str, str], unresolved: list[str],
+                       conditional: list[str]) -> dict:
+    """`resource` with every Reference.reference found in `mapping` replaced; references to
+    bundle-local ids missing from it go to `unresolved`, conditional ones ("Type?query") to
+    `conditional`. Runs on every resource of every Bundle, so it works on the serialised JSON
+    (one regex pass) rather than walking the tree in Python."""
+    raw = orjson.dumps(resource)
+    if b'"reference"' not in raw:
+        return resource
+
+    def swap(m: re.Match) -> bytes:
+        value = orjson.loads(b'"' + m.group(1) + b'"')
+        if value in mapping:
+            return b'"reference":' + orjson.dumps(mapping[value])
+        if value.startswith(("urn:uuid:", "urn:oid:")):
+            unresolved.append(value)
+        elif "?" in value and "/" not in value.split("?", 1)[0]:
+            conditional.append(value)
+        return m.group(0)
+
+    return orjson.loads(REFERENCE.sub(swap, raw))
 
 
 def process(store: Store, bundle: dict, base_url: str, source_org: str | None = None) -> dict:
@@ -203,15 +204,13 @@ def plan_writes(store: Store, entries: list[Entry], conn
             continue
         res = None
         if e.resource is not None:
-            res = _deep_copy(e.resource)
             unresolved: list[str] = []
-            rewrite_references(res, mapping, unresolved)
+            conditional: list[str] = []
+            res = resolve_references(e.resource, mapping, unresolved, conditional)
             if unresolved:
                 raise FHIRError.of(400, "invalid",
                                    f"reference {unresolved[0]} does not resolve to any entry "
                                    "in this Bundle", f"{e.where}.resource")
-            conditional: list[str] = []
-            _conditional_references(res, conditional)
             if conditional:
                 cmap = {}
                 for ref in conditional:
@@ -223,17 +222,11 @@ def plan_writes(store: Store, entries: list[Entry], conn
                             f"conditional reference {ref} matches {len(found)} resources "
                             "(exactly one is required)", f"{e.where}.resource")
                     cmap[ref] = f"{ctype}/{found[0]}"
-                rewrite_references(res, cmap, [])
+                res = resolve_references(res, cmap, [], [])
         ops.append(WriteOp(method, rtype, rid, res, _version_of(e.if_match, e.where),
                            f"{e.where}.resource"))
         op_entries.append(e.index)
     return ops, op_entries, responses
-
-
-def _deep_copy(obj):
-    import orjson
-
-    return orjson.loads(orjson.dumps(obj))
 
 
 def _response_entry(r: WriteResult, base_url: str) -> dict:

@@ -141,11 +141,12 @@ def remove_client(engine: Engine, client_id: str) -> bool:
 
 
 # ------------------------------------------------------------------ scopes
-def grant_scopes(requested: str, allowed: Iterable[str], contexts: Collection[str]) -> list[str]:
+def grant_scopes(requested: str, allowed: str | Iterable[str],
+                 contexts: Collection[str]) -> list[str]:
     """Requested ∩ allowed, in SMART v2 form. v1 `.read`/`.write`/`.*` are understood; scopes in
     another context (`contexts`: patient/user for apps, system for backend services), unknown
     scopes and v2 query-narrowed scopes (`...rs?category=x`) are not granted."""
-    allowed = list(allowed)
+    allowed = allowed.split() if isinstance(allowed, str) else list(allowed)
     allowed_res = parse_scopes(" ".join(allowed))
     other: list[str] = []
     perms: dict[tuple[str, str], set[str]] = {}

@@ -15,7 +15,6 @@ from ._support import (
     Loaded,
     codes_of,
     date_matches,
-    directory_files,
     entries,
     fold,
     ids,
@@ -38,8 +37,9 @@ PATIENTS = ("Tom_Goodwin", "Reuben_Lind", "Louis_Maggio", "María_Luisa_Razo")
 
 @pytest.fixture
 def data(client) -> Loaded:
-    """The hospital/practitioner directory and four patients, posted as transactions."""
-    return load_files(client, directory_files() + [patient_file(p) for p in PATIENTS])
+    """Four patients posted as transactions (each bundle carries its own Organizations and
+    Practitioners, made conditional creates as the loader does)."""
+    return load_files(client, [patient_file(p) for p in PATIENTS])
 
 
 def observations(data: Loaded) -> list[tuple[str, dict]]:
@@ -124,17 +124,21 @@ def _obs_date_cases(data: Loaded):
     return tom, obs, values
 
 
-@pytest.mark.parametrize("prefix", PREFIXES)
-def test_observation_subject_code_date_prefix(client, data, prefix):
+def test_observation_subject_code_date_every_prefix(client, data):
     tom, obs, values = _obs_date_cases(data)
-    for value in values:
-        search_range = value_range(value)
-        expected = {i for i, r in obs
-                    if date_matches(prefix, value_range(r["effectiveDateTime"]), search_range)}
-        body = search(client, "/fhir/Observation",
-                      {"subject": f"Patient/{tom}", "code": f"{LOINC}|8302-2",
-                       "date": f"{prefix}{value}"})
-        assert match_ids(body) == expected, (prefix, value)
+    wrong = []
+    for prefix in PREFIXES:
+        for value in values:
+            search_range = value_range(value)
+            expected = {i for i, r in obs
+                        if date_matches(prefix, value_range(r["effectiveDateTime"]), search_range)}
+            body = search(client, "/fhir/Observation",
+                          {"subject": f"Patient/{tom}", "code": f"{LOINC}|8302-2",
+                           "date": f"{prefix}{value}"})
+            if match_ids(body) != expected:
+                wrong.append(f"date={prefix}{value}: got {len(match_ids(body))}, "
+                             f"expected {len(expected)}")
+    assert not wrong, wrong
     # sanity: the cases are not all trivially empty or full
     day = values[0]
     hits = {p: {i for i, r in obs if date_matches(p, value_range(r["effectiveDateTime"]),
@@ -169,20 +173,24 @@ def test_observation_date_approximately(client, data):
     assert not (found & far)
 
 
-@pytest.mark.parametrize("prefix", ["sa", "eb", "gt", "lt"])
-def test_encounter_period_starts_after_ends_before(client, data, prefix):
-    """sa/eb differ from gt/lt only for periods: check on Encounter.period."""
+def test_encounter_period_starts_after_ends_before(client, data):
+    """sa/eb differ from gt/lt only for periods: check them on Encounter.period."""
     encs = data.of_type("Encounter")
     starts = sorted(r["period"]["start"] for _, r in encs)
-    value = starts[len(starts) // 2][:10]
-    expected = set()
-    for i, r in encs:
-        lo = value_range(r["period"]["start"])[0]
-        hi = value_range(r["period"].get("end", r["period"]["start"]))[1]
-        if date_matches(prefix, (lo, hi), value_range(value)):
-            expected.add(i)
-    body = search(client, "/fhir/Encounter", {"date": f"{prefix}{value}", "_count": "1000"})
-    assert match_ids(body) == expected
+    wrong = []
+    for value in (starts[len(starts) // 2][:10], starts[len(starts) // 3]):
+        for prefix in ("sa", "eb", "gt", "lt", "eq", "ne"):
+            expected = set()
+            for i, r in encs:
+                lo = value_range(r["period"]["start"])[0]
+                hi = value_range(r["period"].get("end", r["period"]["start"]))[1]
+                if date_matches(prefix, (lo, hi), value_range(value)):
+                    expected.add(i)
+            body = search(client, "/fhir/Encounter", {"date": f"{prefix}{value}",
+                                                      "_count": "1000"})
+            if match_ids(body) != expected:
+                wrong.append(f"date={prefix}{value}: got {sorted(match_ids(body) ^ expected)}")
+    assert not wrong, wrong
 
 
 def test_invalid_date_value_is_a_400_naming_it(client, data):
@@ -262,16 +270,16 @@ def _effective(r: dict) -> str:
     return parse_instant(r["effectiveDateTime"]).isoformat()
 
 
-@pytest.mark.parametrize("order", ["date", "-date"])
-def test_sort_by_date(client, data, order):
+def test_sort_by_date_ascending_and_descending_across_pages(client, data):
     tom = data.patient_id("Goodwin")
     src = {i: r for i, r in observations(data) if subject_of(r) == tom}
-    collected = pages(client, "/fhir/Observation",
-                      {"subject": tom, "_sort": order, "_count": "17"})
-    got = ids(collected)
-    assert sorted(got) == sorted(src) and len(collected) > 1
-    dates = [_effective(src[i]) for i in got]
-    assert dates == sorted(dates, reverse=order.startswith("-"))
+    for order in ("date", "-date"):
+        collected = pages(client, "/fhir/Observation",
+                          {"subject": tom, "_sort": order, "_count": "17"})
+        got = ids(collected)
+        assert sorted(got) == sorted(src) and len(collected) > 1
+        dates = [_effective(src[i]) for i in got]
+        assert dates == sorted(dates, reverse=order.startswith("-")), order
 
 
 def test_sort_by_last_updated(client, data):
@@ -444,16 +452,31 @@ def test_quantity_search_with_system_and_unit(client, data):
     assert match_ids(body) == mgdl
 
 
-def test_last_updated(client, data):
-    first = search(client, "/fhir/Observation", {"_count": "1"})
-    stamp = entries(first)[0]["resource"]["meta"]["lastUpdated"]
+def test_last_updated_day_precision(client, data):
+    everything = set(ids(search(client, "/fhir/Patient", {"_count": "1000"})))
+    stamp = entries(search(client, "/fhir/Patient", {"_count": "1"}))[0]["resource"]["meta"][
+        "lastUpdated"]
+    today = stamp[:10]
+    assert match_ids(search(client, "/fhir/Patient", {"_lastUpdated": f"ge{today}",
+                                                      "_count": "1000"})) == everything
+    assert match_ids(search(client, "/fhir/Patient", {"_lastUpdated": today,
+                                                      "_count": "1000"})) == everything
+    assert match_ids(search(client, "/fhir/Patient", {"_lastUpdated": f"lt{today}"})) == set()
+    assert match_ids(search(client, "/fhir/Patient", {"_lastUpdated": f"gt{today}"})) == set()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: _lastUpdated search truncates the value's fractional "
+                   "seconds (store/search.py _last_updated -> indexing date_range) but stored "
+                   "last_updated has microseconds: gt<own lastUpdated> finds the resource itself")
+def test_last_updated_full_precision_instant(client, data):
     everything = set(ids(search(client, "/fhir/Patient", {"_count": "1000"})))
     r = client.post("/fhir/Patient", json={"resourceType": "Patient",
                                            "name": [{"family": "Later"}]})
     assert r.status_code == 201
     new = r.json()
-    cut = new["meta"]["lastUpdated"]
-    assert cut > stamp
+    cut = new["meta"]["lastUpdated"]  # e.g. 2026-01-01T10:00:00.123456+00:00
+    # the sync pattern: "what changed after the last thing I saw" must not return it again
+    assert match_ids(search(client, "/fhir/Patient", {"_lastUpdated": f"gt{cut}"})) == set()
     assert match_ids(search(client, "/fhir/Patient", {"_lastUpdated": f"ge{cut}"})) == {new["id"]}
     assert match_ids(search(client, "/fhir/Patient", {"_lastUpdated": f"lt{cut}",
                                                       "_count": "1000"})) == everything

@@ -1,0 +1,423 @@
+"""CSV / spreadsheet feeds with a declared mapping (a JSON document per feed).
+
+    {
+      "delimiter": ",",
+      "required": ["client_id", "surname", "dob", "service"],
+      "dates": {"dob": "%d/%m/%Y", "start": "%d/%m/%Y"},
+      "translations": {"service": {"Home care": {"system": "http://snomed.info/sct",
+                                                 "code": "1255191000000101",
+                                                 "display": "Home care"}}},
+      "resources": [
+        {"name": "patient", "resourceType": "Patient",
+         "key": {"column": "client_id", "system": "https://.../Id/local/{ods}/client"},
+         "elements": {
+           "identifier[+]": {"column": "nhs_number", "identifier": "https://fhir.nhs.uk/Id/nhs-number",
+                             "nhs_number": true},
+           "name[0].family": "surname",
+           "name[0].given[0]": "forename",
+           "birthDate": {"column": "dob", "date": true},
+           "gender": {"column": "sex", "map": {"M": "male", "F": "female"}},
+           "address[0].postalCode": "postcode"}},
+        {"name": "package", "resourceType": "ServiceRequest",
+         "key": {"column": "package_id", "system": "https://.../Id/local/{ods}/care-package"},
+         "elements": {
+           "status": {"value": "active"}, "intent": {"value": "order"},
+           "code": {"column": "service", "translate": "service"},
+           "subject": {"reference": "patient"},
+           "occurrencePeriod.start": {"column": "start", "date": true}}}
+      ]
+    }
+
+An element spec is a column name, or an object with ``column`` or ``value`` and at most one of
+``date`` (parsed with ``dates[column]``, written as a FHIR date), ``datetime``, ``map`` (value ->
+code; an unknown value is a row error), ``translate`` (a translations table -> CodeableConcept;
+unknown codes are row errors), ``identifier`` (an Identifier with that system), ``reference`` (the
+resource of that ``name`` in the same row), ``type`` ("integer" | "decimal" | "boolean"), plus
+``required`` and ``nhs_number`` (modulus-11 check). Empty optional cells leave the element out.
+``{ods}`` in a key system is the feed's organisation. Line numbers are the file's own (header = 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from ..fhir.codes import LOCAL_ID_BASE
+from ..fhir.outcome import FHIRError
+from ..fhir.validation import problems
+from ..identity import nhs_number
+
+_NS = uuid.UUID("a8e7c1d2-0b7b-4a5e-9c61-2d9f3f6c8e45")
+_PATH = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\[(\d+|\+)\])?$")
+_OPTIONS = ("date", "datetime", "map", "translate", "identifier", "reference", "type")
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    column: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}" + (f", column {self.column}" if self.column else "") + \
+            f": {self.reason}"
+
+
+@dataclass
+class LoadReport:
+    rows: int = 0
+    loaded_rows: int = 0
+    resources: int = 0
+    rejected: list[RowError] = field(default_factory=list)
+    receipt: str | None = None
+    duplicate: bool = False
+    identities: list = field(default_factory=list)
+
+
+class MappingError(ValueError):
+    """The mapping document itself is wrong (not a row problem)."""
+
+
+def read_mapping(path: str | Path) -> dict:
+    mapping = json.loads(Path(path).read_text(encoding="utf-8"))
+    check_mapping(mapping)
+    return mapping
+
+
+def check_mapping(mapping: dict) -> None:
+    if not isinstance(mapping, dict) or not isinstance(mapping.get("resources"), list) \
+            or not mapping["resources"]:
+        raise MappingError("mapping needs a non-empty 'resources' list")
+    names = {r.get("name") or r.get("resourceType") for r in mapping["resources"]}
+    for r in mapping["resources"]:
+        if not r.get("resourceType") or not isinstance(r.get("elements"), dict):
+            raise MappingError("each resource needs resourceType and elements")
+        for path, spec in r["elements"].items():
+            for part in path.split("."):
+                if not _PATH.match(part):
+                    raise MappingError(f"bad element path {path!r}")
+            if isinstance(spec, dict):
+                if "column" not in spec and "value" not in spec and "reference" not in spec:
+                    raise MappingError(f"{path}: needs column, value or reference")
+                if sum(1 for o in _OPTIONS if o in spec) > 1:
+                    raise MappingError(f"{path}: at most one of {', '.join(_OPTIONS)}")
+                if "translate" in spec and spec["translate"] not in (mapping.get("translations")
+                                                                     or {}):
+                    raise MappingError(f"{path}: no translations table {spec['translate']!r}")
+                if "reference" in spec and spec["reference"] not in names:
+                    raise MappingError(f"{path}: no resource named {spec['reference']!r}")
+            elif not isinstance(spec, str):
+                raise MappingError(f"{path}: spec must be a column name or an object")
+
+
+def _columns(mapping: dict) -> set[str]:
+    cols = set(mapping.get("required") or [])
+    for r in mapping["resources"]:
+        if (r.get("key") or {}).get("column"):
+            cols.add(r["key"]["column"])
+        for spec in r["elements"].values():
+            if isinstance(spec, str):
+                cols.add(spec)
+            elif spec.get("column"):
+                cols.add(spec["column"])
+    return cols
+
+
+def _rows(csv_path, mapping: dict):
+    """(line, row dict) for each data row; line is the physical line the row starts on."""
+    text = Path(csv_path).read_bytes().decode(mapping.get("encoding", "utf-8-sig"))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=mapping.get("delimiter", ","))
+    header = None
+    start = 1
+    for raw in reader:
+        line = start
+        start = reader.line_num + 1
+        if header is None:
+            header = [h.strip() for h in raw]
+            yield 1, header
+            continue
+        if not any(c.strip() for c in raw):
+            continue
+        yield line, raw
+
+
+def _set(res: dict, path: str, value) -> None:
+    parts = path.split(".")
+    node = res
+    for n, part in enumerate(parts):
+        key, index = _PATH.match(part).groups()
+        last = n == len(parts) - 1
+        if index is None:
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+            continue
+        lst = node.setdefault(key, [])
+        if index == "+":
+            if last:
+                lst.append(value)
+                return
+            lst.append({})
+            node = lst[-1]
+            continue
+        i = int(index)
+        while len(lst) <= i:
+            lst.append({} if not last else None)
+        if last:
+            lst[i] = value
+        else:
+            if not isinstance(lst[i], dict):
+                lst[i] = {}
+            node = lst[i]
+
+
+def _prune(node):
+    """Drop None and empty containers left by sparse paths."""
+    if isinstance(node, dict):
+        return {k: v for k, v in ((k, _prune(v)) for k, v in node.items())
+                if v not in (None, {}, [])}
+    if isinstance(node, list):
+        return [v for v in (_prune(v) for v in node) if v not in (None, {}, [])]
+    return node
+
+
+def _value(spec, cell: str, column: str | None, mapping: dict, urls: dict):
+    """Converted value, or raises ValueError(reason) (never quoting the cell)."""
+    if isinstance(spec, str):
+        return cell.strip()
+    if "reference" in spec:
+        return {"reference": urls[spec["reference"]]}
+    if spec.get("nhs_number"):
+        digits = nhs_number.normalise(cell)
+        if not digits or not nhs_number.is_valid(digits):
+            raise ValueError("not a valid NHS number (10 digits, modulus-11 check)")
+        cell = digits
+    if spec.get("date") or spec.get("datetime"):
+        fmt = (mapping.get("dates") or {}).get(column) or spec.get("format") or "%Y-%m-%d"
+        try:
+            d = datetime.strptime(cell.strip(), fmt)
+        except ValueError:
+            raise ValueError(f"not a date in the format {fmt}") from None
+        return d.date().isoformat() if spec.get("date") else d.isoformat()
+    if "map" in spec:
+        if cell not in spec["map"]:
+            raise ValueError("value is not one of " + ", ".join(map(str, spec["map"])))
+        return spec["map"][cell]
+    if "translate" in spec:
+        table = mapping["translations"][spec["translate"]]
+        code = table.get(cell) or table.get(cell.strip()) or next(
+            (v for k, v in table.items() if k.lower() == cell.strip().lower()), None)
+        if code is None:
+            raise ValueError(f"unknown code (not in translations table {spec['translate']!r})")
+        return {"coding": [code], "text": cell.strip()}
+    if "identifier" in spec:
+        return {"system": spec["identifier"], "value": cell.strip()}
+    kind = spec.get("type")
+    try:
+        if kind == "integer":
+            return int(cell)
+        if kind == "decimal":
+            return float(cell)
+        if kind == "boolean":
+            if cell.strip().lower() not in ("true", "false", "yes", "no", "y", "n", "1", "0"):
+                raise ValueError
+            return cell.strip().lower() in ("true", "yes", "y", "1")
+    except ValueError:
+        raise ValueError(f"not a valid {kind}") from None
+    return cell.strip()
+
+
+def _key_system(r: dict, ods: str) -> str:
+    system = r["key"].get("system") or f"{LOCAL_ID_BASE}/{{ods}}/{r['resourceType'].lower()}"
+    return system.replace("{ods}", ods)
+
+
+def _build_row(line: int, row: dict, mapping: dict, ods: str, feed_id: str
+               ) -> tuple[list[tuple[str, dict, str, str | None]], list[RowError]]:
+    """Resources of one row as (fullUrl, resource, type, conditional query) + errors."""
+    errors: list[RowError] = []
+    for col in mapping.get("required") or []:
+        if not (row.get(col) or "").strip():
+            errors.append(RowError(line, col, "required value is missing"))
+    urls: dict[str, str] = {}
+    keys: dict[str, tuple[str, str] | None] = {}
+    for r in mapping["resources"]:
+        name = r.get("name") or r["resourceType"]
+        key = r.get("key")
+        if key:
+            value = (row.get(key["column"]) or "").strip()
+            if not value:
+                errors.append(RowError(line, key["column"], "key value is missing"))
+                keys[name] = None
+                urls[name] = f"urn:uuid:{uuid.uuid4()}"
+                continue
+            system = _key_system(r, ods)
+            keys[name] = (system, value)
+            urls[name] = "urn:uuid:" + str(uuid.uuid5(_NS, f"{feed_id}|{r['resourceType']}|"
+                                                            f"{system}|{value}"))
+        else:
+            keys[name] = None
+            digest = hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()
+            urls[name] = "urn:uuid:" + str(uuid.uuid5(_NS, f"{feed_id}|{name}|{digest}"))
+    out = []
+    for r in mapping["resources"]:
+        name = r.get("name") or r["resourceType"]
+        res: dict = {"resourceType": r["resourceType"]}
+        for path, spec in r["elements"].items():
+            column = spec if isinstance(spec, str) else spec.get("column")
+            if column is not None:
+                cell = row.get(column)
+                if cell is None or not cell.strip():
+                    if isinstance(spec, dict) and spec.get("required"):
+                        errors.append(RowError(line, column, "required value is missing"))
+                    continue
+            else:
+                cell = None
+            try:
+                value = spec["value"] if isinstance(spec, dict) and "value" in spec and \
+                    column is None else _value(spec, cell, column, mapping, urls)
+            except ValueError as e:
+                errors.append(RowError(line, column, str(e)))
+                continue
+            _set(res, path, value)
+        query = None
+        if keys.get(name):
+            system, value = keys[name]
+            ident = {"system": system, "value": value}
+            if ident not in (res.get("identifier") or []):
+                res.setdefault("identifier", []).insert(0, ident)
+            from urllib.parse import quote
+
+            query = f"identifier={quote(system, safe=':/')}|{quote(value, safe='')}"
+        res = _prune(res)
+        for issue in problems(res):
+            errors.append(RowError(line, None, f"{issue.expression or r['resourceType']}: "
+                                               f"{_safe(issue.diagnostics)}"))
+        out.append((urls[name], res, r["resourceType"], query))
+    return out, errors
+
+
+def _safe(text: str) -> str:
+    """Schema messages may quote a value; keep the reason, not the (possibly personal) data."""
+    return re.sub(r"'[^']{0,200}'|\"[^\"]{0,200}\"", "(value)", text or "")[:300]
+
+
+def _parse(csv_path, mapping: dict, ods: str, feed_id: str):
+    check_mapping(mapping)
+    rows = list(_rows(csv_path, mapping))
+    if not rows:
+        return [], [RowError(1, None, "the file is empty (no header row)")], 0
+    _, header = rows[0]
+    missing = sorted(c for c in _columns(mapping) if c not in header)
+    required_missing = [c for c in missing if c in (mapping.get("required") or [])
+                        or any((r.get("key") or {}).get("column") == c
+                               for r in mapping["resources"])]
+    if required_missing:
+        return [], [RowError(1, c, "required column is missing from the header")
+                    for c in required_missing], len(rows) - 1
+    built, errors = [], []
+    for line, raw in rows[1:]:
+        if len(raw) != len(header):
+            errors.append(RowError(line, None, f"has {len(raw)} fields, the header has "
+                                               f"{len(header)}"))
+            continue
+        row = dict(zip(header, raw, strict=True))
+        resources, row_errors = _build_row(line, row, mapping, ods, feed_id)
+        if row_errors:
+            errors.extend(row_errors)
+        else:
+            built.append((line, resources))
+    return built, errors, len(rows) - 1
+
+
+def validate(csv_path, mapping: dict, ods: str = "VALIDATE", feed_id: str = "validate"
+             ) -> list[RowError]:
+    """Every problem in the file, each with its line (header = 1), column and reason."""
+    return _parse(csv_path, mapping, ods, feed_id)[1]
+
+
+def load(csv_path, mapping: dict, feed_id: str, *, service=None, sc=None,
+         all_or_nothing: bool = False, resolve_identities: bool = True) -> LoadReport:
+    """Load the valid rows of a CSV file as one transaction with one Provenance (or nothing at
+    all when ``all_or_nothing`` and any row is rejected). Re-sending an identical file changes
+    nothing. Rows that repeat a key update the same resource (the later row wins)."""
+    from ..fhir.bundle import parse_entries, plan_writes
+    from ..store.repository import WriteOp
+    from .service import FeedService, receipt_id, stamp
+
+    if service is None:
+        if sc is None:
+            raise ValueError("load needs service= (a FeedService) or sc= (a SharedCare)")
+        service = FeedService(sc)
+    feed = service._accepting(feed_id, "csv")
+    built, errors, nrows = _parse(csv_path, mapping, feed.ods, feed.feed_id)
+    report = LoadReport(rows=nrows, rejected=sorted(errors, key=lambda e: (e.line,
+                                                                          e.column or "")))
+    for e in report.rejected:
+        service._record_reject(feed, None, f"line {e.line}" + (f" column {e.column}" if e.column
+                                                                 else "") + f": {e.reason}",
+                               "csv")
+    if not built or (all_or_nothing and errors):
+        return report
+    entries: dict[str, dict] = {}
+    for _, resources in built:
+        for url, res, rtype, query in resources:
+            res = stamp(res, feed.ods, feed.feed_id)
+            tag = f"&_tag={service_tag(feed.ods)}"
+            entries.pop(url, None)  # the later row wins, in row order
+            entries[url] = {"fullUrl": url, "resource": res,
+                            "request": {"method": "PUT",
+                                        "url": f"{rtype}?{query}{tag}" if query
+                                        else f"{rtype}/{url.rsplit(':', 1)[1]}"}}
+    digest = hashlib.sha256(Path(csv_path).read_bytes()).hexdigest()[:32]
+    rid = receipt_id(feed.ods, feed.feed_id, f"csv|{Path(csv_path).name}|{digest}")
+    report.receipt = rid
+    parsed = parse_entries({"resourceType": "Bundle", "type": "transaction",
+                            "entry": list(entries.values())})
+
+    def commit():
+        with service.store.begin_write() as conn, conn.begin():
+            if service.store.exists("Provenance", rid, conn):
+                return None
+            ops, _, _ = plan_writes(service.store, parsed, conn)
+            prov = service._provenance(feed, ops, f"{Path(csv_path).name} ({nrows} rows)", "csv")
+            person_ops = service.identity.nhs_link_ops(
+                conn, [(o.rid, o.resource) for o in ops if o.rtype == "Patient"]) \
+                if service.link_identities else []
+            service.store.write(ops + [WriteOp("PUT", "Provenance", rid, prov)], conn,
+                                source_org=feed.ods)
+            if person_ops:
+                service.store.write(person_ops, conn)
+            return ops
+
+    try:
+        ops = service._retrying(commit)
+    except FHIRError as e:
+        report.rejected.append(RowError(0, None, f"the batch was refused: {_safe(str(e))}"))
+        return report
+    if ops is None:
+        report.duplicate = True
+        return report
+    report.loaded_rows = len(built)
+    report.resources = len(ops)
+    if resolve_identities and service.link_identities:
+        for o in ops:
+            if o.rtype == "Patient":
+                report.identities.append(service.identity.resolve(o.rid))
+    return report
+
+
+def service_tag(ods: str) -> str:
+    from urllib.parse import quote
+
+    from ..fhir.codes import SOURCE_ORG_SYSTEM
+
+    return f"{quote(SOURCE_ORG_SYSTEM, safe=':/')}|{quote(ods, safe='')}"

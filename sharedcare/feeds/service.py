@@ -1,0 +1,802 @@
+"""Partner feeds: configuration, HL7 v2 / FHIR / NDJSON / CSV ingestion, provenance, quality.
+
+Everything is kept in the store as FHIR resources, so it is versioned, searchable and governed
+like any other data:
+
+* a feed is an ``Endpoint`` (identifier ``FEED_ID_SYSTEM|feed_id``, managingOrganization the
+  partner's ODS code, ``status`` test/active/suspended for onboarding/live/paused, the kind as
+  ``connectionType`` and the mapping as a JSON string extension);
+* every accepted message/batch writes one ``Provenance`` (the receipt) in the *same* transaction
+  as its data, at an id derived from (feed, message control id): a redelivered message finds its
+  receipt and changes nothing, and a crash before commit leaves neither data nor receipt, so the
+  sender -- which was not ACKed -- sends it again;
+* every resource carries ``meta.source = codes.feed_source(ods, feed)``, the source-organisation
+  tag and (HL7 v2) the source message time in ``meta.extension`` (``MESSAGE_TIME_EXT``): an entry
+  older than what is stored is skipped, so a late A01 never overwrites an A08;
+* rejected messages leave no clinical trace; a data-free ``OperationOutcome`` (reason, location,
+  control id) is kept per rejection for the quality report (``record_rejects=False`` turns it off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from ..fhir import codes
+from ..fhir.bundle import parse_entries, plan_writes
+from ..fhir.codes import BASE, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SOURCE_ORG_SYSTEM, feed_source
+from ..fhir.outcome import FHIRError
+from ..identity import nhs_number
+from ..identity.service import IdentityService
+from ..store.repository import PermitAll, Store, WriteOp, instant, now_utc
+from ..store.schema import resource as resource_table
+from .hl7v2 import HL7Error, build_ack, to_fhir
+
+log = logging.getLogger(__name__)
+
+_NS = uuid.UUID("3d0a7c55-2f7e-4b0e-8f57-5e1b4c1f2a77")
+FEED_ID_SYSTEM = f"{BASE}/Id/feed"
+FEED_KIND_SYSTEM = f"{BASE}/CodeSystem/feed-kind"
+FEED_STATUS_EXT = f"{BASE}/StructureDefinition/feed-status"
+FEED_MAPPING_EXT = f"{BASE}/StructureDefinition/feed-mapping"
+MESSAGE_TIME_EXT = f"{BASE}/StructureDefinition/source-message-time"
+RECEIPT_SYSTEM = f"{BASE}/Id/feed-receipt"
+REJECT_SYSTEM = f"{BASE}/CodeSystem/feed-reject"
+KINDS = ("fhir", "hl7v2", "csv")
+STATUSES = {"onboarding": "test", "live": "active", "paused": "suspended"}
+_STATUS_OF = {v: k for k, v in STATUSES.items()}
+MANDATORY_PATIENT = ("name", "birthDate", "gender", "address")
+
+
+class FeedError(Exception):
+    """A feed-level refusal (unknown or paused feed, wrong kind). No patient data in the text."""
+
+
+@dataclass
+class Feed:
+    ods: str
+    feed_id: str
+    kind: str
+    status: str
+    mapping: dict | None = None
+    endpoint_id: str = ""
+
+    @property
+    def source(self) -> str:
+        return feed_source(self.ods, self.feed_id)
+
+
+@dataclass
+class IngestResult:
+    outcome: str  # accepted | duplicate
+    receipt: str  # Provenance id
+    written: list[str] = field(default_factory=list)  # 'Type/id/_history/v'
+    stale: list[str] = field(default_factory=list)  # 'Type/id' skipped as older than stored
+    merges: list[tuple[str, str]] = field(default_factory=list)  # (survivor id, retired id)
+    warnings: list[str] = field(default_factory=list)
+
+
+def endpoint_id(feed_id: str) -> str:
+    return str(uuid.uuid5(_NS, f"feed|{feed_id}"))
+
+
+def receipt_id(ods: str, feed_id: str, message_id: str) -> str:
+    return str(uuid.uuid5(_NS, f"receipt|{ods}|{feed_id}|{message_id}"))
+
+
+def message_key(mapped, raw: str) -> str:
+    """What identifies one HL7 v2 message on a feed: its control id (MSH-10) and a digest of its
+    segments. A redelivery repeats both; two different messages that reuse a control id (senders
+    restarting counters, test systems replaying templates) are different data, not duplicates."""
+    import hashlib
+    import re
+
+    segments = [s.rstrip() for s in re.split(r"\r\n|\n|\r", raw.lstrip("\ufeff")) if s.strip()]
+    digest = hashlib.sha256("\r".join(segments).encode("utf-8")).hexdigest()[:32]
+    return f"{mapped.control_id}|{digest}"
+
+
+def _ts(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _parse_ts(s: str | None) -> datetime | None:
+    if not s:
+        return None
+    try:
+        d = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
+
+
+def message_time_of(res: dict) -> datetime | None:
+    for ext in (res.get("meta") or {}).get("extension") or ():
+        if ext.get("url") == MESSAGE_TIME_EXT:
+            return _parse_ts(ext.get("valueInstant"))
+    return None
+
+
+def stamp(res: dict, ods: str, feed_id: str, message_time: datetime | None = None) -> dict:
+    """meta.source, the source-organisation tag (the feed's organisation is the controller,
+    whatever the sender wrote) and the source message time."""
+    meta = dict(res.get("meta") or {})
+    meta["source"] = feed_source(ods, feed_id)
+    tags = [t for t in meta.get("tag") or [] if t.get("system") != SOURCE_ORG_SYSTEM]
+    meta["tag"] = [*tags, {"system": SOURCE_ORG_SYSTEM, "code": ods}]
+    if message_time is not None:
+        exts = [e for e in meta.get("extension") or [] if e.get("url") != MESSAGE_TIME_EXT]
+        meta["extension"] = [*exts, {"url": MESSAGE_TIME_EXT, "valueInstant": _ts(message_time)}]
+    meta.pop("versionId", None)
+    meta.pop("lastUpdated", None)
+    return {**res, "meta": meta}
+
+
+class _OrgPolicy:
+    """Bookkeeping view of one controller's rows (quality report) -- never for a person."""
+
+    def __init__(self, ods: str):
+        self.ods = ods
+
+    def resource_filter(self):
+        return resource_table.c.source_org == self.ods
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, IntegrityError):
+        return True  # a concurrent writer created the same receipt/Person: retry sees it
+    if isinstance(exc, OperationalError | DBAPIError):
+        text = str(exc).lower()
+        return any(s in text for s in ("locked", "serializ", "deadlock", "could not obtain"))
+    return False
+
+
+class FeedService:
+    def __init__(self, sc, *, record_rejects: bool = True, link_identities: bool = True,
+                 cache_seconds: float = 1.0):
+        self.sc = sc
+        self.store: Store = sc.store
+        self.identity = IdentityService.of(sc)
+        self.record_rejects = record_rejects
+        self.link_identities = link_identities
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Feed | None]] = {}
+        self._lock = threading.Lock()
+
+    # ================================================================== configuration
+    def add_feed(self, ods: str, feed_id: str, kind: str, mapping: dict | None = None,
+                 status: str = "onboarding") -> Feed:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}")
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        if not ods or not feed_id:
+            raise ValueError("ods and feed_id are required")
+        existing = self.get_feed(feed_id, cached=False)
+        if existing is not None and existing.ods != ods:
+            raise ValueError(f"feed {feed_id} already belongs to {existing.ods}")
+        feed = Feed(ods, feed_id, kind, status, mapping, endpoint_id(feed_id))
+        self._save(feed)
+        return feed
+
+    def _save(self, feed: Feed) -> None:
+        res = {
+            "resourceType": "Endpoint",
+            "meta": {"source": feed.source,
+                     "tag": [{"system": SOURCE_ORG_SYSTEM, "code": feed.ods}]},
+            "extension": [{"url": FEED_STATUS_EXT, "valueCode": feed.status}],
+            "identifier": [{"system": FEED_ID_SYSTEM, "value": feed.feed_id}],
+            "status": STATUSES[feed.status],
+            "connectionType": {"system": FEED_KIND_SYSTEM, "code": feed.kind},
+            "name": f"{feed.ods} {feed.kind} feed {feed.feed_id}",
+            "managingOrganization": {"identifier": {"system": ODS_SYSTEM, "value": feed.ods}},
+            "payloadType": [{"coding": [{"system": FEED_KIND_SYSTEM, "code": feed.kind}]}],
+            "address": feed.source,
+        }
+        if feed.mapping is not None:
+            res["extension"].append({"url": FEED_MAPPING_EXT,
+                                     "valueString": orjson.dumps(feed.mapping).decode()})
+        self.store.write([WriteOp("PUT", "Endpoint", feed.endpoint_id, res)])
+        with self._lock:
+            self._cache[feed.feed_id] = (time.monotonic(), feed)
+
+    @staticmethod
+    def _feed_of(res: dict) -> Feed:
+        status = next((e.get("valueCode") for e in res.get("extension") or []
+                       if e.get("url") == FEED_STATUS_EXT), None) or _STATUS_OF.get(
+            res.get("status"), "paused")
+        mapping = next((orjson.loads(e["valueString"]) for e in res.get("extension") or []
+                        if e.get("url") == FEED_MAPPING_EXT), None)
+        feed_id = next(i["value"] for i in res["identifier"] if i["system"] == FEED_ID_SYSTEM)
+        ods = res["managingOrganization"]["identifier"]["value"]
+        return Feed(ods, feed_id, res["connectionType"]["code"], status, mapping, res["id"])
+
+    def get_feed(self, feed_id: str, cached: bool = True) -> Feed | None:
+        now = time.monotonic()
+        if cached:
+            with self._lock:
+                hit = self._cache.get(feed_id)
+            if hit and now - hit[0] < self.cache_seconds:
+                return hit[1]
+        try:
+            feed = self._feed_of(self.store.read("Endpoint", endpoint_id(feed_id),
+                                                 PermitAll()).json())
+        except FHIRError:
+            feed = None
+        with self._lock:
+            self._cache[feed_id] = (now, feed)
+        return feed
+
+    def list_feeds(self, ods: str | None = None) -> list[Feed]:
+        feeds = []
+        for s in self.store.iter_current(PermitAll(), ["Endpoint"]):
+            res = s.json()
+            if any(i.get("system") == FEED_ID_SYSTEM for i in res.get("identifier") or []):
+                feed = self._feed_of(res)
+                if ods is None or feed.ods == ods:
+                    feeds.append(feed)
+        return sorted(feeds, key=lambda f: (f.ods, f.feed_id))
+
+    def set_status(self, feed_id: str, status: str) -> Feed:
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}")
+        feed = self.get_feed(feed_id, cached=False)
+        if feed is None:
+            raise KeyError(f"no feed {feed_id}")
+        feed.status = status
+        self._save(feed)
+        return feed
+
+    def _accepting(self, feed_id: str | None, kind: str) -> Feed:
+        if not feed_id:
+            raise FeedError("no feed is configured for this sender")
+        feed = self.get_feed(feed_id)
+        if feed is None:
+            raise FeedError(f"feed {feed_id} is not configured")
+        if feed.status == "paused":
+            raise FeedError(f"feed {feed_id} is paused: input is not being accepted")
+        if feed.kind != kind:
+            raise FeedError(f"feed {feed_id} is a {feed.kind} feed, not {kind}")
+        return feed
+
+    def feed_for_message(self, raw: str) -> str | None:
+        """Route an HL7 v2 message without a fixed feed: a live/onboarding hl7v2 feed whose mapping
+        lists the sending facility (MSH-4) or application (MSH-3) in ``senders``, or named so."""
+        first = raw.lstrip("\ufeff").replace("\n", "\r").split("\r", 1)[0]
+        parts = first.split("|")
+        names = {p.split("^")[0] for p in parts[2:4] if p}
+        for feed in self.list_feeds():
+            if feed.kind != "hl7v2":
+                continue
+            senders = set((feed.mapping or {}).get("senders") or [])
+            if feed.feed_id in names or names & senders:
+                return feed.feed_id
+        return None
+
+    # ================================================================== HL7 v2
+    def ingest_hl7(self, raw: str, feed_id: str | None = None) -> str:
+        """One HL7 v2 message -> ACK text. AA only after commit; NACK (AE/AR + ERR) otherwise."""
+        ack, _ = self.ingest_hl7_detail(raw, feed_id)
+        return ack
+
+    def ingest_hl7_detail(self, raw: str, feed_id: str | None = None
+                          ) -> tuple[str, IngestResult | None]:
+        feed = None
+        try:
+            feed = self._accepting(feed_id or self.feed_for_message(raw), "hl7v2")
+            mapped = to_fhir(raw, source_org=feed.ods, feed_id=feed.feed_id)
+            result = self._retrying(lambda: self._commit_hl7(feed, mapped, raw))
+            return build_ack(raw), result
+        except FeedError as e:
+            err = HL7Error("AR", "207", "MSH", str(e))
+        except HL7Error as e:
+            err = e
+        except FHIRError as e:
+            # A mapped resource the store will not take; the location, never the values.
+            where = next((i.expression for i in e.issues if i.expression), None) or "message"
+            err = HL7Error("AE", "207", None, f"mapped data failed FHIR validation at {where}")
+        except Exception:
+            log.exception("HL7 v2 ingest failed")
+            return build_ack(raw, "AE", HL7Error("AE", "207", None,
+                                                 "Application internal error")), None
+        self._record_reject(feed, raw, err)
+        return build_ack(raw, err.ack_code, err), None
+
+    def _retrying(self, fn, attempts: int = 4):
+        for n in range(attempts):
+            try:
+                return fn()
+            except (OperationalError, IntegrityError, DBAPIError) as e:
+                if n == attempts - 1 or not _transient(e):
+                    raise
+                time.sleep(0.01 * (2 ** n))
+
+    def _commit_hl7(self, feed: Feed, mapped, raw: str) -> IngestResult:
+        ods, mtime = feed.ods, mapped.message_time
+        rid = receipt_id(ods, feed.feed_id, message_key(mapped, raw))
+        bundle = orjson.loads(orjson.dumps(mapped.bundle))
+        tag_q = f"&_tag={quote(SOURCE_ORG_SYSTEM, safe=':/')}|{quote(ods, safe='')}"
+        for e in bundle["entry"]:
+            res = e["resource"]
+            if res["resourceType"] == "Provenance":
+                e["request"]["url"] = f"Provenance/{rid}"
+                res["id"] = rid
+                e["resource"] = stamp(res, ods, feed.feed_id)
+                continue
+            if "?" in e["request"]["url"]:
+                # A conditional update only ever matches this organisation's own records.
+                e["request"]["url"] += tag_q
+            e["resource"] = stamp(res, ods, feed.feed_id, mtime)
+        entries = parse_entries(bundle)
+        with self.store.begin_write() as conn, conn.begin():
+            if self.store.exists("Provenance", rid, conn):
+                return IngestResult("duplicate", rid)
+            ops, _, _ = plan_writes(self.store, entries, conn)
+            current = self._current(conn, [(o.rtype, o.rid) for o in ops if o.method == "PUT"])
+            keep, stale = [], []
+            for op in ops:
+                cur = current.get((op.rtype, op.rid))
+                cur_t = message_time_of(cur) if cur else None
+                if op.rtype != "Provenance" and cur_t is not None and cur_t > mtime:
+                    stale.append(f"{op.rtype}/{op.rid}")
+                else:
+                    keep.append(op)
+            merges: list[tuple[str, str]] = []
+            for survivor_key, retired_key in mapped.merges:
+                merges.append(self._merge_ops(conn, feed, mtime, ops, keep, current,
+                                              survivor_key, retired_key))
+            prov = next(o for o in keep if o.rtype == "Provenance")
+            self._finish_receipt(prov.resource, keep, stale, mapped.warnings)
+            person_ops = []
+            if self.link_identities:
+                patients = [(o.rid, o.resource) for o in keep if o.rtype == "Patient"]
+                person_ops = self.identity.nhs_link_ops(conn, patients)
+            results = self.store.write(keep, conn, source_org=ods)
+            if person_ops:
+                self.store.write(person_ops, conn)
+        return IngestResult("accepted", rid,
+                            [f"{r.stored.type}/{r.stored.id}/_history/{r.stored.version}"
+                             for r in results], stale, merges, list(mapped.warnings))
+
+    def _current(self, conn, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        from sqlalchemy import false, tuple_
+
+        out: dict[tuple[str, str], dict] = {}
+        if not keys:
+            return out
+        rows = conn.execute(select(resource_table.c.type, resource_table.c.id,
+                                   resource_table.c.content).where(
+            tuple_(resource_table.c.type, resource_table.c.id).in_(keys),
+            resource_table.c.deleted == false()))
+        for t, i, c in rows:
+            out[(t, i)] = orjson.loads(c)
+        return out
+
+    @staticmethod
+    def _finish_receipt(prov: dict, keep: list[WriteOp], stale: list[str],
+                        warnings: list[str]) -> None:
+        written = {f"{o.rtype}/{o.rid}" for o in keep if o.rtype != "Provenance"}
+        targets = [t for t in prov.get("target") or [] if t.get("reference") in written]
+        if targets:
+            prov["target"] = targets
+        if stale:
+            prov["reason"] = [{"text": f"{len(stale)} entries older than the stored data were "
+                                       "not applied (message time)"}]
+        if warnings:
+            prov.setdefault("extension", []).extend(
+                {"url": f"{BASE}/StructureDefinition/feed-warning", "valueString": w[:500]}
+                for w in warnings[:20])
+
+    def _merge_ops(self, conn, feed: Feed, mtime: datetime, ops: list[WriteOp],
+                   keep: list[WriteOp], current: dict, survivor_key: str,
+                   retired_key: str) -> tuple[str, str]:
+        """A40/A47 (v2-to-FHIR IG): the retired Patient gets ``link`` replaced-by the survivor and
+        ``active=false``; the survivor's ``replaces`` link gets the retired Patient's reference.
+        Nothing is deleted or re-pointed, so :meth:`unmerge` can restore it from history."""
+        s_sys, _, s_val = survivor_key.partition("|")
+        r_sys, _, r_val = retired_key.partition("|")
+
+        def has(res, sys, val):
+            return any(i.get("system") == sys and i.get("value") == val
+                       for i in res.get("identifier") or [])
+
+        survivor_op = next(o for o in ops if o.rtype == "Patient" and has(o.resource, s_sys, s_val))
+        sid = survivor_op.rid
+        q = (f"identifier={quote(r_sys, safe=':/')}|{quote(r_val, safe='')}"
+             f"&_tag={quote(SOURCE_ORG_SYSTEM, safe=':/')}|{quote(feed.ods, safe='')}")
+        found = [i for i in self.store.match_ids("Patient", q, conn, limit=5) if i != sid]
+        retired_id = found[0] if found else str(uuid.uuid5(_NS, f"retired|{feed.ods}|{retired_key}"))
+        if found:
+            old = current.get(("Patient", retired_id)) or self.store.read(
+                "Patient", retired_id, PermitAll(), conn).json()
+        else:
+            old = {"resourceType": "Patient", "identifier": [{"system": r_sys, "value": r_val}]}
+        links = [lk for lk in old.get("link") or []
+                 if (lk.get("other") or {}).get("reference") != f"Patient/{sid}"]
+        links.append({"other": {"reference": f"Patient/{sid}"}, "type": "replaced-by"})
+        retired = stamp({**old, "active": False, "link": links}, feed.ods, feed.feed_id,
+                        max(mtime, message_time_of(old) or mtime))
+        keep[:] = [o for o in keep if (o.rtype, o.rid) != ("Patient", retired_id)]
+        keep.insert(len(keep) - 1, WriteOp("PUT", "Patient", retired_id, retired))
+        # The survivor: on this message's version, or (if that was stale) on the stored one.
+        if survivor_op in keep:
+            surv = survivor_op.resource
+        else:
+            surv = dict(current[("Patient", sid)])
+            keep.insert(len(keep) - 1, WriteOp("PUT", "Patient", sid, surv))
+            survivor_op = keep[-2]
+        links = [lk for lk in surv.get("link") or []
+                 if not ((lk.get("other") or {}).get("identifier") or {}).get("value") == r_val
+                 and (lk.get("other") or {}).get("reference") != f"Patient/{retired_id}"]
+        links.append({"other": {"reference": f"Patient/{retired_id}",
+                                "identifier": {"system": r_sys, "value": r_val}},
+                      "type": "replaces"})
+        survivor_op.resource = {**surv, "link": links}
+        return sid, retired_id
+
+    def unmerge(self, survivor_id: str, retired_id: str, reason: str = "unmerge") -> None:
+        """Undo a merge: the retired Patient goes back to its last version before it was marked
+        replaced-by the survivor; the survivor loses its ``replaces`` link. New versions, so the
+        merge and the unmerge both stay in history."""
+        def replaced_by(res):
+            return any(lk.get("type") == "replaced-by"
+                       and (lk.get("other") or {}).get("reference") == f"Patient/{survivor_id}"
+                       for lk in res.get("link") or [])
+
+        history, _ = self.store.history(PermitAll(), "Patient", retired_id, count=1000)
+        before = next((s.json() for _, s, _ in history if s.content and not replaced_by(s.json())),
+                      None)
+        retired = self.store.read("Patient", retired_id, PermitAll()).json()
+        if not replaced_by(retired):
+            raise FHIRError.of(409, "conflict",
+                               f"Patient/{retired_id} is not merged into Patient/{survivor_id}")
+        if before is None:  # created by the merge itself: reactivate without the link
+            before = {**retired, "active": True,
+                      "link": [lk for lk in retired.get("link") or [] if lk.get("type") !=
+                               "replaced-by"]}
+        if not before.get("link"):
+            before.pop("link", None)
+        survivor = self.store.read("Patient", survivor_id, PermitAll()).json()
+        links = [lk for lk in survivor.get("link") or []
+                 if not (lk.get("type") == "replaces"
+                         and (lk.get("other") or {}).get("reference") == f"Patient/{retired_id}")]
+        survivor = {**survivor, "link": links} if links else {
+            k: v for k, v in survivor.items() if k != "link"}
+        ods = next((t["code"] for t in survivor["meta"].get("tag") or []
+                    if t.get("system") == SOURCE_ORG_SYSTEM), None)
+        now = datetime.now(UTC)
+        ops = []
+        for rid, res in ((retired_id, before), (survivor_id, survivor)):
+            meta = dict(res.get("meta") or {})
+            exts = [e for e in meta.get("extension") or [] if e.get("url") != MESSAGE_TIME_EXT]
+            meta["extension"] = [*exts, {"url": MESSAGE_TIME_EXT, "valueInstant": _ts(now)}]
+            ops.append(WriteOp("PUT", "Patient", rid, {**res, "meta": meta}))
+        prov = {
+            "resourceType": "Provenance",
+            "target": [{"reference": f"Patient/{retired_id}"},
+                       {"reference": f"Patient/{survivor_id}"}],
+            "recorded": instant(now_utc()),
+            "activity": {"text": "unmerge"},
+            "reason": [{"text": reason[:500]}],
+            "agent": [{"who": {"display": "sharedcare identity service"}}],
+        }
+        ops.append(WriteOp("POST", "Provenance", str(uuid.uuid4()), prov))
+        with self.store.begin_write() as conn, conn.begin():
+            self.store.write(ops, conn, source_org=ods)
+
+    # ================================================================== rejects
+    def _record_reject(self, feed: Feed | None, raw, err: HL7Error | str,
+                       kind: str = "hl7v2", message_id: str | None = None) -> None:
+        """A data-free note of a rejected message for the quality report."""
+        if not self.record_rejects or feed is None:
+            return
+        if isinstance(err, HL7Error):
+            code, location, text = err.error_code, err.location, err.text
+            if message_id is None:
+                message_id = _control_id(raw)
+        else:
+            code, location, text = "reject", None, str(err)
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "meta": {"source": feed.source, "tag": [{"system": SOURCE_ORG_SYSTEM,
+                                                     "code": feed.ods}]},
+            "issue": [{"severity": "error", "code": "processing",
+                       "details": {"coding": [{"system": REJECT_SYSTEM, "code": kind}],
+                                   "text": text[:500]},
+                       **({"expression": [location]} if location else {}),
+                       **({"diagnostics": f"message {message_id[:64]}"} if message_id else {})}],
+        }
+        try:
+            self.store.write([WriteOp("POST", "OperationOutcome", str(uuid.uuid4()), outcome)])
+        except Exception:
+            log.warning("could not record a rejected message", exc_info=True)
+
+    # ================================================================== FHIR
+    def ingest_fhir_bundle(self, bundle: dict, feed_id: str) -> dict:
+        """A transaction Bundle pushed by a partner: stamped (meta.source, controller tag), one
+        Provenance, one database transaction. A Bundle with an ``identifier`` already received on
+        this feed changes nothing. Returns the transaction-response Bundle."""
+        feed = self._accepting_fhir(feed_id)
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle" or \
+                bundle.get("type") != "transaction":
+            raise FHIRError.of(400, "invalid", "expected a transaction Bundle")
+        bundle = orjson.loads(orjson.dumps(bundle))
+        for e in bundle.get("entry") or []:
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict):
+                e["resource"] = stamp(e["resource"], feed.ods, feed.feed_id)
+        ident = (bundle.get("identifier") or {}).get("value")
+        rid = receipt_id(feed.ods, feed.feed_id, f"bundle|{ident}" if ident
+                         else f"bundle|{uuid.uuid4()}")
+        entries = parse_entries(bundle)
+
+        def commit():
+            with self.store.begin_write() as conn, conn.begin():
+                if ident and self.store.exists("Provenance", rid, conn):
+                    return None
+                ops, op_entries, responses = plan_writes(self.store, entries, conn)
+                ops.append(WriteOp("PUT", "Provenance", rid,
+                                   self._provenance(feed, ops, ident or "transaction", "bundle")))
+                person_ops = []
+                if self.link_identities:
+                    person_ops = self.identity.nhs_link_ops(
+                        conn, [(o.rid, o.resource) for o in ops if o.rtype == "Patient"
+                               and o.resource])
+                results = self.store.write(ops, conn, source_org=feed.ods)
+                if person_ops:
+                    self.store.write(person_ops, conn)
+                return op_entries, results[:-1], responses
+
+        try:
+            out = self._retrying(commit)
+        except FHIRError as e:
+            self._record_reject(feed, None, str(e)[:500], "fhir", ident)
+            raise
+        from ..fhir.bundle import _response_entry
+
+        if out is None:
+            return {"resourceType": "Bundle", "type": "transaction-response", "entry": [],
+                    "meta": {"tag": [{"system": REJECT_SYSTEM, "code": "duplicate"}]}}
+        op_entries, results, responses = out
+        for index, result in zip(op_entries, results, strict=True):
+            responses[index] = _response_entry(result, "")
+        return {"resourceType": "Bundle", "type": "transaction-response",
+                "entry": [responses[e.index] for e in entries]}
+
+    def _accepting_fhir(self, feed_id: str) -> Feed:
+        try:
+            return self._accepting(feed_id, "fhir")
+        except FeedError as e:
+            raise FHIRError.of(403 if "paused" in str(e) else 404, "forbidden"
+                               if "paused" in str(e) else "not-found", str(e)) from None
+
+    def _provenance(self, feed: Feed, ops: list[WriteOp], message_id: str, what: str) -> dict:
+        targets = [{"reference": f"{o.rtype}/{o.rid}"} for o in ops if o.method != "DELETE"]
+        return stamp({
+            "resourceType": "Provenance",
+            "target": targets or [{"display": "no resources"}],
+            "recorded": instant(now_utc()),
+            "activity": {"text": f"{feed.kind} {what}"},
+            "agent": [{"type": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                "code": "author"}]},
+                "who": {"identifier": {"system": ODS_SYSTEM, "value": feed.ods}}}],
+            "entity": [{"role": "source", "what": {
+                "identifier": {"system": f"{RECEIPT_SYSTEM}/{feed.ods}/{feed.feed_id}",
+                               "value": message_id[:200]},
+                "display": f"{feed.kind} {what} {message_id[:100]}"}}],
+        }, feed.ods, feed.feed_id)
+
+    def ingest_ndjson(self, path: str | Path, feed_id: str, batch: int = 500) -> dict:
+        """An NDJSON drop: each batch one transaction with its Provenance (receipt id from the file
+        name and line range, so a re-sent file changes nothing). Returns counts and each rejected
+        line with its reason."""
+        feed = self._accepting_fhir(feed_id)
+        path = Path(path)
+        rejected: list[dict] = []
+        good: list[tuple[int, dict]] = []
+        from ..fhir.validation import problems
+
+        for n, line in enumerate(path.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                res = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                rejected.append({"line": n, "reason": "not valid JSON"})
+                continue
+            issues = problems(res) if isinstance(res, dict) else []
+            if not isinstance(res, dict) or issues:
+                rejected.append({"line": n, "reason": "; ".join(
+                    f"{i.expression or ''}: {i.diagnostics}" for i in issues)[:500]
+                    or "not a resource"})
+                continue
+            good.append((n, stamp(res, feed.ods, feed.feed_id)))
+        loaded = duplicates = 0
+        for i in range(0, len(good), batch):
+            chunk = good[i:i + batch]
+            message_id = f"ndjson|{path.name}|{chunk[0][0]}-{chunk[-1][0]}"
+            rid = receipt_id(feed.ods, feed.feed_id, message_id)
+            ops = [WriteOp("PUT", r["resourceType"], r.get("id") or str(
+                uuid.uuid5(_NS, f"{feed.feed_id}|{path.name}|{n}")), r) for n, r in chunk]
+
+            def commit(ops=ops, rid=rid, message_id=message_id):
+                with self.store.begin_write() as conn, conn.begin():
+                    if self.store.exists("Provenance", rid, conn):
+                        return False
+                    person_ops = self.identity.nhs_link_ops(
+                        conn, [(o.rid, o.resource) for o in ops if o.rtype == "Patient"]) \
+                        if self.link_identities else []
+                    self.store.write(ops + [WriteOp("PUT", "Provenance", rid, self._provenance(
+                        feed, ops, message_id, "ndjson"))], conn, source_org=feed.ods)
+                    if person_ops:
+                        self.store.write(person_ops, conn)
+                    return True
+            try:
+                if self._retrying(commit):
+                    loaded += len(ops)
+                else:
+                    duplicates += len(ops)
+            except FHIRError as e:
+                for n, _ in chunk:
+                    rejected.append({"line": n, "reason": str(e)[:300]})
+        for r in rejected:
+            self._record_reject(feed, None, f"line {r['line']}: {r['reason']}", "ndjson")
+        return {"loaded": loaded, "duplicates": duplicates, "rejected": rejected}
+
+    # ================================================================== CSV
+    def ingest_csv(self, csv_path, feed_id: str, all_or_nothing: bool = False):
+        from .csv_feed import load
+
+        feed = self._accepting(feed_id, "csv")
+        return load(csv_path, feed.mapping or {}, feed_id, service=self,
+                    all_or_nothing=all_or_nothing)
+
+    # ================================================================== quality
+    def quality_report(self, ods: str, stale_after_hours: float = 24.0) -> dict:
+        """Data quality of one partner, computed from the store."""
+        policy = _OrgPolicy(ods)
+        patients = valid = invalid = missing_nhs = 0
+        missing: Counter = Counter()
+        seen_nhs: Counter = Counter()
+        for s in self.store.iter_current(policy, ["Patient"]):
+            res = s.json()
+            if res.get("active") is False:
+                continue
+            patients += 1
+            nhs_values = [i.get("value") for i in res.get("identifier") or []
+                          if i.get("system") == NHS_NUMBER_SYSTEM]
+            if any(nhs_number.is_valid(v) for v in nhs_values):
+                valid += 1
+                seen_nhs[nhs_number.normalise(nhs_values[0])] += 1
+            elif nhs_values:
+                invalid += 1
+            else:
+                missing_nhs += 1
+            for f in MANDATORY_PATIENT:
+                if not res.get(f):
+                    missing[f] += 1
+        feeds: dict[str, dict] = {f.feed_id: {"kind": f.kind, "status": f.status, "messages": 0,
+                                              "last_message": None, "rejected": 0,
+                                              "reject_reasons": Counter(), "lateness_s": []}
+                                  for f in self.list_feeds(ods)}
+
+        def feed_of(res) -> str | None:
+            src = (res.get("meta") or {}).get("source") or ""
+            prefix = f"{BASE}/feed/{ods}/"
+            return src[len(prefix):] if src.startswith(prefix) else None
+
+        for s in self.store.iter_current(policy, ["Provenance"]):
+            res = s.json()
+            fid = feed_of(res)
+            if fid is None:
+                continue
+            f = feeds.setdefault(fid, {"kind": "?", "status": "?", "messages": 0,
+                                       "last_message": None, "rejected": 0,
+                                       "reject_reasons": Counter(), "lateness_s": []})
+            f["messages"] += 1
+            arrived = instant(s.last_updated)
+            if f["last_message"] is None or arrived > f["last_message"]:
+                f["last_message"] = arrived
+            event = _parse_ts(res.get("recorded"))
+            if event is not None:
+                f["lateness_s"].append((_parse_ts(arrived) - event).total_seconds())
+        for s in self.store.iter_current(policy, ["OperationOutcome"]):
+            res = s.json()
+            fid = feed_of(res)
+            if fid is None:
+                continue
+            f = feeds.setdefault(fid, {"kind": "?", "status": "?", "messages": 0,
+                                       "last_message": None, "rejected": 0,
+                                       "reject_reasons": Counter(), "lateness_s": []})
+            f["rejected"] += 1
+            for issue in res.get("issue") or []:
+                f["reject_reasons"][((issue.get("details") or {}).get("text") or "?")[:120]] += 1
+        now = datetime.now(UTC)
+        stale = []
+        for fid, f in feeds.items():
+            last = _parse_ts(f["last_message"])
+            if f["status"] == "live" and (last is None or
+                                          (now - last).total_seconds() > stale_after_hours * 3600):
+                stale.append(fid)
+            lat = sorted(f.pop("lateness_s"))
+            f["median_lateness_s"] = lat[len(lat) // 2] if lat else None
+            f["reject_reasons"] = dict(f["reject_reasons"].most_common(10))
+        return {
+            "ods": ods,
+            "generated": instant(now_utc()),
+            "patients": patients,
+            "nhs_number": {"valid": valid, "invalid": invalid, "missing": missing_nhs,
+                           "valid_share": round(valid / patients, 4) if patients else None},
+            "duplicate_nhs_numbers": sum(1 for c in seen_nhs.values() if c > 1),
+            "missing_mandatory": {f: missing[f] for f in MANDATORY_PATIENT},
+            "records_rejected": sum(f["rejected"] for f in feeds.values()),
+            "stale_feeds": sorted(stale),
+            "feeds": feeds,
+        }
+
+
+def _control_id(raw) -> str | None:
+    if not isinstance(raw, str):
+        return None
+    first = raw.lstrip("\ufeff").replace("\n", "\r").split("\r", 1)[0]
+    parts = first.split("|")
+    if parts[0] != "MSH" or len(parts) < 10:
+        return None
+    value = parts[9]
+    return value if value.isprintable() and len(value) <= 64 else None
+
+
+# ====================================================================== MLLP
+def mllp_handler(service: FeedService, feed_id: str | None = None):
+    """The coroutine serve_mllp calls per message: the blocking store work runs in a thread, so
+    the event loop keeps accepting connections and reading other messages meanwhile."""
+
+    async def handle(raw: str) -> str:
+        return await asyncio.to_thread(service.ingest_hl7, raw, feed_id)
+
+    return handle
+
+
+def attach_mllp(app, sc, host: str, port: int, feed_id: str | None = None):
+    """Run the MLLP listener inside the web app's lifespan (``sharedcare serve --mllp-port``).
+    Messages are routed to a feed by MSH-3/MSH-4 (see FeedService.feed_for_message) unless
+    ``feed_id`` (or $SHAREDCARE_MLLP_FEED) fixes one."""
+    import contextlib
+    import os
+
+    from .hl7v2 import serve_mllp
+
+    service = FeedService(sc)
+    feed_id = feed_id or os.environ.get("SHAREDCARE_MLLP_FEED") or None
+    previous = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a):
+        server = await serve_mllp(host, port, mllp_handler(service, feed_id))
+        app.state.mllp_server = server
+        try:
+            async with previous(a) as state:
+                yield state
+        finally:
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+
+    app.router.lifespan_context = lifespan
+    return service
+
+
+__all__ = ["FEED_ID_SYSTEM", "MESSAGE_TIME_EXT", "Feed", "FeedError", "FeedService",
+           "IngestResult", "attach_mllp", "codes", "mllp_handler", "receipt_id", "stamp"]

@@ -1,0 +1,395 @@
+"""Random care-system worlds for the governance property tests: generate (hypothesis), load
+through the real product (Governance admin methods + Store.write), and check every governed read
+path against the independent oracle."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from hypothesis import strategies as st
+from oracle import (
+    CLINICAL,
+    COMPARTMENT,
+    DIRECT_CARE,
+    GLASS_ROLES,
+    PURPOSES,
+    SENSITIVE,
+    USER_ROLES,
+    Agreement,
+    Oracle,
+    Res,
+    Viewer,
+    World,
+)
+
+from sharedcare.fhir.categories import DEFAULT_CATEGORY
+from sharedcare.fhir.codes import DATA_CATEGORY_SYSTEM, ODS_SYSTEM, SENSITIVITY_SYSTEM
+from sharedcare.fhir.outcome import FHIRError
+from sharedcare.governance import Access
+from sharedcare.store.repository import WriteOp
+
+ORG_KINDS = ("gp-practice", "acute-trust", "community", "mental-health", "ambulance", "hospice",
+             "social-care", "care-home")
+STATUSES = ("draft", "circulated", "signed", "active", "suspended", "expired", "withdrawn")
+ODS_CODES = ("A81001", "RX1", "RY2", "CH9", "SC4")
+CLINICAL_TYPES = ("Observation", "Condition", "DocumentReference", "CarePlan",
+                  "AllergyIntolerance", "Flag", "Device")
+FAMILY = ("Quartermaine", "Oyelaran", "Pemberton", "Zielinska", "Abernethy")
+
+
+def org_ref(ods: str, logical: bool) -> dict:
+    if logical:
+        return {"identifier": {"system": ODS_SYSTEM, "value": ods}}
+    return {"reference": f"Organization/org-{ods}"}
+
+
+def meta(category: str | None, labels) -> dict:
+    m: dict = {}
+    if category:
+        m["tag"] = [{"system": DATA_CATEGORY_SYSTEM, "code": category}]
+    if labels:
+        m["security"] = [{"system": SENSITIVITY_SYSTEM, "code": s} for s in labels]
+    return m
+
+
+def clinical_body(rtype: str, pid: str, extra: dict) -> dict:
+    subj = {"reference": f"Patient/{pid}"}
+    body = {
+        "Observation": {"status": "final", "code": {"text": "pulse"}, "subject": subj},
+        "Condition": {"code": {"text": "asthma"}, "subject": subj},
+        "DocumentReference": {"status": "current", "subject": subj, "content": [
+            {"attachment": {"contentType": "text/plain", "data": "aGk="}}]},
+        "CarePlan": {"status": "active", "intent": "plan", "subject": subj},
+        "AllergyIntolerance": {"patient": subj},
+        "Flag": {"status": "active", "code": {"text": "falls risk"}, "subject": subj},
+        "Device": {"patient": subj},
+        "Encounter": {"class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                "code": "AMB"}, "subject": subj},
+        "EpisodeOfCare": {"patient": subj},
+        "ServiceRequest": {"intent": "order", "subject": subj},
+        "CareTeam": {"subject": subj},
+    }[rtype]
+    return {"resourceType": rtype, **body, **extra}
+
+
+@st.composite
+def worlds(draw, n_viewers=(6, 10), n_patients=(2, 3)):
+    today = date.today()
+    n_orgs = draw(st.integers(2, 5))
+    codes = list(ODS_CODES[:n_orgs])
+    orgs = {c: draw(st.sampled_from(ORG_KINDS)) for c in codes}
+    world = World(today=today, orgs=orgs)
+    res = world.resources
+    for c in codes:
+        res.append(Res("Organization", f"org-{c}", {
+            "resourceType": "Organization", "identifier": [{"system": ODS_SYSTEM, "value": c}],
+            "name": f"Organisation {c}"}, c, "other"))
+    res.append(Res("Practitioner", "prac-1", {"resourceType": "Practitioner",
+                                              "name": [{"family": "Khan"}]}, codes[0], "other"))
+    res.append(Res("Location", "loc-1", {"resourceType": "Location", "name": "Ward 3"},
+                   codes[-1], "other"))
+
+    # Agreements in every state and window.
+    days = {"none": None, "past": -40, "yesterday": -1, "today": 0, "tomorrow": 1, "future": 30}
+
+    def when(k):
+        return None if days[k] is None else (today + timedelta(days=days[k])).isoformat()
+
+    for i in range(draw(st.integers(1, 5))):
+        if i == 0 and draw(st.integers(0, 2)):  # often one broad agreement between everyone
+            parties = list(codes)
+        else:
+            parties = draw(st.lists(st.sampled_from(codes), min_size=2, max_size=3, unique=True))
+        status = draw(st.sampled_from(STATUSES + ("active",) * 10))
+        eff = draw(st.sampled_from(["none", "past", "past", "yesterday", "today", "tomorrow",
+                                    "future"]))
+        end = draw(st.sampled_from(["none", "none", "today", "tomorrow", "future", "future",
+                                    "past", "yesterday"]))
+        purposes = draw(st.lists(st.sampled_from(PURPOSES), min_size=1, unique=True))
+        if draw(st.integers(0, 3)) and DIRECT_CARE not in purposes:
+            purposes.append(DIRECT_CARE)
+        cats = draw(st.lists(st.sampled_from(CLINICAL), min_size=3, max_size=10, unique=True))
+        world.agreements.append(Agreement(f"isa-{i}", parties, purposes, cats, status,
+                                          when(eff), when(end)))
+
+    # Patients, the resources that make relationships, and clinical data.
+    n_pat = draw(st.integers(*n_patients))
+    counter = Counter()
+
+    def new_id(t):
+        counter[t] += 1
+        return f"{t.lower()}-{counter[t]}"
+
+    def add(rtype, pid, source, extra=None):
+        rid = new_id(rtype)
+        tagged = draw(st.sampled_from([None, None, None] + list(CLINICAL)))
+        labels = tuple(sorted(draw(st.lists(st.sampled_from(SENSITIVE), max_size=2, unique=True))
+                              if draw(st.integers(0, 2)) == 0 else []))
+        body = clinical_body(rtype, pid, extra or {})
+        body["id"] = rid
+        m = meta(tagged, labels)
+        if m:
+            body["meta"] = m
+        category = tagged or DEFAULT_CATEGORY.get(rtype, "other")
+        res.append(Res(rtype, rid, body, source, category, labels,
+                       pid if rtype in COMPARTMENT else None))
+
+    org = st.sampled_from(codes)
+    for n in range(1, n_pat + 1):
+        pid = f"pat-{n}"
+        gp = draw(st.one_of(st.none(), org))
+        body = {"resourceType": "Patient", "id": pid,
+                "name": [{"family": FAMILY[n % len(FAMILY)], "given": [f"Given{n}"]}]}
+        if gp:
+            body["generalPractitioner"] = [org_ref(gp, draw(st.booleans()))]
+        if draw(st.booleans()):  # NOT a relationship: the managing organisation
+            body["managingOrganization"] = org_ref(draw(org), False)
+        tagged = draw(st.sampled_from([None, None, "demographics", "social-care"]))
+        labels = tuple(sorted(draw(st.lists(st.sampled_from(SENSITIVE), max_size=1))
+                              if draw(st.integers(0, 4)) == 0 else []))
+        m = meta(tagged, labels)
+        if m:
+            body["meta"] = m
+        res.append(Res("Patient", pid, body, gp or draw(org), tagged or "demographics",
+                       labels, pid))
+        for _ in range(draw(st.integers(0, 2))):
+            add("Encounter", pid, draw(org), {
+                "status": draw(st.sampled_from(["in-progress", "arrived", "finished",
+                                                "cancelled", "entered-in-error"])),
+                "serviceProvider": org_ref(draw(org), draw(st.booleans()))})
+        for _ in range(draw(st.integers(0, 1))):
+            add("EpisodeOfCare", pid, draw(org), {
+                "status": draw(st.sampled_from(["active", "finished", "cancelled"])),
+                "managingOrganization": org_ref(draw(org), draw(st.booleans()))})
+        for _ in range(draw(st.integers(0, 1))):
+            add("ServiceRequest", pid, draw(org), {
+                "status": draw(st.sampled_from(["active", "completed", "revoked"])),
+                "performer": [org_ref(draw(org), draw(st.booleans()))]})
+        for _ in range(draw(st.integers(0, 1))):
+            ct = {"status": draw(st.sampled_from(["active", "inactive", "entered-in-error"]))}
+            if draw(st.booleans()):
+                ct["participant"] = [{"member": org_ref(draw(org), draw(st.booleans()))}]
+            else:
+                ct["managingOrganization"] = [org_ref(draw(org), False)]
+            add("CareTeam", pid, draw(org), ct)
+        for _ in range(draw(st.integers(2, 5))):
+            add(draw(st.sampled_from(CLINICAL_TYPES)), pid, draw(org))
+        for kind in draw(st.lists(st.sampled_from(["objection-all", "objection-from",
+                                                   "objection-to", "national-opt-out"]),
+                                  max_size=2)) if draw(st.integers(0, 1)) == 0 else []:
+            world.choices.append((pid, kind, draw(org) if kind.startswith("objection-") and
+                                  kind != "objection-all" else None))
+
+    # Viewers: people in every role and purpose, and partner systems.
+    viewers: dict = {}
+    for _ in range(draw(st.integers(*n_viewers))):
+        ods = draw(org)
+        role = draw(st.sampled_from(USER_ROLES + ("clinician", "nurse", "social-worker",
+                                                  "allied-health", "admin", "system") * 2))
+        purpose = draw(st.sampled_from((DIRECT_CARE,) * 8 + PURPOSES))
+        if role == "system":
+            v = Viewer(None, ods, "system", purpose, "system")
+        else:
+            v = Viewer(f"{role}.{purpose}@{ods}", ods, role, purpose, "user")
+        viewers[v.key] = v
+    viewers = list(viewers.values())
+    people = [v for v in viewers if v.kind == "user" and v.role in GLASS_ROLES]
+    pats = [f"pat-{n}" for n in range(1, n_pat + 1)]
+    if people:
+        for _ in range(draw(st.integers(1, 5))):
+            v = draw(st.sampled_from(people))
+            world.glass.append((v.username, draw(st.sampled_from(pats)), draw(st.booleans())))
+        for _ in range(draw(st.integers(0, 4))):
+            v = draw(st.sampled_from(people))
+            world.declared.append((v.username, v.ods, draw(st.sampled_from(pats)),
+                                   draw(st.booleans())))
+    return world, viewers
+
+
+# -------------------------------------------------------------------------------------- loading
+def access_for(gov, v: Viewer) -> Access:
+    scope = "system/*.cruds" if v.kind == "system" else "user/*.cruds"
+    return gov.prepare(Access(v.username, v.ods, v.role, v.purpose, frozenset({scope}),
+                              client_id=f"sys-{v.ods}" if v.kind == "system" else None,
+                              kind=v.kind))
+
+
+def load(sc, world: World, viewers: list[Viewer], staff: bool = False) -> None:
+    gov = sc.governance
+    for ods, kind in world.orgs.items():
+        gov.add_organisation(ods, f"Organisation {ods}", kind)
+    for a in world.agreements:
+        gov.add_agreement(a.id, f"Agreement {a.id}", a.parties, a.purposes, a.categories,
+                          status=a.status, effective=a.effective, end=a.end)
+    # Directory first (Organization ids resolve ODS codes), then the record, each resource
+    # written by its controller (the writer's organisation becomes the source tag).
+    directory = [r for r in world.resources if r.type in ("Organization", "Practitioner",
+                                                          "Location")]
+    rest = [r for r in world.resources if r not in directory]
+    for group in (directory, rest):
+        by_src = defaultdict(list)
+        for r in group:
+            by_src[r.source_org].append(WriteOp("PUT", r.type, r.id, dict(r.body)))
+        for src, ops in by_src.items():
+            sc.store.write(ops, source_org=src)
+    for pid, kind, ods in world.choices:
+        gov.record_choice(pid, kind, ods)
+    users = {v.username: v for v in viewers if v.kind == "user"}
+    for username, pid, active in world.glass:
+        v = users[username]
+        gov.break_glass(Access(username, v.ods, v.role, v.purpose), pid,
+                        "emergency department, unconscious patient",
+                        minutes=240 if active else -1)
+    for username, ods, pid, active in world.declared:
+        v = users[username]
+        gov.declare_relationship(Access(username, ods, v.role, v.purpose), pid,
+                                 "seeing the patient in clinic today", days=30 if active else -1)
+    if staff:
+        for v in viewers:
+            if v.kind == "user":
+                gov.add_staff(v.username, f"Staff {v.username}", [(v.ods, v.role)])
+
+
+# ------------------------------------------------------------------------------------- checking
+@dataclass
+class Tally:
+    checks: Counter = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+    def compare(self, what: str, viewer: Viewer, expected: set, got: set, oracle, world, n: int):
+        self.checks[what] += n
+        by_ref = world.by_ref()
+        for ref in sorted(got - expected):
+            r = by_ref.get(ref)
+            self.problems.append(f"DISCLOSED {what} {ref} to {viewer} "
+                                 f"(oracle: {oracle.verdict(viewer, r) if r else 'unknown'})")
+        for ref in sorted(expected - got):
+            self.problems.append(f"WRONGLY DENIED {what} {ref} to {viewer}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.checks.values())
+
+
+def refs(stored) -> set[str]:
+    return {f"{s.type}/{s.id}" for s in stored}
+
+
+def check_world(sc, world: World, viewers: list[Viewer], tally: Tally, reads: bool = True,
+                everything: bool = True, decide: bool = True) -> None:
+    gov = sc.governance
+    oracle = Oracle(world)
+    types = sorted({r.type for r in world.resources})
+    by_type = defaultdict(list)
+    for r in world.resources:
+        by_type[r.type].append(r)
+    patients = [r for r in world.resources if r.type == "Patient"]
+    for v in viewers:
+        a = access_for(gov, v)
+        visible = {r.ref for r in world.resources if oracle.may_see(v, r)}
+        # Every read.
+        if reads:
+            for r in world.resources:
+                try:
+                    gov.read(a, r.type, r.id)
+                    got = True
+                except FHIRError as e:
+                    if e.status != 403:
+                        tally.problems.append(f"read {r.ref} by {v}: status {e.status}")
+                    got = False
+                tally.compare("read", v, {r.ref} & visible, {r.ref} if got else set(), oracle,
+                              world, 1)
+        if decide:
+            for r in world.resources:
+                d = gov.decide(a, r.type, r.id)
+                tally.compare("decide", v, {r.ref} & visible, {r.ref} if d.permitted else set(),
+                              oracle, world, 1)
+        # Every type's search, with its total; one type paged in twos.
+        for t in types:
+            exp = {r.ref for r in by_type[t]} & visible
+            page = gov.search(a, t, [("_count", "1000")])
+            tally.compare(f"search {t}", v, exp, refs(page.matches), oracle, world, len(by_type[t]))
+            if page.total != len(exp):
+                tally.problems.append(f"search {t} total {page.total} != {len(exp)} for {v}")
+        paged, cursor, first = set(), None, None
+        while True:
+            params = [("_count", "2")] + ([("_cursor", cursor)] if cursor else [])
+            page = gov.search(a, "Observation" if "Observation" in types else "Patient", params)
+            first = page.total if first is None else first
+            paged |= refs(page.matches)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        t = "Observation" if "Observation" in types else "Patient"
+        exp = {r.ref for r in by_type[t]} & visible
+        tally.compare(f"paged search {t}", v, exp, paged, oracle, world, len(by_type[t]))
+        if first != len(exp):
+            tally.problems.append(f"paged {t} total {first} != {len(exp)} for {v}")
+        # _include and _revinclude see only what the viewer may see.
+        by_ref = world.by_ref()
+        for rtype, param, target_of in (
+                ("Encounter", "_include=Encounter:subject", "subject"),
+                ("Encounter", "_include=Encounter:service-provider", "serviceProvider"),
+                ("Observation", "_include=Observation:subject", "subject")):
+            key, value = param.split("=")
+            page = gov.search(a, rtype, [(key, value), ("_count", "1000")])
+            matched = refs(page.matches)
+            want = set()
+            for m in matched:
+                ref = (by_ref[m].body.get(target_of) or {}).get("reference")
+                if ref and ref in visible and ref not in matched:
+                    want.add(ref)
+            tally.compare(f"{rtype}?{param}", v, want, refs(page.includes), oracle, world,
+                          len(matched))
+        page = gov.search(a, "Patient", [("_revinclude", "Observation:subject"),
+                                         ("_count", "1000")])
+        matched = refs(page.matches)
+        want = {r.ref for r in by_type["Observation"]
+                if r.ref in visible and f"Patient/{r.patient}" in matched}
+        tally.compare("Patient?_revinclude=Observation:subject", v, want, refs(page.includes),
+                      oracle, world, len(by_type["Observation"]) if matched else 0)
+        # Every $everything page.
+        if not everything:
+            continue
+        for p in patients:
+            pid = p.id
+            comp = [r for r in world.resources if r.patient == pid]
+            exp = {r.ref for r in comp} & visible
+            n_withheld = sum(oracle.withheld_for_sensitivity(v, r) for r in comp)
+            if v.purpose != DIRECT_CARE or v.role in ("ig-lead", "programme-lead", "sysadmin",
+                                                      "patient"):
+                expect_status = 403
+            elif v.kind == "user" and not oracle.has_relationship(v, pid):
+                expect_status = 403
+            elif p.ref not in visible:
+                expect_status = 404  # the Patient itself is withheld: nothing to hang it on
+            else:
+                expect_status = 200
+            got, cursor, status, withheld, total = set(), None, 200, None, None
+            try:
+                while True:
+                    view = gov.everything(a, pid, count=3, cursor=cursor)
+                    if cursor is None:
+                        withheld, total = view.withheld_sensitive, view.total
+                    got |= refs(view.matches)
+                    cursor = view.next_cursor
+                    if not cursor:
+                        break
+            except FHIRError as e:
+                status = e.status
+            tally.checks["everything calls"] += 1
+            if status != expect_status:
+                tally.problems.append(f"$everything {pid} by {v}: {status}, expected "
+                                      f"{expect_status}")
+                if status == 200:
+                    tally.compare(f"$everything {pid}", v, set(), got, oracle, world, 0)
+                continue
+            if status == 200:
+                tally.compare(f"$everything {pid}", v, exp, got, oracle, world, len(comp))
+                if total != len(exp):
+                    tally.problems.append(f"$everything {pid} total {total} != {len(exp)}")
+                if withheld != n_withheld:
+                    tally.problems.append(f"$everything {pid} withheld {withheld} != "
+                                          f"{n_withheld} for {v}")
