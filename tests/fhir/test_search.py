@@ -32,7 +32,7 @@ from ._support import (
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
-PATIENTS = ("Tom_Goodwin", "Reuben_Lind", "Louis_Maggio", "María_Luisa_Razo")
+PATIENTS = ("Tom_Goodwin", "María_Luisa_Razo", "Stephen_McLaughlin")
 
 
 @pytest.fixture
@@ -213,7 +213,7 @@ def test_chained_subject_identifier(client, data):
 
 
 def test_chained_subject_name(client, data):
-    for q in ("Goodwin", "lind", "maría"):
+    for q in ("Goodwin", "mclaugh", "maría"):
         pats = {p for p, src in data.patients.items()
                 if any(fold(s).startswith(fold(q)) for n in src["name"]
                        for s in [n.get("family", ""), *n.get("given", [])])}
@@ -392,7 +392,7 @@ def test_string_exact_and_contains(client, data):
     given = "María Luisa"
     assert match_ids(search(client, "/fhir/Patient", {"given:exact": given})) == {razo}
     # contains: anywhere in the name, case- and accent-insensitive
-    for q in ("azo", "win", "ureAN"):
+    for q in ("azo", "win", "ureAN", "LAUGH"):
         expected = {p for p, src in data.patients.items()
                     if any(fold(q) in fold(n.get("family", "")) for n in src["name"])}
         assert expected

@@ -246,20 +246,24 @@ def test_authorize_refuses_unregistered_redirect_without_redirecting(web):
     assert r.status_code == 400 and "location" not in r.headers
 
 
-@pytest.mark.parametrize("over,error", [
+AUTHORIZE_ERRORS = [
     ({"aud": "https://elsewhere.example/fhir"}, "invalid_request"),
     ({"code_challenge_method": "plain"}, "invalid_request"),
     ({"code_challenge": ""}, "invalid_request"),
     ({"scope": "system/*.rs"}, "invalid_scope"),
+    ({"scope": "launch user/*.rs"}, "invalid_scope"),
     ({"response_type": "token"}, "unsupported_response_type"),
-])
-def test_authorize_errors_go_back_to_the_app(web, over, error):
+]
+
+
+def test_authorize_errors_go_back_to_the_app(web):
     _, challenge = pkce()
-    r = web.get("/auth/authorize", params={**authorize_params(challenge, "user/*.rs"), **over})
-    assert r.status_code == 302
-    q = query_of(r.headers["location"])
-    assert r.headers["location"].startswith(REDIRECT)
-    assert q["error"] == error and q["state"] == "st-123"
+    for over, error in AUTHORIZE_ERRORS:
+        r = web.get("/auth/authorize", params={**authorize_params(challenge, "user/*.rs"), **over})
+        assert r.status_code == 302, over
+        q = query_of(r.headers["location"])
+        assert r.headers["location"].startswith(REDIRECT)
+        assert (q["error"], q["state"]) == (error, "st-123"), over
 
 
 def test_sign_in_failures_and_lock_out(web):
