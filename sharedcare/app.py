@@ -13,8 +13,8 @@ from starlette.middleware.gzip import GZipMiddleware
 from .governance import Governance
 from .governance.audit import AuditTrail, load_key
 from .governance.auth import TokenService, load_signing_key
-from .store import migrate
 from .programme import schema as _programme_schema  # noqa: F401  (tables in metadata)
+from .store import migrate
 from .store.db import data_dir, make_engine
 from .store.indexing import Indexer
 from .store.repository import Store

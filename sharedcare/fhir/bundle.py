@@ -12,7 +12,6 @@ import uuid
 from dataclasses import dataclass
 
 import orjson
-from urllib.parse import parse_qsl
 
 from ..store.repository import Store, WriteOp, WriteResult, instant
 from .outcome import FHIRError, Issue, operation_outcome

@@ -248,7 +248,8 @@ class OAuthError(Exception):
 def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
     resp = templates.TemplateResponse(request, name, context, status_code=status)
     resp.headers.update({**NO_STORE, "X-Frame-Options": "DENY",
-                         "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'"})
+                         "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                         "frame-ancestors 'none'"})
     return resp
 
 
@@ -321,7 +322,7 @@ class SmartServer:
             Route("/auth/authorize", self.authorize, methods=["GET", "POST"]),
             Route("/auth/authorize/sign-in", self.sign_in, methods=["POST"]),
             Route("/auth/authorize/choose", self.choose, methods=["POST"]),
-            Route("/auth/token", self.token, methods=["POST"]),
+            Route("/auth/token", self.token, methods=["POST", "OPTIONS"]),
         ]
 
     # -------------------------------------------------------------- discovery
@@ -508,6 +509,11 @@ class SmartServer:
 
     # -------------------------------------------------------------- token
     async def token(self, request: Request) -> Response:
+        if request.method == "OPTIONS":  # CORS preflight from browser-based apps
+            return Response(status_code=204, headers={
+                **CORS, "Access-Control-Allow-Methods": "POST",
+                "Access-Control-Allow-Headers": "Content-Type, Authorization, Accept",
+                "Access-Control-Max-Age": "600"})
         try:
             form = {k: str(v) for k, v in (await request.form()).items()}
             grant = form.get("grant_type")

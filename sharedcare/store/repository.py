@@ -14,13 +14,26 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import orjson
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, false, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import category_of
 from ..fhir.codes import DATA_CATEGORY_SYSTEM, SENSITIVITY_SYSTEM, SOURCE_ORG_SYSTEM
 from ..fhir.outcome import FHIRError, Issue, not_found
-from ..fhir.validation import problems, resource_types
+from ..fhir.validation import problems
 from .indexing import Indexer, IndexRows
 from .schema import (
     compartment,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, exists, false, not_, or_, select, true
+from sqlalchemy import and_, exists, false, literal, not_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.outcome import FHIRError, Issue
@@ -201,7 +201,7 @@ class SearchBuilder:
                 raise _bad(":missing takes true or false", name)
             present = self._present(sp)
             return not_(present) if raw == "true" else present
-        if sp.type == "reference" and modifier and modifier not in ("identifier",):
+        if sp.type == "reference" and modifier:
             if modifier not in sp.targets and modifier not in _all_types():
                 raise _bad(f"unknown modifier :{modifier}", name)
         elif modifier and modifier not in MODIFIERS.get(sp.type, set()):
@@ -214,11 +214,7 @@ class SearchBuilder:
         if sp.type == "token" and modifier == "not":
             # :not is a negation of the whole OR-set: resources with no matching token.
             return not_(self._in(sp, or_(*[self._token(sp, v, None) for v in values])))
-        conds = [self._value(sp, modifier, v, name) for v in values]
-        if sp.type == "date" or sp.type in ("number", "quantity"):
-            # ne means "no value equal", evaluated per value row; other prefixes OR across rows.
-            pass
-        return self._in(sp, or_(*conds))
+        return self._in(sp, or_(*[self._value(sp, modifier, v, name) for v in values]))
 
     def _param(self, rtype: str | None, code: str) -> SearchParam:
         if rtype is None:
@@ -288,7 +284,7 @@ class SearchBuilder:
                 return t.c.uri.like(f"{_escape_like(value)}%", escape="\\")
             if modifier == "above":
                 # A stored uri is "above" the value when the value starts with it.
-                return and_(t.c.uri != "", _literal(value).like(t.c.uri + "%"))
+                return and_(t.c.uri != "", literal(value).like(t.c.uri + "%"))
             return t.c.uri == value
         raise _bad(f"{kind} parameter '{sp.code}' is not supported", name)
 
@@ -334,14 +330,13 @@ class SearchBuilder:
         """subject:Patient.identifier=x -> reference whose target matches identifier=x."""
         if sp.type != "reference":
             raise _bad(f"'{sp.code}' is not a reference parameter and cannot be chained", name)
+        first = chain.split(".")[0].split(":")[0]
         targets = [modifier] if modifier else list(sp.targets)
-        candidates = [t for t in targets if chain.split(".")[0].split(":")[0] in
-                      self.indexer.params_for(t) or chain.split(".")[0] in ("_id", "_lastUpdated")]
+        candidates = [t for t in targets
+                      if first in ("_id", "_lastUpdated") or first in self.indexer.params_for(t)]
         if not candidates:
             raise _bad(f"no target type of '{sp.code}' has a parameter '{chain}'", name)
-        if len(candidates) > 1 and not modifier:
-            # Several possible targets: the reference may point at any that matches.
-            pass
+        # With several possible targets the reference may point at any one that matches.
         ors = []
         for target in candidates:
             inner = self.clause(target, chain, raw)
@@ -389,12 +384,6 @@ def _prefix(value: str) -> tuple[str, str]:
 
 def _escape_like(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _literal(value: str):
-    from sqlalchemy import literal
-
-    return literal(value)
 
 
 def _date_cond(prefix, lo_col, hi_col, low: str, high: str, point: bool = False) -> ColumnElement:
@@ -453,4 +442,4 @@ def _all_types() -> frozenset[str]:
     return resource_types()
 
 
-__all__ = ["SearchBuilder", "SearchRequest", "Include", "SortKey", "split_values", "true"]
+__all__ = ["SearchBuilder", "SearchRequest", "Include", "SortKey", "split_values"]

@@ -222,6 +222,20 @@ def test_wrong_verifier_and_code_reuse_are_invalid_grant(web):
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
 
 
+def test_confidential_app_must_authenticate_with_its_key(web, sc):
+    key = ECKey.generate_key("P-384", parameters={"kid": "app2-key"}, private=True)
+    register_client(sc.engine, "app1", "Test Viewer", ods=None, redirect_uris=[REDIRECT],
+                    scopes="user/*.rs", public=False, jwks={"keys": [key.as_dict(private=False)]})
+    code, verifier = get_code(web, "user/*.rs")
+    r = exchange(web, code, verifier)
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    code, verifier = get_code(web, "user/*.rs")
+    r = exchange(web, code, verifier, client_assertion_type=ASSERTION_TYPE,
+                 client_assertion=assertion(key, "ES384", "app1"))
+    assert r.status_code == 200, r.text
+    assert web.options("/auth/token").headers["access-control-allow-origin"] == "*"
+
+
 def test_token_request_errors(web):
     code, verifier = get_code(web, "user/*.rs")
     r = exchange(web, code, verifier, redirect_uri="https://app.example/other")
