@@ -210,7 +210,7 @@ def _feature(core: PatientCore, practices: list[Organisation], today: int, seed:
     core.care_home = False
     core.hospice = False
     core.christie = False
-    core.sensitive = None
+    core.sensitive = "gender-identity"  # recorded by the GP: withheld from other partners
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -945,6 +945,16 @@ class _Record:
                 )
                 self._report(ods, cx.LIPID_PANEL, when, [obs])
 
+    def in_emergency_department_now(self) -> None:
+        """The featured patient is in A&E today: the open encounter is the A&E doctor's
+        legitimate relationship (an encounter that has ended no longer is one)."""
+        self.encounter(self.core.acute, "encounters", FEEDS["acute-trust"],
+                       ("EMER", "emergency"), cx.ENC_AE, self.today, self.today, hour=8,
+                       reason=cx.AE_REASONS[0])
+        enc = self.out[-1]
+        enc["status"] = "in-progress"
+        del enc["period"]["end"]
+
     def hospital(self, med_keys: list[str]) -> None:
         c, rng, ods = self.core, self.rng, self.core.acute
         feed = FEEDS["acute-trust"]
@@ -1410,6 +1420,8 @@ class _Record:
         med_keys = [m for k in c.conditions for m in cx.CONDITION_MEDICINES.get(k, ())]
         self.pathology()
         self.hospital(list(dict.fromkeys(med_keys)))
+        if c.index == 0:
+            self.in_emergency_department_now()
         if c.christie:
             self.christie()
         if c.mh_service:

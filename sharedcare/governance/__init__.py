@@ -185,6 +185,8 @@ class Governance:
     # ------------------------------------------------------------------ may they
     def require(self, access: Access, rtype: str, perm: str) -> None:
         """SMART scopes narrow access: the token must carry a scope for this type and action."""
+        if access.scopes is None:
+            return
         scopes = parse_scopes(" ".join(access.scopes))
         if not any(s.allows(rtype, perm) for s in scopes):
             raise forbidden(f"the access token's scopes do not allow '{perm}' on {rtype}")
@@ -199,7 +201,7 @@ class Governance:
 
     def _scope_patient(self, access: Access) -> str | None:
         """With only patient/ scopes, a token is confined to its launch patient."""
-        scopes = parse_scopes(" ".join(access.scopes))
+        scopes = parse_scopes(" ".join(access.scopes or ()))
         if scopes and all(s.context == "patient" for s in scopes):
             if not access.patient_id:
                 raise forbidden("patient/ scopes need a patient in the launch context")

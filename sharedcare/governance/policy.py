@@ -65,7 +65,9 @@ class Access:
     ods: str | None
     role: str
     purpose: str = DIRECT_CARE
-    scopes: frozenset[str] = frozenset()
+    # SMART scopes of the token used, which can only narrow the policy; None when the access
+    # did not come through a token (the server's own pages and tools).
+    scopes: frozenset[str] | None = None
     client_id: str | None = None
     kind: str = "user"  # user | system
     display_name: str | None = None

@@ -129,9 +129,8 @@ def age_band(birth: date | None, as_of: date) -> str:
         return "Unknown"
     age = as_of.year - birth.year - ((as_of.month, as_of.day) < (birth.month, birth.day))
     for lo, hi in AGE_BANDS:
-        if hi is None or age <= hi:
-            if age >= lo:
-                return f"{lo}+" if hi is None else f"{lo}-{hi}"
+        if (hi is None or age <= hi) and age >= lo:
+            return f"{lo}+" if hi is None else f"{lo}-{hi}"
     return "Unknown"
 
 

@@ -269,7 +269,7 @@ class BulkExport:
                         files.append((s.type, h[1], h[2]))
                     part = counts.get(s.type, 0) // MAX_PER_FILE + 1
                     name = f"{s.type}-{part}"
-                    h = [open(job.folder / f"{name}.ndjson", "wb", buffering=1 << 20), name, 0]
+                    h = [open(job.folder / f"{name}.ndjson", "wb", buffering=1 << 20), name, 0]  # noqa: SIM115
                     handles[s.type] = h
                 h[0].write(s.content)
                 h[0].write(b"\n")
@@ -348,7 +348,7 @@ class BulkExport:
 def _stored_time(text: str) -> str:
     """A FHIR instant/date/dateTime as the store's naive UTC text."""
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(text)
     except ValueError:
         raise FHIRError.of(400, "invalid", f"_since '{text}' is not a FHIR instant",
                            "_since") from None

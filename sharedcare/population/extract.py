@@ -113,8 +113,8 @@ def secondary_scope(conn: Connection, access: Access) -> Scope:
     if not ids:
         raise forbidden(
             f"no active sharing agreement covers {access.purpose} for {access.ods}",
-            [f"secondary use needs an active agreement to which {access.ods} is a party and "
-             f"whose purposes include '{access.purpose}'"])
+            [(f"secondary use needs an active agreement to which {access.ods} is a party and "
+             f"whose purposes include '{access.purpose}'")])
     shared = active_agreements(conn, access.ods, access.purpose)
     return Scope(access.ods, access.purpose, ids, shared)
 
@@ -260,5 +260,12 @@ def run_extract(sc, access: Access, view_names_or_defs: Sequence[str | dict], *,
     return result
 
 
-__all__ = ["ExtractResult", "SECONDARY_PURPOSES", "Scope", "covering_agreements", "run_extract",
-           "secondary_filter", "secondary_scope"]
+__all__ = [
+    "SECONDARY_PURPOSES",
+    "ExtractResult",
+    "Scope",
+    "covering_agreements",
+    "run_extract",
+    "secondary_filter",
+    "secondary_scope",
+]

@@ -76,8 +76,7 @@ def mllp(feeds):
         return mllp_send("127.0.0.1", port, list(messages), timeout=60)
 
     yield send
-    server.close()
-    asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result(5)
+    loop.call_soon_threadsafe(server.close)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
 

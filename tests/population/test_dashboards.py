@@ -185,7 +185,7 @@ def test_opted_out_patient_not_counted(world):
     panels = population_dashboard(sc, _planner(sc), as_of=AS_OF, threshold=1, rounding=1)
     mltc = panels[0]
     assert mltc.table.grand_total == sum(1 for t in truth if t[4] >= 2)
-    reg_total = [r for r in _csv_rows(panels[1].csv) if r["neighbourhood"] == "Total"][0]
+    reg_total = next(r for r in _csv_rows(panels[1].csv) if r["neighbourhood"] == "Total")
     assert int(reg_total["registered"]) == len(truth)
 
 

@@ -1,0 +1,107 @@
+"""HL7 v2 over MLLP: messages/s with ACK-after-commit, over a real socket, into a real store.
+
+    python bench/mllp_throughput.py [--messages 2000] [--connections 1 4] [--database URL]
+                                    [--profile out.html]
+
+Without --database: a fresh SQLite file in a temp folder. Each message is a distinct ADT^A01
+(new patient, encounter, location, attending) and is ACKed only after its transaction committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sharedcare.feeds.hl7v2 import mllp_send, serve_mllp  # noqa: E402
+
+MSG = ("MSH|^~\\&|PAS|RBENCH|SC|SC|2024010112{mm:02d}{ss:02d}||ADT^A01^ADT_A01|{run}-{i:06d}|P|2.5\r"
+       "EVN|A01|20240101120000\r"
+       "PID|1||{run}{i:06d}^^^RBENCH^MR||Bench^Patient{i}^Q||19700101|F|||{i} High St^^Leeds^^LS1 4AB\r"
+       "PV1|1|I|WARD{w}^^^RBENCH||||DOC{d}^Who^Doctor|||||||||||||V{run}{i:06d}|||||||||||||||||"
+       "||||||||20240101120000\r")
+
+
+def messages(n: int, run: str) -> list[str]:
+    return [MSG.format(i=i, run=run, mm=i // 60 % 60, ss=i % 60, w=i % 20, d=i % 50)
+            for i in range(n)]
+
+
+def run(service, feed: str, n: int, connections: int, run_id: str) -> float:
+    from sharedcare.feeds.service import mllp_handler
+
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    server = asyncio.run_coroutine_threadsafe(
+        serve_mllp("127.0.0.1", 0, mllp_handler(service, feed)), loop).result(10)
+    port = server.sockets[0].getsockname()[1]
+    msgs = messages(n, run_id)
+    chunks = [msgs[i::connections] for i in range(connections)]
+    acks: list[list[str]] = [[] for _ in chunks]
+
+    def client(k):
+        acks[k] = mllp_send("127.0.0.1", port, chunks[k], timeout=120)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(connections)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - start
+    loop.call_soon_threadsafe(server.close)
+    loop.call_soon_threadsafe(loop.stop)
+    bad = sum(1 for a in acks for x in a if "MSA|AA" not in x)
+    if bad or sum(map(len, acks)) != n:
+        raise SystemExit(f"{bad} messages not AA")
+    return n / elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--messages", type=int, default=2000)
+    p.add_argument("--connections", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--database", default=None)
+    p.add_argument("--profile", default=None, help="write a pyinstrument HTML profile here")
+    args = p.parse_args()
+
+    from sharedcare.app import SharedCare
+    from sharedcare.feeds.service import FeedService
+
+    tmp = tempfile.mkdtemp(prefix="mllp-bench-")
+    url = args.database or f"sqlite:///{tmp}/bench.sqlite"
+    sc = SharedCare.open(url, Path(tmp) / "data")
+    service = FeedService(sc)
+    if service.get_feed("bench-adt", cached=False) is None:
+        service.add_feed("RBENCH", "bench-adt", "hl7v2", status="live")
+    backend = sc.engine.dialect.name
+    run(service, "bench-adt", 50, 1, f"W{os.getpid()}")  # warm up (indexer, schema validators)
+    profiler = None
+    if args.profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(async_mode="disabled")
+    for c in args.connections:
+        if profiler:
+            profiler.start()
+        rate = run(service, "bench-adt", args.messages, c, f"R{c}x{os.getpid()}")
+        if profiler:
+            profiler.stop()
+        print(f"{backend}: {args.messages} ADT^A01 over {c} connection(s): {rate:,.0f} msg/s "
+              f"(ACK after commit)", flush=True)
+    if profiler:
+        Path(args.profile).write_text(profiler.output_html())
+        print(profiler.output_text(unicode=False, color=False, show_all=False)[:6000])
+    sc.engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
