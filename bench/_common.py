@@ -253,6 +253,6 @@ TARGETS: dict[str, tuple[str, Any]] = {
 
 
 def met(key: str | None, value: float | None) -> bool | None:
-    if key is None or value is None or key not in TARGETS:
+    if key is None or not isinstance(value, int | float) or key not in TARGETS:
         return None
     return bool(TARGETS[key][1](value))

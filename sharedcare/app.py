@@ -63,7 +63,7 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
 
     # SMART routes come before the FHIR ones: /fhir/{type}/{id} would otherwise catch
     # /fhir/.well-known/smart-configuration.
-    routes = web.routes(sc) + smart.routes(sc) + FhirApi(sc.store, sc.governance).routes()
+    routes = web.routes(sc) + smart.routes(sc) + FhirApi(sc.store, sc.governance, sc).routes()
     from .web.core import CsrfMiddleware
 
     app = Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=2048),

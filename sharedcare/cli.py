@@ -15,9 +15,11 @@ app = typer.Typer(help="sharedcare: an open shared care record (FHIR R4).", no_a
 db_app = typer.Typer(help="Database schema.")
 admin_app = typer.Typer(help="Organisations, staff, agreements, patient choices and tokens.")
 audit_app = typer.Typer(help="The audit trail.")
+feeds_app = typer.Typer(help="Partner feeds: FHIR, HL7 v2 over MLLP, CSV.")
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.add_typer(audit_app, name="audit")
+app.add_typer(feeds_app, name="feeds")
 console = Console(stderr=True)
 
 DatabaseOpt = typer.Option(None, "--database", "-d", envvar="SHAREDCARE_DATABASE_URL",
@@ -240,6 +242,85 @@ def admin_agreements(database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
                 agreement_party.c.agreement_id == a["id"]))]
             t.add_row(a["id"], a["title"], a["status"], a["purposes"], " ".join(parties))
     Console().print(t)
+
+
+@feeds_app.command("list")
+def feeds_list(ods: str = typer.Option(None, help="Only this organisation's feeds."),
+               database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """List feeds with their status."""
+    from .feeds.service import FeedService
+
+    t = Table("feed", "organisation", "kind", "status", "meta.source")
+    for f in FeedService(_open(database, data_dir)).list_feeds(ods):
+        t.add_row(f.feed_id, f.ods, f.kind, f.status, f.source)
+    Console().print(t)
+
+
+@feeds_app.command("add")
+def feeds_add(ods: str, feed_id: str, kind: str,
+              mapping: Path = typer.Option(None, help="CSV feeds: the JSON mapping file."),
+              status: str = typer.Option("onboarding"),
+              database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Add a feed: KIND is fhir, hl7v2 or csv."""
+    from .feeds.service import FeedService
+
+    try:
+        spec = orjson.loads(mapping.read_bytes()) if mapping else None
+    except (OSError, orjson.JSONDecodeError) as e:
+        fail(f"--mapping {mapping}: {e}")
+    try:
+        FeedService(_open(database, data_dir)).add_feed(ods, feed_id, kind, spec, status)
+    except ValueError as e:
+        fail(str(e))
+    print(f"feed {feed_id} ({kind}) for {ods}: {status}")
+
+
+@feeds_app.command("pause")
+def feeds_pause(feed_id: str, database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Pause a feed: its messages are refused with a reason until it is live again."""
+    _set_feed_status(feed_id, "paused", database, data_dir)
+
+
+@feeds_app.command("live")
+def feeds_live(feed_id: str, database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Make a feed live."""
+    _set_feed_status(feed_id, "live", database, data_dir)
+
+
+def _set_feed_status(feed_id: str, status: str, database, data_dir) -> None:
+    from .feeds.service import FeedService
+
+    try:
+        FeedService(_open(database, data_dir)).set_status(feed_id, status)
+    except (ValueError, KeyError, LookupError) as e:
+        fail(str(e))
+    print(f"feed {feed_id}: {status}")
+
+
+@feeds_app.command("csv")
+def feeds_csv(feed_id: str, path: Path, check: bool = typer.Option(
+        False, "--check", help="Only validate; report every rejected row."),
+        database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Validate and load a CSV file through a CSV feed's declared mapping."""
+    from .feeds.service import FeedService
+
+    from .feeds.csv_feed import validate
+
+    svc = FeedService(_open(database, data_dir))
+    try:
+        if check:
+            feed = svc.get_feed(feed_id)
+            errors, loaded = validate(path, feed.mapping or {}, feed.ods, feed_id), 0
+        else:
+            report = svc.ingest_csv(path, feed_id)
+            errors, loaded = report.rejected, report.loaded_rows
+    except (ValueError, LookupError, OSError) as e:
+        fail(str(e))
+    for err in errors:
+        print(f"{path}: {err}")
+    print(f"{loaded} rows loaded, {len(errors)} rejected")
+    if errors:
+        raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

@@ -60,9 +60,10 @@ def _version(etag: str | None) -> int | None:
 
 
 class FhirApi:
-    def __init__(self, store: Store, governance: Governance):
+    def __init__(self, store: Store, governance: Governance, sc=None):
         self.store = store
         self.gov = governance
+        self.sc = sc  # the whole application, for operations that span packages ($match)
 
     def base(self, request: Request) -> str:
         return str(request.base_url).rstrip("/") + "/fhir"
@@ -74,6 +75,7 @@ class FhirApi:
             Route("/fhir", h(self.system), methods=["POST"]),
             Route("/fhir/", h(self.system), methods=["POST"]),
             Route("/fhir/_history", h(self.history), methods=["GET"]),
+            Route("/fhir/Patient/$match", h(self.match), methods=["POST"]),
             Route("/fhir/Patient/{id}/$everything", h(self.everything), methods=["GET", "POST"]),
             Route("/fhir/{type}", h(self.type_level), methods=["GET", "POST", "PUT", "DELETE"]),
             Route("/fhir/{type}/_search", h(self.search_post), methods=["POST"]),
@@ -255,6 +257,15 @@ class FhirApi:
         self.gov.audit(access, "update", entity=f"{rtype}/{rid}")
         return fhir_response(result.stored.content, 201 if result.created else 200,
                              _resource_headers(result.stored))
+
+    def match(self, request: Request, raw: bytes) -> Response:
+        """Patient/$match (IHE PDQm): scored candidates, governed like any search."""
+        from ..identity.service import match_handler
+
+        if self.sc is None:
+            raise FHIRError.of(501, "not-supported", "$match is not available here")
+        access = self.gov.authenticate(request)
+        return fhir_response(match_handler(self.sc, access, _body(raw)))
 
     def vread(self, request: Request, raw: bytes) -> Response:
         rtype, rid, vid = (request.path_params[k] for k in ("type", "id", "vid"))

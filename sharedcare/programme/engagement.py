@@ -164,3 +164,89 @@ def assessments(engine: Engine) -> list[dict]:
         r["answers"] = json.loads(r["answers"])
         r["results"] = readiness.score(r["answers"])
     return rows
+
+
+# --------------------------------------------------------------------------- examples
+
+EXAMPLE_FEEDBACK = [
+    # (kind, role, text, theme, status, response)
+    ("missing", "clinician", ("I need to see the latest blood results from the hospital without "
+                              "scrolling through every letter."), "results", "done",
+     "Results now have their own tab, newest first, with the source organisation on each."),
+    ("missing", "nurse", "Please show the medicines list from the GP on the first screen.",
+     "medicines", "planned", None),
+    ("wrong", "clinician", ("Search by date of birth did not find a patient whose name I "
+                            "misspelled."), "finding patients", "done",
+     "Search now matches on NHS number or date of birth with a similar-sounding surname."),
+    ("idea", "social-worker", "Could care plans from the care home be visible to social workers?",
+     "care plans", "new", None),
+    ("missing", "allied-health", "Medicines changes made at discharge are hard to find.",
+     "medicines", "new", None),
+    ("wrong", "nurse", ("It takes too long to open a record from our system at the start of a "
+                        "clinic."), "speed", "planned", None),
+    ("missing", "clinician", "Show which results are still awaited, not only the finished ones.",
+     "results", "new", None),
+    ("praise", "clinician", "Seeing the crisis plan in A&E saved us an hour last night.", "care plans",
+     "done", "Thank you: we shared this with the mental health trust's crisis team."),
+    ("idea", "admin", "A short video on signing in with a smartcard would help new starters.",
+     "training", "wont-do", "The trust's induction now covers it, so we are linking to theirs."),
+    ("missing", "nurse", "Allergies should be at the top of every page.", "medicines", "new", None),
+]
+
+
+def seed_examples(engine: Engine, as_of: date | None = None) -> dict:
+    """Illustrative feedback, two readiness assessments and a few champions, for a demo or a
+    screenshot, when those tables are empty. Usernames and organisations come from staff_role."""
+    from datetime import timedelta
+
+    from ..governance.schema import staff_role
+
+    as_of = as_of or date.today()
+    out = {"feedback": 0, "assessments": 0, "champions": 0}
+    with engine.begin() as conn:
+        people = conn.execute(select(staff_role.c.username, staff_role.c.ods, staff_role.c.role)
+                              .order_by(staff_role.c.username)).all()
+        by_role: dict[str, list] = {}
+        for u, o, r in people:
+            by_role.setdefault(r, []).append((u, o))
+        if not conn.execute(select(feedback.c.id).limit(1)).first():
+            rows = []
+            for i, (kind, role, text, theme, status, response) in enumerate(EXAMPLE_FEEDBACK):
+                who = by_role.get(role) or [(None, None)]
+                u, o = who[i % len(who)]
+                rows.append({"created": f"{as_of - timedelta(days=60 - 5 * i)}T10:00:00.000000",
+                             "username": u, "ods": o, "role": role, "page": "/patients",
+                             "kind": kind, "text": text, "status": status, "theme": theme,
+                             "response": response})
+            conn.execute(insert(feedback), rows)
+            out["feedback"] = len(rows)
+        if not conn.execute(select(champion.c.id).limit(1)).first():
+            rows = []
+            for i, (role, group) in enumerate((("clinician", "clinical-champion"),
+                                               ("nurse", "clinical-champion"),
+                                               ("allied-health", "design-group"),
+                                               ("social-worker", "design-group"))):
+                if by_role.get(role):
+                    u, o = by_role[role][0]
+                    rows.append({"name": u.replace(".", " ").title(), "username": u, "ods": o,
+                                 "profession": role.replace("-", " "), "group_name": group,
+                                 "since": (as_of - timedelta(days=150 - 20 * i)).isoformat()})
+            if rows:
+                conn.execute(insert(champion), rows)
+            out["champions"] = len(rows)
+    if not assessments(engine):
+        fw = readiness.FRAMEWORK
+        first = {e.id: True for t in fw.themes for lv in t.levels[:1] for e in lv.elements}
+        first.update({e.id: True for e in fw.theme("information-governance").levels[1].elements})
+        second = dict(first)
+        for tid, n in (("leadership", 3), ("information-governance", 3), ("partnerships", 2),
+                       ("user-engagement", 2)):
+            for lv in fw.theme(tid).levels[:n]:
+                second.update({e.id: True for e in lv.elements})
+        second[fw.theme("resourcing-skills").levels[1].elements[0].id] = True
+        save_assessment(engine, first, "example", (as_of - timedelta(days=180)).isoformat(),
+                        "Illustrative baseline assessment.")
+        save_assessment(engine, second, "example", (as_of - timedelta(days=30)).isoformat(),
+                        "Illustrative repeat assessment.")
+        out["assessments"] = 2
+    return out

@@ -240,7 +240,7 @@ def agreements_page(request: Request, access: Access) -> Response:
     mine = [a for a in items if a.status == "circulated" and access.role == "ig-lead"
             and any(p.ods == access.ods and not p.signed_by for p in a.parties)]
     return render(request, "programme/agreements.html", **_ctx(
-        title="Sharing agreements", items=shown, status=status, statuses=agr.STATUSES,
+        title="Sharing agreements", items=shown, shown_status=status, statuses=agr.STATUSES,
         to_sign=mine, unsigned=agr.not_signed(sc.engine),
         counts={s: sum(1 for a in items if a.status == s) for s in agr.STATUSES}))
 

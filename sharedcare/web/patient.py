@@ -25,7 +25,7 @@ from ..fhir.codes import (
     SOURCE_ORG_SYSTEM,
 )
 from ..fhir.categories import category_of
-from ..fhir.outcome import FHIRError
+from ..fhir.outcome import FHIRError, Issue
 from ..governance.policy import BREAK_GLASS_ROLES, Access
 from ..governance.schema import organisation
 from ..identity import nhs_number as nhs
@@ -655,9 +655,15 @@ def patient_view(request: Request, access: Access) -> Response:
         if e.status == 403:
             return _denied(request, access, pid, e)
         if e.status == 404:
-            return render(request, "error.html", 404, title="Patient not found",
-                          message="There is no patient record at this address. Find the patient "
-                                  "by NHS number instead.")
+            decision = gov.decide(access, "Patient", pid)
+            if decision.permitted or decision.reasons[0].endswith("is not known"):
+                return render(request, "error.html", 404, title="Patient not found",
+                              message="There is no patient record at this address. Find the "
+                                      "patient by NHS number instead.")
+            # the patient exists, but nothing about them is shared with this organisation
+            return _denied(request, access, pid, FHIRError(403, [
+                Issue("forbidden", "no information about this patient is shared with your "
+                      "organisation"), *[Issue("forbidden", r) for r in decision.reasons]]))
         raise
     try:
         why = gov.check_patient(access, pid, "everything")

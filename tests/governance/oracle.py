@@ -233,14 +233,14 @@ class Oracle:
             return "(a) no active agreement"
         if res.category not in cats:
             return "(b) role category"
-        if res.labels and not own and not self.has_glass(viewer, res.patient):
-            if not set(res.labels) <= ROLE_SENSITIVITY.get(viewer.role, set()):
-                return "(c) sensitive"
+        hidden = set(res.labels) - ROLE_SENSITIVITY.get(viewer.role, set())
+        if hidden and not own and not self.has_glass(viewer, res.patient):
+            return "(c) sensitive"
         if not own and self.objected(viewer, res):
             return "(d) objection"
-        if viewer.kind == "user" and res.type in COMPARTMENT:
-            if res.patient is None or not self.has_relationship(viewer, res.patient):
-                return "(e) no relationship"
+        related = res.patient is not None and self.has_relationship(viewer, res.patient)
+        if viewer.kind == "user" and res.type in COMPARTMENT and not related:
+            return "(e) no relationship"
         return None
 
     def withheld_for_sensitivity(self, viewer: Viewer, res: Res) -> bool:

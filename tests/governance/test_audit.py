@@ -165,7 +165,7 @@ def rechain_without_key(sc, trail):
         prev = trail[1]["hash"]
         for r in trail[2:]:
             r = dict(r, prev_hash=prev)
-            if r is not None and r["seq"] == trail[2]["seq"]:
+            if r["seq"] == trail[2]["seq"]:
                 r["reason"] = "rewritten"
             r["hash"] = hmac.new(b"guess", repr(r).encode(), hashlib.sha256).hexdigest()
             c.execute(audit_event.update().where(audit_event.c.seq == r["seq"])

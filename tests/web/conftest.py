@@ -42,6 +42,26 @@ class Demo:
                  if (ods, role) in s.roles and s.username not in personas]
         return found[skip]
 
+    def outsider(self, n: int) -> str:
+        """The n-th clinician (not a persona) with no relationship with the featured patient;
+        each test takes its own, since declaring or breaking glass changes what they see."""
+        if not hasattr(self, "_outsiders"):
+            from sharedcare.governance.policy import explain_relationship
+
+            personas = {p.username for p in self.cs.personas}
+            self._outsiders = []
+            with self.sc.engine.connect() as conn:
+                for s in self.cs.staff:
+                    ods, role = s.roles[0]
+                    if role != "clinician" or s.username in personas:
+                        continue
+                    a = self.access(s.username)
+                    gp_org = self.personas["GP"].org
+                    shares = a.shared_with.get(gp_org, frozenset()) if ods != gp_org else {"x"}
+                    if "demographics" in shares and not explain_relationship(conn, a, self.pid):
+                        self._outsiders.append(s.username)
+        return self._outsiders[n]
+
     def governed_items(self, access, patient_id: str | None = None) -> set[str]:
         """What governance lets this Access see of the patient: every page of $everything."""
         pid = patient_id or self.pid
@@ -65,7 +85,9 @@ def demo(tmp_path_factory):
     sc = SharedCare.open(f"sqlite:///{folder / 'demo.sqlite'}", folder / "data")
     cs = generate(seed=SEED, patients=PATIENTS)
     load_demo(sc, cs)
-    yield Demo(sc, cs)
+    d = Demo(sc, cs)
+    d.outsider(0)  # before any test declares a relationship or breaks glass
+    yield d
     sc.engine.dispose()
 
 
@@ -94,6 +116,53 @@ def signed_in(web_app, demo):
     yield make
     for c in clients:
         c.close()
+
+
+VOID = {"br", "img", "input", "meta", "link", "hr", "col", "area", "base", "wbr", "source"}
+
+
+def item_blocks(html: str) -> dict[str, str]:
+    """data-item -> the HTML inside that element (first occurrence), parsed properly."""
+    from html.parser import HTMLParser
+
+    out: dict[str, str] = {}
+
+    class P(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.open: list[list] = []  # [ref, tag, depth, parts]
+
+        def handle_starttag(self, tag, attrs):
+            raw = self.get_starttag_text() or ""
+            for o in self.open:
+                o[3].append(raw)
+                if tag == o[1] and tag not in VOID:
+                    o[2] += 1
+            ref = dict(attrs).get("data-item")
+            if ref and tag not in VOID:
+                self.open.append([ref, tag, 1, []])
+
+        def handle_endtag(self, tag):
+            for o in list(self.open):
+                if tag == o[1]:
+                    o[2] -= 1
+                    if o[2] == 0:
+                        out.setdefault(o[0], "".join(o[3]))
+                        self.open.remove(o)
+                        continue
+                o[3].append(f"</{tag}>")
+
+        def handle_data(self, data):
+            for o in self.open:
+                o[3].append(data)
+
+    P().feed(html)
+    return out
+
+
+@pytest.fixture(scope="session")
+def blocks_of():
+    return item_blocks
 
 
 def page_items(html: str) -> set[str]:

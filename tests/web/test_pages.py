@@ -86,7 +86,7 @@ def test_find_by_name_and_birth_date(demo, signed_in):
 def test_search_is_governed(demo, signed_in):
     """A clinician with no relationship does not find the patient, and is told why."""
     outsider = demo.personas["Clinician with no relationship"]
-    c = signed_in(demo.staff_at(outsider.org, "clinician", skip=3))
+    c = signed_in(demo.outsider(0))
     r = c.post("/patients", data={"csrf": c.csrf, "by": "nhs", "nhs": demo.nhs})
     assert r.status_code == 200
     assert re.findall(r'data-patient="([^"]+)"', r.text) == []
@@ -118,21 +118,20 @@ def test_personas_see_exactly_what_governance_allows(demo, signed_in, items_of, 
         assert 'id="social-care"' in r.text  # the GP's role includes social care
 
 
-def test_every_item_shows_source_and_recency(demo, signed_in):
-    r = signed_in(demo.personas["GP"].username).get(f"/patients/{demo.pid}")
-    names = {}
+def test_every_item_shows_source_and_recency(demo, signed_in, blocks_of):
     from sharedcare.web.patient import org_names
 
+    r = signed_in(demo.personas["GP"].username).get(f"/patients/{demo.pid}")
     names = org_names(demo.sc)
-    rows = re.findall(r'<(?:tr|li|div|section)[^>]*data-item="([^"]+)"[^>]*>(.*?)</(?:tr|li|section)>',
-                      r.text, re.S)
-    assert len(rows) > 50
-    for ref, body in rows:
+    blocks = blocks_of(r.text)
+    assert len(blocks) > 50
+    for ref, body in blocks.items():
         if ref.startswith("Patient/"):
             continue
         assert "sc-source-tag" in body, ref
         assert "<time" in body, ref
         tag = re.search(r'sc-source-tag[^>]*>.*?Source: </span>([^<]+)<', body, re.S)
+        assert "sc-ago" in body, ref
         assert tag and tag.group(1) in names.values(), ref
     assert "ago)" in r.text
 
@@ -152,7 +151,7 @@ def test_record_sections(demo, signed_in):
 
 def test_no_relationship_explained_then_declare(demo, signed_in, items_of):
     outsider = demo.personas["Clinician with no relationship"]
-    user = demo.staff_at(outsider.org, "clinician", skip=4)
+    user = demo.outsider(1)
     c = signed_in(user)
     r = c.get(f"/patients/{demo.pid}")
     assert r.status_code == 403
@@ -169,7 +168,7 @@ def test_no_relationship_explained_then_declare(demo, signed_in, items_of):
 
 def test_break_glass_reveals_the_record(demo, signed_in, items_of):
     outsider = demo.personas["Clinician with no relationship"]
-    user = demo.staff_at(outsider.org, "clinician", skip=5)
+    user = demo.outsider(2)
     c = signed_in(user)
     r = c.post(f"/patients/{demo.pid}/break-glass", data={"csrf": c.csrf, "reason": "urgent"})
     assert r.status_code == 403 and "at least 10 characters" in r.text
@@ -192,7 +191,7 @@ def test_withheld_sensitive_items_announced_and_break_glass(demo, signed_in, ite
                  "code": {"text": "Test sensitive condition"}, "recordedDate": "2026-01-05"}
     demo.sc.store.write([WriteOp("PUT", "Condition", "web-test-sensitive", sensitive)],
                         source_org=gp.org)
-    nurse = demo.staff_at(demo.personas["District nurse"].org, "nurse", skip=1)
+    nurse = demo.staff_at(demo.personas["District nurse"].org, "nurse")
     access = demo.access(nurse)
     view = demo.gov.everything(access, demo.pid, 1000)
     assert view.withheld_sensitive >= 1
@@ -287,7 +286,7 @@ def test_crisis_plan_and_roles_that_cannot_write(demo, signed_in):
                follow_redirects=True)
     assert r.status_code == 200 and "Crisis plan" in r.text
     outsider = demo.personas["Clinician with no relationship"]
-    c2 = signed_in(demo.staff_at(outsider.org, "clinician", skip=6))
+    c2 = signed_in(demo.outsider(3))
     r = c2.get(f"/patients/{demo.pid}/care-plans/new?kind=crisis")
     assert r.status_code == 403 and "no legitimate relationship" in r.text
 
@@ -310,7 +309,7 @@ def test_patient_access_log(demo, web_app, signed_in):
     gp = demo.personas["GP"]
     signed_in(gp.username).get(f"/patients/{demo.pid}")
     outsider = demo.personas["Clinician with no relationship"]
-    glass_user = demo.staff_at(outsider.org, "clinician", skip=7)
+    glass_user = demo.outsider(4)
     demo.gov.break_glass(demo.access(glass_user), demo.pid, "Test: emergency admission")
     patient = demo.personas["Patient"]
     with TestClient(web_app) as c:
