@@ -65,6 +65,7 @@ def slug(text: str) -> str:
 
 def check(page, name: str) -> None:
     """Screenshot, then axe-core: no serious or critical violations."""
+    page.evaluate("document.fonts.ready.then(() => true)")
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
     page.add_script_tag(path=str(AXE))
     result = page.evaluate("""async () => {
@@ -77,13 +78,14 @@ def check(page, name: str) -> None:
     assert not bad, f"{name}: " + json.dumps(bad, indent=1)
 
 
-def sign_in(page, base: str, persona) -> None:
+def sign_in(page, base: str, persona, demo) -> None:
     page.goto(f"{base}/sign-in")
     page.fill("#username", persona.username)
     page.fill("#password", persona.password)
     page.click("button[type=submit]")
-    if "/choose-role" in page.url:
-        page.check("input[name=role] >> nth=0")
+    if "/choose-role" in page.url:  # the persona's role at the persona's organisation
+        role = next(r for o, r in demo.cs.staff_member(persona.username).roles if o == persona.org)
+        page.check(f'input[name=role][value="{persona.org}:{role}"]')
         page.click("button[type=submit]")
     page.wait_for_load_state()
 
