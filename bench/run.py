@@ -538,7 +538,8 @@ def measure(backend: str, patients: int, args) -> dict:
                 res["P5_export"] = measure_export(sc, None, None, acc["system"]["access"],
                                                   be.data_dir)
             phase("P5")
-            res["P6_mllp"] = measure_mllp(be, args.quick)
+            res["P6_mllp"] = ({"skipped": "--no-mllp"} if args.no_mllp else
+                              measure_mllp(be, args.quick))
             phase("P6")
             if args.peer:
                 res["peer_compare"] = peer_ours(be, args)
@@ -826,7 +827,8 @@ def main(argv: list[str] | None = None) -> int:
                     "in P1 (reported separately)")
     ap.add_argument("--synthea-dir", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--everything-samples", type=int, default=200)
+    ap.add_argument("--everything-samples", type=int, default=None,
+                    help="$everything calls per access (default 200; 100 with --quick)")
     ap.add_argument("--page-size", type=int, default=100, help="$everything _count (as the API)")
     ap.add_argument("--search-patients", type=int, default=None, help="patients to draw query "
                     "values from")
@@ -835,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-requests", type=int, default=None, help="per concurrency level")
     ap.add_argument("--http-duration", type=float, default=None, help="seconds per level (max)")
     ap.add_argument("--no-http", action="store_true", help="skip the server (P3 HTTP, P7)")
+    ap.add_argument("--no-mllp", action="store_true", help="skip P6 (bench/mllp_throughput.py)")
     ap.add_argument("--profile", action="store_true", help="write pyinstrument profiles of "
                     "ingest/$everything/search next to --json and exit")
     args = ap.parse_args(argv)
@@ -847,10 +850,11 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown backend {b}")
     if any(not 1 <= n <= 1_000_000 for n in args.patients):
         ap.error("--patients sizes must be 1..1,000,000")
+    args.everything_samples = args.everything_samples or (100 if q else 200)
     args.search_patients = args.search_patients or (30 if q else 100)
-    args.search_samples = args.search_samples or (60 if q else 300)
+    args.search_samples = args.search_samples or (40 if q else 300)
     args.http_requests = args.http_requests or (400 if q else 5000)
-    args.http_duration = args.http_duration or (3.0 if q else 20.0)
+    args.http_duration = args.http_duration or (2.0 if q else 20.0)
     args.peer_bundles = args.peer_bundles if args.peer_bundles is not None else (5 if q else -1)
     args.peer_searches = args.peer_searches or (20 if q else 100)
     if args.synthea:

@@ -89,6 +89,12 @@ def outside(blocked: list[str]) -> list[str]:
     return [u for u in blocked if not u.split("?")[0].endswith((".woff2", ".woff"))]
 
 
+def see(page, text):
+    from playwright.sync_api import expect
+
+    expect(page.get_by_text(text).first).to_be_visible()
+
+
 def shot(page, name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"programme-{name}.png"), full_page=True)
@@ -116,7 +122,7 @@ def test_every_programme_page_renders_offline(browser, server):
     for name, url, text in LEAD_PAGES:
         resp = page.goto(base + url)
         assert resp.status == 200, url
-        assert page.get_by_text(text).first.is_visible(), (url, text)
+        see(page, text)
         shot(page, name)
     assert page.locator("svg.sc-map").count() == 1  # the case-study map
     ctx.close()
@@ -134,8 +140,8 @@ def test_partner_map_renders_with_no_network(browser, server):
     assert page.locator("svg.sc-map path[data-icb]").count() >= 3
     markers = page.locator("svg.sc-map .sc-point")
     assert markers.count() >= 10
-    assert "Contains OS data" in page.locator("svg.sc-map .sc-attribution").inner_text()
-    assert page.get_by_text("Partner details").is_visible()
+    assert "Contains OS data" in page.locator("svg.sc-map .sc-attribution").text_content()
+    see(page, "Partner details")
     assert page.locator("table caption", has_text="Partners on the map").count() == 1
     shot(page, "map")
     ctx.close()
@@ -150,7 +156,7 @@ def test_readiness_form_and_agreement_signing_in_the_browser(browser, server):
     page.locator("label", has_text="executive-level senior responsible owner").click()
     page.get_by_role("button", name="Save the assessment").click()
     page.wait_for_url("**/programme/readiness?done=saved")
-    assert page.get_by_text("Assessment saved").is_visible()
+    see(page, "Assessment saved")
     # draft, circulate: the IG lead of the trust then sees it waiting for signature
     page.goto(base + "/programme/agreements/new")
     page.fill("#title", "Hospice records to the trust")
@@ -159,16 +165,16 @@ def test_readiness_form_and_agreement_signing_in_the_browser(browser, server):
     page.check("#category-care-plans")
     page.get_by_role("button", name="Save draft").click()
     page.get_by_role("button", name="Circulate to the parties").click()
-    assert page.get_by_text("circulated to the parties").is_visible()
+    see(page, "circulated to the parties")
     url = page.url.split("?")[0]
     ctx.close()
     ctx, blocked2 = open_context(browser, server, "robert.scott", "R0A", "ig-lead")
     page = ctx.new_page()
     page.goto(base + "/programme/agreements")
-    assert page.get_by_text("Waiting for your signature").is_visible()
+    see(page, "Waiting for your signature")
     page.goto(url)
     page.get_by_role("button", name="Sign for R0A").click()
-    assert page.get_by_text("1 of 2 parties have signed").is_visible()
+    see(page, "1 of 2 parties have signed")
     shot(page, "agreement-signed-by-ig-lead")
     ctx.close()
     assert outside(blocked) == [] and outside(blocked2) == []
@@ -179,8 +185,8 @@ def test_transparency_notice_is_public(browser, server):
     ctx, blocked = open_context(browser, server)
     page = ctx.new_page()
     assert page.goto(base + "/transparency").status == 200
-    assert page.get_by_text("Greater Manchester Shared Care Record: direct care").is_visible()
-    assert page.get_by_text("national data opt-out").first.is_visible()
+    see(page, "Greater Manchester Shared Care Record: direct care")
+    see(page, "national data opt-out")
     shot(page, "transparency")
     ctx.close()
     assert outside(blocked) == []
@@ -191,6 +197,6 @@ def test_other_roles_are_refused(browser, server):
     ctx, _ = open_context(browser, server, "robert.scott", "R0A", "ig-lead")
     page = ctx.new_page()
     assert page.goto(base + "/programme/adoption").status == 403
-    assert page.get_by_text("You cannot use this page").is_visible()
+    see(page, "You cannot use this page")
     shot(page, "refused")
     ctx.close()

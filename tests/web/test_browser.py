@@ -107,7 +107,7 @@ def test_persona_finds_and_views_the_patient(page, live_demo, demo, label):
 
     persona = demo.personas[label]
     name = slug(label)
-    sign_in(page, live_demo, persona)
+    sign_in(page, live_demo, persona, demo)
     access = session_access(page, demo)
     check(page, f"{name}-01-home")
     page.click("text=Find a patient")
@@ -162,7 +162,7 @@ def test_persona_finds_and_views_the_patient(page, live_demo, demo, label):
 
 def test_care_plan_written_in_the_browser(page, live_demo, demo):
     gp = demo.personas["GP"]
-    sign_in(page, live_demo, gp)
+    sign_in(page, live_demo, gp, demo)
     page.goto(f"{live_demo}/patients/{demo.pid}")
     page.click("#new-eol-plan")
     page.click("#save-plan")  # nothing filled in: errors
@@ -189,14 +189,14 @@ def test_care_plan_written_in_the_browser(page, live_demo, demo):
     plan_id = page.url.split("/care-plans/")[1].split("/")[0]
     # the district nurse (another organisation) sees it in the record
     nurse_page = page.context.browser.new_context().new_page()
-    sign_in(nurse_page, live_demo, demo.personas["District nurse"])
+    sign_in(nurse_page, live_demo, demo.personas["District nurse"], demo)
     nurse_page.goto(f"{live_demo}/patients/{demo.pid}#care-plans")
     assert f"CarePlan/{plan_id}" in shown_items(nurse_page)
     nurse_page.context.close()
 
 
 def test_search_error_is_accessible(page, live_demo, demo):
-    sign_in(page, live_demo, demo.personas["District nurse"])
+    sign_in(page, live_demo, demo.personas["District nurse"], demo)
     page.goto(f"{live_demo}/patients")
     page.fill("#nhs", "943 476 5918")
     page.click("#search-nhs")
@@ -208,7 +208,7 @@ def test_search_error_is_accessible(page, live_demo, demo):
 
 def test_patient_sees_who_looked(page, live_demo, demo):
     patient = demo.personas["Patient"]
-    sign_in(page, live_demo, patient)
+    sign_in(page, live_demo, patient, demo)
     assert "/my-record/access-log" in page.url
     text = page.inner_text("main")
     assert "Who has looked at your record" in text
