@@ -233,8 +233,9 @@ def decide(conn: Connection, access: Access, row: dict, patient_id: str | None) 
     if labels and src != access.ods and not glass:
         hidden = [s for s in labels if s not in ROLE_SENSITIVITY.get(access.role, frozenset())]
         if hidden:
-            deny.append("it is labelled sensitive (" + ", ".join(hidden) + ") and withheld "
-                        f"from the {access.role} role outside {src}; break glass if this is an "
+            # Say that it is sensitive, never which kind: the label itself discloses.
+            deny.append(f"it is sensitive information, withheld from the {access.role} role "
+                        f"outside the organisation that recorded it; break glass if this is an "
                         "emergency")
     if patient_id is not None and src != access.ods:
         for kind, ods in conn.execute(select(patient_choice.c.kind, patient_choice.c.ods)

@@ -381,8 +381,9 @@ class Store:
     # ------------------------------------------------------------------ search
     def search(self, rtype: str | None, params: list[tuple[str, str]], policy: AccessPolicy,
                lenient: bool = False, compartment_of: str | None = None) -> SearchPage:
-        req = self.search_builder.parse(rtype, params, lenient)
-        where = [resource.c.deleted == false(), *req.clauses, *self._visible(policy)]
+        visible = self._visible(policy)
+        req = self.search_builder.parse(rtype, params, lenient, visible[0] if visible else None)
+        where = [resource.c.deleted == false(), *req.clauses, *visible]
         if rtype:
             where.insert(0, resource.c.type == rtype)
         if compartment_of is not None:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, exists, false, literal, not_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.util import ClauseAdapter
 
 from ..fhir.outcome import FHIRError, Issue
 from .indexing import Indexer, SearchParam, date_range, normalize_string, number_range
@@ -112,8 +113,12 @@ class SearchBuilder:
 
     # --- entry point -------------------------------------------------------------------
     def parse(
-        self, rtype: str | None, params: list[tuple[str, str]], lenient: bool = False
+        self, rtype: str | None, params: list[tuple[str, str]], lenient: bool = False,
+        policy: ColumnElement | None = None,
     ) -> SearchRequest:
+        """`policy` is the viewer's predicate on `resource`: it also filters the resources that
+        chained and _has parameters look at, so a search can never tell whether a resource the
+        viewer may not see exists (e.g. Patient?_has:Condition:patient:code=...)."""
         req = SearchRequest(rtype)
         for name, raw in params:
             base = name.split(":", 1)[0]
@@ -125,7 +130,7 @@ class SearchBuilder:
             if base in NOT_SUPPORTED:
                 raise _bad(f"search parameter {base} is not supported by this server", name)
             try:
-                req.clauses.append(self.clause(rtype, name, raw))
+                req.clauses.append(self.clause(rtype, name, raw, policy))
             except UnknownParam as e:
                 if not lenient:
                     raise _bad(str(e), name) from None
@@ -180,9 +185,10 @@ class SearchBuilder:
         return Include(stype, param, parts[2] if len(parts) == 3 else None, iterate)
 
     # --- one parameter -> SQL ------------------------------------------------------------
-    def clause(self, rtype: str | None, name: str, raw: str) -> ColumnElement:
+    def clause(self, rtype: str | None, name: str, raw: str,
+               policy: ColumnElement | None = None) -> ColumnElement:
         if name.startswith("_has:"):
-            return self._has(rtype, name, raw)
+            return self._has(rtype, name, raw, policy)
         head, dot, chain = name.partition(".")
         code, _, modifier = head.partition(":")
         if code == "_id":
@@ -195,7 +201,7 @@ class SearchBuilder:
             return resource.c.type.in_(split_values(raw))
         sp = self._param(rtype, code)
         if dot:
-            return self._chain(sp, modifier, chain, raw, name)
+            return self._chain(sp, modifier, chain, raw, name, policy)
         if modifier == "missing":
             if raw not in ("true", "false"):
                 raise _bad(":missing takes true or false", name)
@@ -326,7 +332,8 @@ class SearchBuilder:
         col = resource.c.last_updated
         return _date_cond(prefix, col, col, low, high, point=True)
 
-    def _chain(self, sp: SearchParam, modifier: str, chain: str, raw: str, name: str):
+    def _chain(self, sp: SearchParam, modifier: str, chain: str, raw: str, name: str,
+               policy: ColumnElement | None):
         """subject:Patient.identifier=x -> reference whose target matches identifier=x."""
         if sp.type != "reference":
             raise _bad(f"'{sp.code}' is not a reference parameter and cannot be chained", name)
@@ -339,14 +346,15 @@ class SearchBuilder:
         # With several possible targets the reference may point at any one that matches.
         ors = []
         for target in candidates:
-            inner = self.clause(target, chain, raw)
-            ids = select(resource.c.id).where(
-                resource.c.type == target, resource.c.deleted == false(), inner
-            )
+            r = resource.alias()
+            ids = select(r.c.id).where(*_on(r, [resource.c.type == target,
+                                                resource.c.deleted == false(),
+                                                self.clause(target, chain, raw, policy), policy]))
             ors.append(and_(idx_reference.c.target_type == target, idx_reference.c.target_id.in_(ids)))
         return self._in(sp, or_(*ors))
 
-    def _has(self, rtype: str | None, name: str, raw: str) -> ColumnElement:
+    def _has(self, rtype: str | None, name: str, raw: str, policy: ColumnElement | None
+             ) -> ColumnElement:
         """_has:Observation:patient:code=1234 -> this resource is referenced by such an Observation."""
         parts = name.split(":", 3)
         if len(parts) != 4 or rtype is None:
@@ -355,10 +363,10 @@ class SearchBuilder:
         ref_sp = self.indexer.params_for(src_type).get(ref_param)
         if ref_sp is None or ref_sp.type != "reference":
             raise _bad(f"{src_type} has no reference parameter '{ref_param}'", name)
-        inner = self.clause(src_type, rest, raw)
-        src = select(resource.c.pk).where(
-            resource.c.type == src_type, resource.c.deleted == false(), inner
-        )
+        r = resource.alias()
+        src = select(r.c.pk).where(*_on(r, [resource.c.type == src_type,
+                                            resource.c.deleted == false(),
+                                            self.clause(src_type, rest, raw, policy), policy]))
         refs = select(idx_reference.c.target_id).where(
             idx_reference.c.type == src_type,
             idx_reference.c.param == ref_param,
@@ -366,6 +374,13 @@ class SearchBuilder:
             idx_reference.c.resource_pk.in_(src),
         )
         return resource.c.id.in_(refs)
+
+
+def _on(alias, conditions: list) -> list:
+    """Conditions written against `resource`, rewritten to apply to `alias` instead -- the rows
+    of a nested (chained / _has) query, which must not correlate with the outer query's rows."""
+    adapter = ClauseAdapter(alias, include_fn=lambda col: getattr(col, "table", None) is resource)
+    return [adapter.traverse(c) for c in conditions if c is not None]
 
 
 class UnknownParam(Exception):

@@ -459,6 +459,21 @@ class Record:
     trends: list[dict]
     timeline: list[Item]
     contacts: list[dict]
+    latest: list[dict] = field(default_factory=list)
+
+
+def _older_than(it: Item, days: int) -> bool:
+    w = parse_when(it.when)
+    return w is not None and (datetime.now(UTC) - w).days > days
+
+
+def latest_results(observations: list[Item]) -> list[dict]:
+    """One row per test: the latest value, the one before, how many."""
+    groups: dict[str, list[Item]] = {}
+    for it in sorted(observations, key=lambda i: i.sort_key, reverse=True):
+        groups.setdefault(it.title, []).append(it)
+    return [{"latest": g[0], "previous": g[1] if len(g) > 1 else None, "count": len(g)}
+            for g in groups.values()]
 
 
 def build_record(view_matches, names: dict[str, str]) -> Record:
@@ -481,11 +496,18 @@ def build_record(view_matches, names: dict[str, str]) -> Record:
             sec["allergies"].append(it)
         elif t in ("MedicationRequest", "MedicationStatement"):
             active = (r.get("status") or "active") in ("active", "on-hold", "intended")
+            # a medication statement (e.g. discharge medicines) is a snapshot: current for a year
+            if t == "MedicationStatement" and _older_than(it, 365):
+                active = False
             sec["medications" if active else "past_medications"].append(it)
         elif t == "Condition":
             status = cc_code(r.get("clinicalStatus")) or "active"
-            sec["problems" if status in ("active", "recurrence", "relapse")
-                else "past_problems"].append(it)
+            active = status in ("active", "recurrence", "relapse")
+            # an encounter's diagnosis is current for that episode, not a lifelong problem
+            if "encounter-diagnosis" in {cc_code(c) for c in r.get("category") or []} and \
+                    _older_than(it, 365):
+                active = False
+            sec["problems" if active else "past_problems"].append(it)
         elif t == "CarePlan":
             sec["care_plans"].append(it)
         elif t in ("CareTeam", "EpisodeOfCare"):
@@ -524,7 +546,9 @@ def build_record(view_matches, names: dict[str, str]) -> Record:
                              + (" (care manager)" if r.get("careManager") else ""),
                              "org": ref_display(r.get("managingOrganization")) or it.source_name,
                              "item": it})
-    return Record(patient, items, 0, sec, trend_charts(sec["observations"]), timeline, contacts)
+    record = Record(patient, items, 0, sec, trend_charts(sec["observations"]), timeline, contacts)
+    record.latest = latest_results(sec["observations"])
+    return record
 
 
 def fetch_everything(gov, access: Access, patient_id: str):
