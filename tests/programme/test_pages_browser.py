@@ -149,7 +149,7 @@ def test_partner_map_renders_with_no_network(browser, server):
 
 
 def test_readiness_form_and_agreement_signing_in_the_browser(browser, server):
-    base, sc = server
+    base, _sc = server
     ctx, blocked = open_context(browser, server, "callum.shaw", "R0A", "programme-lead")
     page = ctx.new_page()
     page.goto(base + "/programme/readiness/new")
