@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -43,8 +43,14 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def summary(ms: list[float]) -> dict[str, Any]:
-    return {"n": len(ms), "p50_ms": pct(ms, 50), "p95_ms": pct(ms, 95), "p99_ms": pct(ms, 99),
-            "mean_ms": statistics.fmean(ms) if ms else None, "max_ms": max(ms) if ms else None}
+    return {
+        "n": len(ms),
+        "p50_ms": pct(ms, 50),
+        "p95_ms": pct(ms, 95),
+        "p99_ms": pct(ms, 99),
+        "mean_ms": statistics.fmean(ms) if ms else None,
+        "max_ms": max(ms) if ms else None,
+    }
 
 
 # ------------------------------------------------------------------------------ processes
@@ -77,7 +83,7 @@ class RssSampler:
                 self.samples.append(v)
             self._stop.wait(self.every)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -87,8 +93,11 @@ class RssSampler:
 
     def result(self) -> dict[str, Any]:
         s = self.samples
-        return {"samples": len(s), "max_mb": max(s) if s else None,
-                "mean_mb": statistics.fmean(s) if s else None}
+        return {
+            "samples": len(s),
+            "max_mb": max(s) if s else None,
+            "mean_mb": statistics.fmean(s) if s else None,
+        }
 
 
 def free_port() -> int:
@@ -99,8 +108,11 @@ def free_port() -> int:
 
 def machine() -> dict[str, Any]:
     """CPU model and count, memory, OS and Python: what the figures were measured on."""
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpus": os.cpu_count()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -164,8 +176,9 @@ def postgres_reachable(pg_admin_url: str = PG_ADMIN_URL) -> str | None:
     try:
         import psycopg
 
-        with psycopg.connect(pg_admin_url.replace("postgresql+psycopg://", "postgresql://"),
-                             connect_timeout=3) as conn:
+        with psycopg.connect(
+            pg_admin_url.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=3
+        ) as conn:
             conn.execute("SELECT 1")
         return None
     except Exception as e:  # noqa: BLE001 - reported, not hidden
@@ -177,8 +190,13 @@ class Server:
     """`sharedcare serve` on a free port as a subprocess, on the given database and data dir
     (so tokens issued with that data dir's signing key are accepted)."""
 
-    def __init__(self, url: str, data_dir: Path, start_timeout: float = 90.0,
-                 extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        url: str,
+        data_dir: Path,
+        start_timeout: float = 90.0,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.url, self.data_dir, self.start_timeout = url, data_dir, start_timeout
         self.extra_args = extra_args
         self.port = free_port()
@@ -194,24 +212,38 @@ class Server:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Self:
         import httpx
 
         exe = Path(sys.executable).with_name("sharedcare")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sharedcare.cli"]
-        cmd += ["serve", "--database", self.url, "--data-dir", str(self.data_dir),
-                "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args]
-        env = dict(os.environ, SHAREDCARE_DATABASE_URL=self.url,
-                   SHAREDCARE_DATA_DIR=str(self.data_dir))
+        cmd += [
+            "serve",
+            "--database",
+            self.url,
+            "--data-dir",
+            str(self.data_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *self.extra_args,
+        ]
+        env = dict(
+            os.environ, SHAREDCARE_DATABASE_URL=self.url, SHAREDCARE_DATA_DIR=str(self.data_dir)
+        )
         t0 = time.perf_counter()
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=REPO)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sharedcare serve exited ({self.proc.returncode}): "
-                                   + self.log_path.read_text()[-2000:])
+                raise RuntimeError(
+                    f"sharedcare serve exited ({self.proc.returncode}): "
+                    + self.log_path.read_text()[-2000:]
+                )
             try:
                 r = httpx.get(f"{self.base}/metadata", timeout=2.0)
                 if r.status_code == 200:

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import summary  # noqa: E402
+from _common import summary
 
 
 class Conn:
@@ -91,8 +91,15 @@ class Conn:
         return status, size
 
 
-async def level(base: str, headers: dict[str, str], reqs: list[dict], concurrency: int,
-                max_requests: int, duration: float, warmup: int) -> dict:
+async def level(
+    base: str,
+    headers: dict[str, str],
+    reqs: list[dict],
+    concurrency: int,
+    max_requests: int,
+    duration: float,
+    warmup: int,
+) -> dict:
     u = urlsplit(base)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     conns = [Conn(host, port, headers) for _ in range(concurrency)]
@@ -133,9 +140,14 @@ async def level(base: str, headers: dict[str, str], reqs: list[dict], concurrenc
     ok = sum(len(v) for v in lat.values())
     every = [x for v in lat.values() for x in v]
     return {
-        "concurrency": concurrency, "seconds": elapsed, "sent": nxt, "ok": ok,
+        "concurrency": concurrency,
+        "seconds": elapsed,
+        "sent": nxt,
+        "ok": ok,
         "non_2xx": sum(n for s, n in statuses.items() if not s.startswith("2")),
-        "failed": len(failures), "failures": failures[:3], "statuses": statuses,
+        "failed": len(failures),
+        "failures": failures[:3],
+        "statuses": statuses,
         "requests_per_s": ok / elapsed if elapsed > 0 else None,
         "mean_body_bytes": body_bytes / max(1, sum(statuses.values())),
         "time_bound_hit": nxt < max_requests,
@@ -145,8 +157,9 @@ async def level(base: str, headers: dict[str, str], reqs: list[dict], concurrenc
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--spec", type=Path, required=True)
     ap.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
     ap.add_argument("--requests", type=int, default=2000, help="requests per level (max)")
@@ -165,13 +178,27 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if any(not 1 <= c <= 256 for c in levels):
         ap.error("concurrency levels must be 1..256")
-    out = {"client": "bench/loadgen.py: asyncio, one keep-alive HTTP/1.1 connection per "
-                     "concurrent worker, requests round robin over the spec",
-           "requests_per_level": args.requests, "duration_bound_s": args.duration,
-           "levels": []}
+    out = {
+        "client": "bench/loadgen.py: asyncio, one keep-alive HTTP/1.1 connection per "
+        "concurrent worker, requests round robin over the spec",
+        "requests_per_level": args.requests,
+        "duration_bound_s": args.duration,
+        "levels": [],
+    }
     for c in levels:
-        out["levels"].append(asyncio.run(level(spec["base"], spec.get("headers", {}), reqs, c,
-                                               args.requests, args.duration, args.warmup)))
+        out["levels"].append(
+            asyncio.run(
+                level(
+                    spec["base"],
+                    spec.get("headers", {}),
+                    reqs,
+                    c,
+                    args.requests,
+                    args.duration,
+                    args.warmup,
+                )
+            )
+        )
     text = json.dumps(out, indent=1)
     if args.json:
         args.json.write_text(text)

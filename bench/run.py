@@ -34,15 +34,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import re
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,7 +50,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from _common import (  # noqa: E402
+from _common import (
     TARGETS,
     RssSampler,
     Server,
@@ -74,20 +71,54 @@ SEARCH_KINDS = [
 ]
 # The types a shared care record holds (issue 2), warmed before P1 so schema compilation is
 # not timed as ingest. Types first seen later are compiled inside the timed region.
-WARM_TYPES = ("Patient Practitioner PractitionerRole Organization Location Encounter EpisodeOfCare "
-              "Condition Observation DiagnosticReport Procedure MedicationRequest "
-              "MedicationStatement MedicationDispense Medication AllergyIntolerance Immunization "
-              "CarePlan CareTeam DocumentReference Composition Flag ServiceRequest Appointment "
-              "Consent Provenance AuditEvent RelatedPerson QuestionnaireResponse List Task "
-              "Bundle").split()
+WARM_TYPES = [
+    "Patient",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Location",
+    "Encounter",
+    "EpisodeOfCare",
+    "Condition",
+    "Observation",
+    "DiagnosticReport",
+    "Procedure",
+    "MedicationRequest",
+    "MedicationStatement",
+    "MedicationDispense",
+    "Medication",
+    "AllergyIntolerance",
+    "Immunization",
+    "CarePlan",
+    "CareTeam",
+    "DocumentReference",
+    "Composition",
+    "Flag",
+    "ServiceRequest",
+    "Appointment",
+    "Consent",
+    "Provenance",
+    "AuditEvent",
+    "RelatedPerson",
+    "QuestionnaireResponse",
+    "List",
+    "Task",
+    "Bundle",
+]
 NOTES = [
-    "Data: sharedcare.demo.generate(seed, patients) -- ~22 resources per patient (Encounter, "
-    "Observation, DiagnosticReport, Condition, medication, documents, care plans). That is far "
-    "shallower than Synthea's ~150 per patient; --synthea adds the 45 shared Synthea bundles.",
-    "P2/P3 in-process figures are server time through Governance (policy SQL + audit write), "
-    "without HTTP or Bundle serialisation; HTTP figures are client-side over loopback.",
-    "The machine has 2 cores shared by server, load generator and database: HTTP req/s at "
-    "concurrency > 1 is bounded by that.",
+    (
+        "Data: sharedcare.demo.generate(seed, patients) -- ~22 resources per patient (Encounter, "
+        "Observation, DiagnosticReport, Condition, medication, documents, care plans). That is far "
+        "shallower than Synthea's ~150 per patient; --synthea adds the 45 shared Synthea bundles."
+    ),
+    (
+        "P2/P3 in-process figures are server time through Governance (policy SQL + audit write), "
+        "without HTTP or Bundle serialisation; HTTP figures are client-side over loopback."
+    ),
+    (
+        "The machine has 2 cores shared by server, load generator and database: HTTP req/s at "
+        "concurrency > 1 is bounded by that."
+    ),
 ]
 
 
@@ -143,12 +174,15 @@ def load(sc, cs, synthea: Path | None, synthea_org: str) -> dict:
         demo_load.bundles = timed.real
     total_s = time.perf_counter() - t0
     out = {
-        "resources": timed.resources, "bundles": timed.bundles, "seconds": timed.wall,
+        "resources": timed.resources,
+        "bundles": timed.bundles,
+        "seconds": timed.wall,
         "cpu_seconds": timed.cpu,
         "resources_per_s": timed.resources / timed.wall if timed.wall else None,
         "resources_per_cpu_s": timed.resources / timed.cpu if timed.cpu else None,
         "bundle_latency": summary(timed.per_bundle_ms),
-        "load_demo_total_s": total_s, "load_demo_counts": counts,
+        "load_demo_total_s": total_s,
+        "load_demo_counts": counts,
     }
     if synthea:
         from sharedcare.fhir import bundle as bundles
@@ -168,9 +202,15 @@ def load(sc, cs, synthea: Path | None, synthea_org: str) -> dict:
                 log(f"synthea {f.name}: {type(e).__name__}: {str(e)[:200]}")
             wall += time.perf_counter() - w0
             cpu += time.process_time() - c0
-        out["synthea"] = {"files": len(files), "failed": failed, "resources": n, "seconds": wall,
-                          "cpu_seconds": cpu, "resources_per_s": n / wall if wall else None,
-                          "source_org": synthea_org}
+        out["synthea"] = {
+            "files": len(files),
+            "failed": failed,
+            "resources": n,
+            "seconds": wall,
+            "cpu_seconds": cpu,
+            "resources_per_s": n / wall if wall else None,
+            "source_org": synthea_org,
+        }
     return out
 
 
@@ -179,19 +219,34 @@ def accesses(sc, cs) -> dict[str, Any]:
     from sharedcare.governance.policy import Access
 
     gov = sc.governance
-    agreement = next(a for a in cs.agreements
-                     if a.status == "active" and "direct-care" in a.purposes)
+    agreement = next(
+        a for a in cs.agreements if a.status == "active" and "direct-care" in a.purposes
+    )
     sys_ods = agreement.parties[0]
     gp = next(p for p in cs.personas if p.role == "GP")
-    system = gov.prepare(Access(None, sys_ods, "system", scopes=frozenset({"system/*.cruds"}),
-                                client_id="bench", kind="system"))
-    clinician = gov.prepare(Access(gp.username, gp.org, "clinician",
-                                   scopes=frozenset({"user/*.cruds"}), kind="user"))
+    system = gov.prepare(
+        Access(
+            None,
+            sys_ods,
+            "system",
+            scopes=frozenset({"system/*.cruds"}),
+            client_id="bench",
+            kind="system",
+        )
+    )
+    clinician = gov.prepare(
+        Access(gp.username, gp.org, "clinician", scopes=frozenset({"user/*.cruds"}), kind="user")
+    )
     return {
-        "system": {"access": system, "describe": f"partner system of {sys_ods} (first party of "
-                   f"{agreement.id}, {len(agreement.parties)} parties, direct care)"},
-        "clinician": {"access": clinician, "describe": f"GP persona {gp.username} at {gp.org} "
-                      "(clinician; relationship-checked)"},
+        "system": {
+            "access": system,
+            "describe": f"partner system of {sys_ods} (first party of "
+            f"{agreement.id}, {len(agreement.parties)} parties, direct care)",
+        },
+        "clinician": {
+            "access": clinician,
+            "describe": f"GP persona {gp.username} at {gp.org} (clinician; relationship-checked)",
+        },
     }
 
 
@@ -211,8 +266,9 @@ def everything_all(gov, access, pid: str, count: int) -> tuple[int, int]:
         cursor = view.next_cursor
 
 
-def measure_everything(sc, access, patients: list[str], samples: int, count: int,
-                       rng: random.Random) -> dict:
+def measure_everything(
+    sc, access, patients: list[str], samples: int, count: int, rng: random.Random
+) -> dict:
     from sharedcare.fhir.outcome import FHIRError
 
     if not patients:
@@ -232,11 +288,17 @@ def measure_everything(sc, access, patients: list[str], samples: int, count: int
         sizes.append(n)
         pages.append(p)
     out = summary(ms)
-    out.update({"distinct_patients": len(set(pick)), "visible_patients": len(patients),
-                "mean_resources": sum(sizes) / len(sizes) if sizes else None,
-                "max_resources": max(sizes) if sizes else None,
-                "mean_pages": sum(pages) / len(pages) if pages else None,
-                "page_size": count, "errors": errors})
+    out.update(
+        {
+            "distinct_patients": len(set(pick)),
+            "visible_patients": len(patients),
+            "mean_resources": sum(sizes) / len(sizes) if sizes else None,
+            "max_resources": max(sizes) if sizes else None,
+            "mean_pages": sum(pages) / len(pages) if pages else None,
+            "page_size": count,
+            "errors": errors,
+        }
+    )
     return out
 
 
@@ -267,7 +329,8 @@ def plans_for(cs, visible: set[str], want: int, rng: random.Random) -> dict[str,
             break
         try:
             res = cs.patient_resources(i)
-        except Exception:  # noqa: BLE001 - a generator fault on one patient should not stop us
+        except Exception as e:  # noqa: BLE001 - a generator fault on one patient should not stop us
+            log(f"generator: patient {i}: {type(e).__name__}: {e}")
             continue
         pat = next((r for r in res if r["resourceType"] == "Patient"), None)
         if pat is None or pat["id"] not in visible:
@@ -280,8 +343,9 @@ def plans_for(cs, visible: set[str], want: int, rng: random.Random) -> dict[str,
         names = pat.get("name") or []
         name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
         if name.get("family") and pat.get("birthDate"):
-            out["patient_name_birthdate"].append([("name", name["family"]),
-                                                  ("birthdate", pat["birthDate"])])
+            out["patient_name_birthdate"].append(
+                [("name", name["family"]), ("birthdate", pat["birthDate"])]
+            )
         obs: dict[str, list[str]] = {}
         for r in res:
             if r["resourceType"] == "Observation":
@@ -292,19 +356,33 @@ def plans_for(cs, visible: set[str], want: int, rng: random.Random) -> dict[str,
         if obs:
             code, days = max(obs.items(), key=lambda kv: len(kv[1]))
             q = _quartiles(days)
-            out["observation_code_date"].append([("patient", f"Patient/{pid}"), ("code", code),
-                                                 ("date", f"ge{q[0]}"), ("date", f"le{q[1]}")])
-        enc = [(r.get("period") or {}).get("start", "")[:10] for r in res
-               if r["resourceType"] == "Encounter" and (r.get("period") or {}).get("start")]
+            out["observation_code_date"].append(
+                [
+                    ("patient", f"Patient/{pid}"),
+                    ("code", code),
+                    ("date", f"ge{q[0]}"),
+                    ("date", f"le{q[1]}"),
+                ]
+            )
+        enc = [
+            (r.get("period") or {}).get("start", "")[:10]
+            for r in res
+            if r["resourceType"] == "Encounter" and (r.get("period") or {}).get("start")
+        ]
         q = _quartiles(enc)
         if q:
-            out["encounter_date"].append([("patient", f"Patient/{pid}"), ("date", f"ge{q[0]}"),
-                                          ("date", f"le{q[1]}")])
+            out["encounter_date"].append(
+                [("patient", f"Patient/{pid}"), ("date", f"ge{q[0]}"), ("date", f"le{q[1]}")]
+            )
     return out
 
 
-RTYPE = {"patient_nhs": "Patient", "patient_name_birthdate": "Patient",
-         "observation_code_date": "Observation", "encounter_date": "Encounter"}
+RTYPE = {
+    "patient_nhs": "Patient",
+    "patient_name_birthdate": "Patient",
+    "observation_code_date": "Observation",
+    "encounter_date": "Encounter",
+}
 
 
 def measure_searches(sc, access, plans: dict[str, list], samples: int) -> dict:
@@ -332,9 +410,14 @@ def measure_searches(sc, access, plans: dict[str, list], samples: int) -> dict:
             ms.append((time.perf_counter() - t0) * 1000)
             hits.append(len(page.matches))
         s = summary(ms)
-        s.update({"distinct_queries": len(plan), "mean_hits": sum(hits) / len(hits) if hits else
-                  None, "zero_hit_share": hits.count(0) / len(hits) if hits else None,
-                  "errors": errors})
+        s.update(
+            {
+                "distinct_queries": len(plan),
+                "mean_hits": sum(hits) / len(hits) if hits else None,
+                "zero_hit_share": hits.count(0) / len(hits) if hits else None,
+                "errors": errors,
+            }
+        )
         out[kind] = s
     return out
 
@@ -351,18 +434,35 @@ def http_spec(server_base: str, token: str, plans: dict[str, list], limit: int) 
     return {"base": host, "headers": {"authorization": f"Bearer {token}"}, "requests": reqs}
 
 
-def run_loadgen(spec: dict, server_pid: int, levels: str, requests: int, duration: float,
-                workdir: Path) -> dict:
+def run_loadgen(
+    spec: dict, server_pid: int, levels: str, requests: int, duration: float, workdir: Path
+) -> dict:
     spec_path = workdir / f"loadgen-spec-{uuid.uuid4().hex[:6]}.json"
     out_path = spec_path.with_suffix(".out.json")
     spec_path.write_text(json.dumps(spec))
-    cmd = [sys.executable, str(HERE / "loadgen.py"), "--spec", str(spec_path), "--concurrency",
-           levels, "--requests", str(requests), "--duration", str(duration), "--json",
-           str(out_path)]
+    cmd = [
+        sys.executable,
+        str(HERE / "loadgen.py"),
+        "--spec",
+        str(spec_path),
+        "--concurrency",
+        levels,
+        "--requests",
+        str(requests),
+        "--duration",
+        str(duration),
+        "--json",
+        str(out_path),
+    ]
     n_levels = len(levels.split(","))
     with RssSampler(server_pid) as rss:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=n_levels * (duration + 60) + 60)
+        proc = subprocess.run(
+            cmd,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=n_levels * (duration + 60) + 60,
+        )
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:], "rss": rss.result()}
     res = json.loads(out_path.read_text())
@@ -376,8 +476,11 @@ def measure_export(sc, server: Server | None, token: str | None, access, workdir
 
     # 1. the HTTP route, when it is mounted
     if server is not None and token:
-        h = {"authorization": f"Bearer {token}", "prefer": "respond-async",
-             "accept": "application/fhir+json"}
+        h = {
+            "authorization": f"Bearer {token}",
+            "prefer": "respond-async",
+            "accept": "application/fhir+json",
+        }
         with httpx.Client(timeout=600) as client:
             t0 = time.perf_counter()
             r = client.get(f"{server.base}/$export", headers=h)
@@ -392,10 +495,14 @@ def measure_export(sc, server: Server | None, token: str | None, access, workdir
                         dt = time.perf_counter() - t0
                         n = sum(o.get("count", 0) for o in s.json().get("output", []))
                         client.delete(poll, headers={"authorization": h["authorization"]})
-                        return {"method": "HTTP GET /fhir/$export (kick-off to complete "
-                                "manifest; files written by the server)", "resources": n,
-                                "seconds": dt, "resources_per_s": n / dt if dt else None,
-                                "server_rss_peak_mb": peak}
+                        return {
+                            "method": "HTTP GET /fhir/$export (kick-off to complete "
+                            "manifest; files written by the server)",
+                            "resources": n,
+                            "seconds": dt,
+                            "resources_per_s": n / dt if dt else None,
+                            "server_rss_peak_mb": peak,
+                        }
                     if s.status_code != 202:
                         break
                     time.sleep(0.05)
@@ -418,9 +525,13 @@ def measure_export(sc, server: Server | None, token: str | None, access, workdir
         dt = time.perf_counter() - t0
         if job.status == "complete":
             n = sum(o["count"] for o in job.output)
-            return {"method": "in process: sharedcare.population.export.BulkExport job (the "
-                    "$export route is not mounted in create_app)", "resources": n,
-                    "seconds": dt, "resources_per_s": n / dt if dt else None}
+            return {
+                "method": "in process: sharedcare.population.export.BulkExport job (the "
+                "$export route is not mounted in create_app)",
+                "resources": n,
+                "seconds": dt,
+                "resources_per_s": n / dt if dt else None,
+            }
         log(f"export job ended {job.status}: {job.error}")
     except Exception as e:  # noqa: BLE001 - fall through to the lower bound
         log(f"BulkExport not usable: {type(e).__name__}: {e}")
@@ -435,8 +546,13 @@ def measure_export(sc, server: Server | None, token: str | None, access, workdir
             n += 1
     dt = time.perf_counter() - t0
     path.unlink(missing_ok=True)
-    return {"method": "LOWER BOUND: Store.iter_current(policy) streamed to NDJSON (no $export "
-            "available)", "resources": n, "seconds": dt, "resources_per_s": n / dt if dt else None}
+    return {
+        "method": "LOWER BOUND: Store.iter_current(policy) streamed to NDJSON (no $export "
+        "available)",
+        "resources": n,
+        "seconds": dt,
+        "resources_per_s": n / dt if dt else None,
+    }
 
 
 # ------------------------------------------------------------------------------ P6
@@ -453,18 +569,29 @@ def measure_mllp(be, quick: bool) -> dict:
         if be.name != "sqlite":
             cmd += ["--database", fresh.url]
         try:
-            p = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO,
-                               timeout=60 if quick else 900)
+            p = subprocess.run(
+                cmd,
+                check=False,
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                timeout=60 if quick else 900,
+            )
         except subprocess.TimeoutExpired:
             return {"skipped": "bench/mllp_throughput.py timed out", "command": cmd[1:]}
     text = p.stdout + "\n" + p.stderr
     found = re.findall(r"over (\d+) connection\S*: ([\d,]+(?:\.\d+)?) msg/s", text)
     if p.returncode != 0 or not found:
-        return {"skipped": f"bench/mllp_throughput.py gave no msg/s figure (exit "
-                f"{p.returncode})", "output_tail": text[-600:]}
+        return {
+            "skipped": f"bench/mllp_throughput.py gave no msg/s figure (exit {p.returncode})",
+            "output_tail": text[-600:],
+        }
     by_conn = {int(c): float(r.replace(",", "")) for c, r in found}
-    return {"messages_per_s": max(by_conn.values()), "by_connections": by_conn,
-            "command": " ".join(cmd[1:]).replace(str(REPO) + "/", "")}
+    return {
+        "messages_per_s": max(by_conn.values()),
+        "by_connections": by_conn,
+        "command": " ".join(cmd[1:]).replace(str(REPO) + "/", ""),
+    }
 
 
 # ------------------------------------------------------------------------------ one run
@@ -495,8 +622,10 @@ def measure(backend: str, patients: int, args) -> dict:
             log(f"{backend} {patients}: loading")
             res["P1_ingest"] = load(sc, cs, args.synthea_dir, synthea_org)
             phase("load")
-            res["dataset"] = {"resources": res["P1_ingest"]["resources"],
-                              "per_patient": res["P1_ingest"]["resources"] / max(1, patients)}
+            res["dataset"] = {
+                "resources": res["P1_ingest"]["resources"],
+                "per_patient": res["P1_ingest"]["resources"] / max(1, patients),
+            }
             if backend == "postgresql":
                 with sc.engine.connect() as conn:
                     conn.exec_driver_sql("ANALYZE")
@@ -507,14 +636,18 @@ def measure(backend: str, patients: int, args) -> dict:
             log(f"{backend} {patients}: P2 $everything")
             visible = {k: visible_patients(sc, v["access"]) for k, v in acc.items()}
             res["P2_everything"] = {
-                k: measure_everything(sc, v["access"], visible[k], args.everything_samples,
-                                      args.page_size, rng) for k, v in acc.items()}
+                k: measure_everything(
+                    sc, v["access"], visible[k], args.everything_samples, args.page_size, rng
+                )
+                for k, v in acc.items()
+            }
             phase("P2")
             log(f"{backend} {patients}: P3 searches")
-            plans = {k: plans_for(cs, set(visible[k]), args.search_patients, rng)
-                     for k in acc}
-            res["P3_search"] = {k: measure_searches(sc, acc[k]["access"], plans[k],
-                                                    args.search_samples) for k in acc}
+            plans = {k: plans_for(cs, set(visible[k]), args.search_patients, rng) for k in acc}
+            res["P3_search"] = {
+                k: measure_searches(sc, acc[k]["access"], plans[k], args.search_samples)
+                for k in acc
+            }
             phase("P3 in-process")
             token = sc.governance.issue_system_token("bench-loadgen", acc["system"]["access"].ods)
             server = None
@@ -522,24 +655,34 @@ def measure(backend: str, patients: int, args) -> dict:
                 log(f"{backend} {patients}: starting sharedcare serve")
                 with Server(be.url, be.data_dir) as server:
                     phase("server start")
-                    res["server"] = {"startup_s": server.started_s,
-                                     "rss_idle_mb": rss_mb(server.pid)}
+                    res["server"] = {
+                        "startup_s": server.started_s,
+                        "rss_idle_mb": rss_mb(server.pid),
+                    }
                     spec = http_spec(server.base, token, plans["system"], args.search_patients)
                     log(f"{backend} {patients}: P3 HTTP load c={args.concurrency}")
-                    res["P3_http"] = run_loadgen(spec, server.pid, args.concurrency,
-                                                 args.http_requests, args.http_duration,
-                                                 be.data_dir)
+                    res["P3_http"] = run_loadgen(
+                        spec,
+                        server.pid,
+                        args.concurrency,
+                        args.http_requests,
+                        args.http_duration,
+                        be.data_dir,
+                    )
                     res["P7_rss"] = res["P3_http"].get("rss")
                     phase("P3 HTTP")
                     log(f"{backend} {patients}: P5 export")
-                    res["P5_export"] = measure_export(sc, server, token, acc["system"]["access"],
-                                                      be.data_dir)
+                    res["P5_export"] = measure_export(
+                        sc, server, token, acc["system"]["access"], be.data_dir
+                    )
             else:
-                res["P5_export"] = measure_export(sc, None, None, acc["system"]["access"],
-                                                  be.data_dir)
+                res["P5_export"] = measure_export(
+                    sc, None, None, acc["system"]["access"], be.data_dir
+                )
             phase("P5")
-            res["P6_mllp"] = ({"skipped": "--no-mllp"} if args.no_mllp else
-                              measure_mllp(be, args.quick))
+            res["P6_mllp"] = (
+                {"skipped": "--no-mllp"} if args.no_mllp else measure_mllp(be, args.quick)
+            )
             phase("P6")
             if args.peer:
                 res["peer_compare"] = peer_ours(be, args)
@@ -568,8 +711,9 @@ def peer_ours(be, args) -> dict:
             d = fhir_http.Driver(server.base, timeout=300, log=log)
             d.client.headers["authorization"] = f"Bearer {token}"
             try:
-                return d.run(first, patients, searches=args.peer_searches, warmup=3,
-                             server_pid=server.pid)
+                return d.run(
+                    first, patients, searches=args.peer_searches, warmup=3, server_pid=server.pid
+                )
             finally:
                 d.close()
 
@@ -578,13 +722,19 @@ def peer_run(args) -> dict | None:
     import fhir_http
 
     data = args.synthea_dir or fhir_http.default_data_dir()
-    first, patients = fhir_http.select_bundles(data, None if args.peer_bundles < 0 else
-                                               args.peer_bundles)
+    first, patients = fhir_http.select_bundles(
+        data, None if args.peer_bundles < 0 else args.peer_bundles
+    )
     with fhir_http.Peer(log=log) as peer:
         d = fhir_http.Driver(peer.base, timeout=300, log=log)
         try:
-            res = d.run(first, patients, searches=args.peer_searches, warmup=3,
-                        server_pid=peer.proc.pid if peer.proc else None)
+            res = d.run(
+                first,
+                patients,
+                searches=args.peer_searches,
+                warmup=3,
+                server_pid=peer.proc.pid if peer.proc else None,
+            )
         finally:
             d.close()
     res["server"] = {"name": "Medplum FhirRouter + MemoryRepository", **fhir_http.peer_versions()}
@@ -605,7 +755,7 @@ def growth(runs: list[dict]) -> dict:
         lo, hi = rs[0], rs[-1]
         g: dict[str, Any] = {"from": lo["patients"], "to": hi["patients"], "latency": {}}
 
-        def ratio(get):
+        def ratio(get, lo=lo, hi=hi):
             try:
                 a, b = get(lo), get(hi)
             except (KeyError, TypeError):
@@ -614,14 +764,19 @@ def growth(runs: list[dict]) -> dict:
 
         for who in ("system", "clinician"):
             for q in ("p50_ms", "p95_ms"):
-                g["latency"][f"P2 {who} {q}"] = ratio(lambda r: r["P2_everything"][who][q])
+                g["latency"][f"P2 {who} {q}"] = ratio(
+                    lambda r, who=who, q=q: r["P2_everything"][who][q]
+                )
         for kind, _ in SEARCH_KINDS:
             g["latency"][f"P3 {kind} p95_ms"] = ratio(
-                lambda r: r["P3_search"]["clinician"][kind]["p95_ms"])
+                lambda r, kind=kind: r["P3_search"]["clinician"][kind]["p95_ms"]
+            )
         g["latency"]["HTTP c=1 p50_ms"] = ratio(
-            lambda r: r["P3_http"]["levels"][0]["latency"]["p50_ms"])
+            lambda r: r["P3_http"]["levels"][0]["latency"]["p50_ms"]
+        )
         g["ingest_rate_smallest_over_largest"] = ratio(
-            lambda r: 1 / r["P1_ingest"]["resources_per_s"])
+            lambda r: 1 / r["P1_ingest"]["resources_per_s"]
+        )
         vals = [v for v in g["latency"].values() if v]
         g["worst_latency_ratio"] = max(vals) if vals else None
         out[backend] = g
@@ -663,35 +818,79 @@ def rows_for(runs: list[dict], levels: list[int]) -> list[tuple[str, str | None,
     def add(label, key, getter, nd=1, unit=""):
         rows.append((label, key, [_cell(getter(r), key, nd, unit) for r in runs]))
 
-    add("resources loaded (per patient)", None,
-        lambda r: f"{r['dataset']['resources']:,} ({r['dataset']['per_patient']:.1f})")
+    add(
+        "resources loaded (per patient)",
+        None,
+        lambda r: f"{r['dataset']['resources']:,} ({r['dataset']['per_patient']:.1f})",
+    )
     add("P1 ingest resources/s (wall)", "P1", lambda r: _get(r, "P1_ingest", "resources_per_s"), 0)
-    add("P1 ingest resources/CPU-s", None, lambda r: _get(r, "P1_ingest", "resources_per_cpu_s"),
-        0)
+    add("P1 ingest resources/CPU-s", None, lambda r: _get(r, "P1_ingest", "resources_per_cpu_s"), 0)
     if any(_get(r, "P1_ingest", "synthea") for r in runs):
-        add("P1 Synthea ingest resources/s", "P1",
-            lambda r: _get(r, "P1_ingest", "synthea", "resources_per_s"), 0)
+        add(
+            "P1 Synthea ingest resources/s",
+            "P1",
+            lambda r: _get(r, "P1_ingest", "synthea", "resources_per_s"),
+            0,
+        )
     for who in ("system", "clinician"):
-        add(f"P2 $everything {who} p50", "P2_p50",
-            lambda r, w=who: _get(r, "P2_everything", w, "p50_ms"), 1, " ms")
-        add(f"P2 $everything {who} p95", "P2_p95",
-            lambda r, w=who: _get(r, "P2_everything", w, "p95_ms"), 1, " ms")
-        add(f"P2 $everything {who} p99", None,
-            lambda r, w=who: _get(r, "P2_everything", w, "p99_ms"), 1, " ms")
+        add(
+            f"P2 $everything {who} p50",
+            "P2_p50",
+            lambda r, w=who: _get(r, "P2_everything", w, "p50_ms"),
+            1,
+            " ms",
+        )
+        add(
+            f"P2 $everything {who} p95",
+            "P2_p95",
+            lambda r, w=who: _get(r, "P2_everything", w, "p95_ms"),
+            1,
+            " ms",
+        )
+        add(
+            f"P2 $everything {who} p99",
+            None,
+            lambda r, w=who: _get(r, "P2_everything", w, "p99_ms"),
+            1,
+            " ms",
+        )
     for kind, label in SEARCH_KINDS:
-        add(f"P3 {label} p50/p95 (GP)", "P3_p95",
-            lambda r, k=kind: _get(r, "P3_search", "clinician", k, "p95_ms"), 1, " ms")
-        rows[-1] = (rows[-1][0], rows[-1][1], [
-            f"{_fmt(_get(r, 'P3_search', 'clinician', kind, 'p50_ms'))} / {c}"
-            for r, c in zip(runs, rows[-1][2])])
+        add(
+            f"P3 {label} p50/p95 (GP)",
+            "P3_p95",
+            lambda r, k=kind: _get(r, "P3_search", "clinician", k, "p95_ms"),
+            1,
+            " ms",
+        )
+        rows[-1] = (
+            rows[-1][0],
+            rows[-1][1],
+            [
+                f"{_fmt(_get(r, 'P3_search', 'clinician', kind, 'p50_ms'))} / {c}"
+                for r, c in zip(runs, rows[-1][2])
+            ],
+        )
     for i, c in enumerate(levels):
-        add(f"P3 HTTP searches req/s c={c}", "P3_rps",
-            lambda r, i=i: _get(r, "P3_http", "levels", i, "requests_per_s"), 0)
-        add(f"P3 HTTP p95 c={c}", "P3_p95",
-            lambda r, i=i: _get(r, "P3_http", "levels", i, "latency", "p95_ms"), 1, " ms")
+        add(
+            f"P3 HTTP searches req/s c={c}",
+            "P3_rps",
+            lambda r, i=i: _get(r, "P3_http", "levels", i, "requests_per_s"),
+            0,
+        )
+        add(
+            f"P3 HTTP p95 c={c}",
+            "P3_p95",
+            lambda r, i=i: _get(r, "P3_http", "levels", i, "latency", "p95_ms"),
+            1,
+            " ms",
+        )
     add("P5 $export resources/s", "P5", lambda r: _get(r, "P5_export", "resources_per_s"), 0)
-    add("P6 MLLP messages/s (ACK after commit)", "P6",
-        lambda r: _get(r, "P6_mllp", "messages_per_s") or "skipped", 0)
+    add(
+        "P6 MLLP messages/s (ACK after commit)",
+        "P6",
+        lambda r: _get(r, "P6_mllp", "messages_per_s") or "skipped",
+        0,
+    )
     add("P7 server RSS max under load", "P7", lambda r: _get(r, "P7_rss", "max_mb"), 0, " MB")
     return rows
 
@@ -720,28 +919,42 @@ def print_tables(result: dict) -> None:
             gt.add_column(f"{b} {v['from']:,}→{v['to']:,}", justify="right")
         keys = list(next(iter(g.values()))["latency"])
         for k in keys:
-            gt.add_row(k, TARGETS["P4"][0],
-                       *[_cell(v["latency"].get(k), "P4", 2, "×") for v in g.values()])
-        gt.add_row("ingest time/resource", "", *[
-            _fmt(v.get("ingest_rate_smallest_over_largest"), 2, "×") for v in g.values()])
+            gt.add_row(
+                k, TARGETS["P4"][0], *[_cell(v["latency"].get(k), "P4", 2, "×") for v in g.values()]
+            )
+        gt.add_row(
+            "ingest time/resource",
+            "",
+            *[_fmt(v.get("ingest_rate_smallest_over_largest"), 2, "×") for v in g.values()],
+        )
         console.print(gt)
     if result.get("peer"):
-        pt = Table(title="vs peer (Medplum FhirRouter in memory), Synthea over HTTP; "
-                         ">1 = ours better")
+        pt = Table(
+            title="vs peer (Medplum FhirRouter in memory), Synthea over HTTP; >1 = ours better"
+        )
         pt.add_column("measure")
         for b in result["peer"]["ratios"]:
             pt.add_column(b, justify="right")
         rs = result["peer"]["ratios"]
         first = next(iter(rs.values()))
-        pt.add_row("ingest resources/s (ours/peer; target ≥ 1.2)",
-                   *[_fmt(v["ingest_resources_per_s"]["ratio"], 2) for v in rs.values()])
+        pt.add_row(
+            "ingest resources/s (ours/peer; target ≥ 1.2)",
+            *[_fmt(v["ingest_resources_per_s"]["ratio"], 2) for v in rs.values()],
+        )
         for k in first:
             if k == "ingest_resources_per_s":
                 continue
-            pt.add_row(f"{k} p50 / p95 (peer/ours)", *[
-                (f"{_fmt(v[k].get('p50_ms'), 2)} / {_fmt(v[k].get('p95_ms'), 2)}"
-                 if v[k].get("ratio", 0) is not None else v[k].get("note", "-"))
-                for v in rs.values()])
+            pt.add_row(
+                f"{k} p50 / p95 (peer/ours)",
+                *[
+                    (
+                        f"{_fmt(v[k].get('p50_ms'), 2)} / {_fmt(v[k].get('p95_ms'), 2)}"
+                        if v[k].get("ratio", 0) is not None
+                        else v[k].get("note", "-")
+                    )
+                    for v in rs.values()
+                ],
+            )
         console.print(pt)
     for n in result["notes"]:
         console.print(f"[dim]- {n}[/]")
@@ -752,16 +965,21 @@ def print_tables(result: dict) -> None:
                 console.print(f"[dim]- {r['backend']} {r['patients']:,}: P5 method: {m}[/]")
                 break
         if _get(r, "P6_mllp", "skipped"):
-            console.print(f"[dim]- {r['backend']} {r['patients']:,}: P6 skipped: "
-                          f"{r['P6_mllp']['skipped']}[/]")
+            console.print(
+                f"[dim]- {r['backend']} {r['patients']:,}: P6 skipped: {r['P6_mllp']['skipped']}[/]"
+            )
         elif _get(r, "P6_mllp", "command"):
-            console.print(f"[dim]- {r['backend']} {r['patients']:,}: P6 from "
-                          f"{r['P6_mllp']['command']}: {r['P6_mllp']['by_connections']} msg/s "
-                          "by connections[/]")
+            console.print(
+                f"[dim]- {r['backend']} {r['patients']:,}: P6 from "
+                f"{r['P6_mllp']['command']}: {r['P6_mllp']['by_connections']} msg/s "
+                "by connections[/]"
+            )
         console.print(f"[dim]- {r['backend']} {r['patients']:,}: phases (s) {r.get('phases_s')}[/]")
         for who, d in (r.get("who") or {}).items():
-            console.print(f"[dim]- {r['backend']} {r['patients']:,}: {who} = {d}; visible "
-                          f"patients {_get(r, 'P2_everything', who, 'visible_patients')}[/]")
+            console.print(
+                f"[dim]- {r['backend']} {r['patients']:,}: {who} = {d}; visible "
+                f"patients {_get(r, 'P2_everything', who, 'visible_patients')}[/]"
+            )
 
 
 # ------------------------------------------------------------------------------ profile
@@ -812,34 +1030,54 @@ def profile(args) -> int:
 
 # ------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--patients", default=None, help="comma-separated sizes (default 1000,10000)")
     ap.add_argument("--backends", default=None, help="sqlite,postgresql (default both)")
     ap.add_argument("--quick", action="store_true", help="200 patients, SQLite, short loads")
     ap.add_argument("--json", type=Path, default=HERE / "results" / "latest.json")
-    ap.add_argument("--peer", action="store_true", help="also Synthea ingest+searches over HTTP, "
-                    "ours vs Medplum's router (bench/fhir_http.py), with ratios")
-    ap.add_argument("--peer-bundles", type=int, default=None, help="Synthea patient bundles for "
-                    "--peer (default all = -1; 5 with --quick)")
+    ap.add_argument(
+        "--peer",
+        action="store_true",
+        help="also Synthea ingest+searches over HTTP, "
+        "ours vs Medplum's router (bench/fhir_http.py), with ratios",
+    )
+    ap.add_argument(
+        "--peer-bundles",
+        type=int,
+        default=None,
+        help="Synthea patient bundles for --peer (default all = -1; 5 with --quick)",
+    )
     ap.add_argument("--peer-searches", type=int, default=None, help="per search kind (--peer)")
-    ap.add_argument("--synthea", action="store_true", help="also load the shared Synthea bundles "
-                    "in P1 (reported separately)")
+    ap.add_argument(
+        "--synthea",
+        action="store_true",
+        help="also load the shared Synthea bundles in P1 (reported separately)",
+    )
     ap.add_argument("--synthea-dir", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--everything-samples", type=int, default=None,
-                    help="$everything calls per access (default 200; 100 with --quick)")
+    ap.add_argument(
+        "--everything-samples",
+        type=int,
+        default=None,
+        help="$everything calls per access (default 200; 100 with --quick)",
+    )
     ap.add_argument("--page-size", type=int, default=100, help="$everything _count (as the API)")
-    ap.add_argument("--search-patients", type=int, default=None, help="patients to draw query "
-                    "values from")
+    ap.add_argument(
+        "--search-patients", type=int, default=None, help="patients to draw query values from"
+    )
     ap.add_argument("--search-samples", type=int, default=None, help="timed searches per kind")
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--http-requests", type=int, default=None, help="per concurrency level")
     ap.add_argument("--http-duration", type=float, default=None, help="seconds per level (max)")
     ap.add_argument("--no-http", action="store_true", help="skip the server (P3 HTTP, P7)")
     ap.add_argument("--no-mllp", action="store_true", help="skip P6 (bench/mllp_throughput.py)")
-    ap.add_argument("--profile", action="store_true", help="write pyinstrument profiles of "
-                    "ingest/$everything/search next to --json and exit")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="write pyinstrument profiles of ingest/$everything/search next to --json and exit",
+    )
     args = ap.parse_args(argv)
 
     q = args.quick
@@ -880,8 +1118,11 @@ def main(argv: list[str] | None = None) -> int:
             a.synthea_dir = load_dir
             runs.append(measure(backend, n, a))
     result: dict[str, Any] = {
-        "meta": {"when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
-                 "elapsed_s": None},
+        "meta": {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "elapsed_s": None,
+        },
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "targets": {k: v[0] for k, v in TARGETS.items()},
         "notes": list(NOTES),
@@ -893,9 +1134,14 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             peer = peer_run(args)
-            result["peer"] = {"run": peer, "ratios": {
-                f"{r['backend']} {r['patients']:,}": fhir_http.ratios(r["peer_compare"], peer)
-                for r in runs if r.get("peer_compare")}}
+            result["peer"] = {
+                "run": peer,
+                "ratios": {
+                    f"{r['backend']} {r['patients']:,}": fhir_http.ratios(r["peer_compare"], peer)
+                    for r in runs
+                    if r.get("peer_compare")
+                },
+            }
         except Exception as e:  # noqa: BLE001 - the rest of the run still counts
             log(f"peer failed: {type(e).__name__}: {e}")
             result["peer"] = None

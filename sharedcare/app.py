@@ -60,10 +60,12 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
     sc = sc or SharedCare.open(**open_kwargs)
     from . import web
     from .governance import smart
+    from .programme import pages as programme_pages
 
     # SMART routes come before the FHIR ones: /fhir/{type}/{id} would otherwise catch
     # /fhir/.well-known/smart-configuration.
-    routes = web.routes(sc) + smart.routes(sc) + FhirApi(sc.store, sc.governance, sc).routes()
+    routes = (web.routes(sc) + programme_pages.routes(sc) + smart.routes(sc)
+              + FhirApi(sc.store, sc.governance, sc).routes())
     from .web.core import CsrfMiddleware
 
     app = Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=2048),

@@ -14,16 +14,48 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_bench_quick_runs_and_writes_json(tmp_path):
     out = tmp_path / "quick.json"
-    cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--backends", "sqlite",
-           "--patients", "30", "--everything-samples", "10", "--search-patients", "5",
-           "--search-samples", "5", "--http-requests", "40", "--http-duration", "1",
-           "--concurrency", "1,4", "--no-mllp", "--json", str(out)]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO,
-                       env={**__import__("os").environ, "COLUMNS": "200"}, check=False)
+    cmd = [
+        sys.executable,
+        str(REPO / "bench" / "run.py"),
+        "--quick",
+        "--backends",
+        "sqlite",
+        "--patients",
+        "30",
+        "--everything-samples",
+        "10",
+        "--search-patients",
+        "5",
+        "--search-samples",
+        "5",
+        "--http-requests",
+        "40",
+        "--http-duration",
+        "1",
+        "--concurrency",
+        "1,4",
+        "--no-mllp",
+        "--json",
+        str(out),
+    ]
+    p = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+        env={**__import__("os").environ, "COLUMNS": "200"},
+        check=False,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "sharedcare benchmarks" in p.stdout
-    for label in ("P1 ingest", "P2 $everything", "P3 HTTP searches req/s c=4", "P5 $export",
-                  "P7 server RSS"):
+    for label in (
+        "P1 ingest",
+        "P2 $everything",
+        "P3 HTTP searches req/s c=4",
+        "P5 $export",
+        "P7 server RSS",
+    ):
         assert label in p.stdout, label
     result = json.loads(out.read_text())
     (run,) = result["runs"]

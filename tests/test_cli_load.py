@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from typer.testing import CliRunner
 
-from .fhir._support import load_json, patient_file, directory_files
+from .fhir._support import directory_files, load_json, patient_file
 
 
 def _counts(url: str) -> dict[str, int]:

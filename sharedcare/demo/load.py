@@ -12,6 +12,7 @@ from ..fhir import bundle as bundles
 from ..fhir.codes import NHS_NUMBER_SYSTEM
 from ..governance.policy import Access
 from ..governance.schema import break_glass, staff
+from ..programme.engagement import seed_examples
 from ..store.schema import idx_token, resource
 from . import CareSystem
 
@@ -89,6 +90,8 @@ def load_demo(sc, cs: CareSystem, progress: Callable[[str, int], None] | None = 
                 patient_id=ids.get(e["nhs_number"]), reason=e.get("reason"),
                 glass=e["action"] == "break-glass", conn=conn, recorded=_ts(e["when"]))
     say("audit events", len(history))
+    # Illustrative feedback, readiness assessments and champions for the programme pages.
+    seed_examples(sc.engine, cs.as_of)
     with sc.engine.begin() as conn:
         conn.execute(insert(staff), [{"username": DEMO_MARKER, "display_name": "demo seed marker",
                                       "active": False, "failed_logins": 0,

@@ -40,7 +40,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import orjson
-from sqlalchemy import Connection, and_, false, not_, or_, select
+from sqlalchemy import Connection, and_, false, func, not_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import DIRECTORY_TYPES
@@ -148,22 +148,28 @@ def secondary_filter(scope: Scope) -> ColumnElement:
                 or_(r.type.in_(sorted(DIRECTORY_TYPES)), patient_data))
 
 
-def iter_governed(conn_factory, scope: Scope, rtype: str, batch: int = 2000
+def iter_governed(conn_factory, scope: Scope, rtype: str, window: int = 10_000
                   ) -> Iterator[dict]:
     """The raw (identifiable) resources of one type in scope, in row order. Internal to this
-    module: callers get them only through a Pseudonymiser."""
+    module: callers get them only through a Pseudonymiser. Read in row-key windows, so each
+    query is an index range scan and the whole read stays linear in the store's size."""
     pred = secondary_filter(scope)
-    last = 0
-    while True:
+    with conn_factory() as conn:
+        lo, hi = conn.execute(select(func.min(resource.c.pk), func.max(resource.c.pk))
+                              .where(resource.c.type == rtype)).one()
+    if lo is None:
+        return
+    start = lo - 1
+    while start < hi:
+        end = start + window
         with conn_factory() as conn:
-            rows = conn.execute(select(resource.c.pk, resource.c.content)
-                                .where(pred, resource.c.type == rtype, resource.c.pk > last)
-                                .order_by(resource.c.pk).limit(batch)).all()
-        if not rows:
-            return
-        for _pk, content in rows:
+            rows = conn.execute(select(resource.c.content)
+                                .where(pred, resource.c.type == rtype, resource.c.pk > start,
+                                       resource.c.pk <= end)
+                                .order_by(resource.c.pk)).all()
+        for (content,) in rows:
             yield orjson.loads(content)
-        last = rows[-1][0]
+        start = end
 
 
 def _views(view_names_or_defs: Sequence[str | dict]) -> list[tuple[str, dict]]:

@@ -49,10 +49,17 @@ def env() -> Environment:
                            lstrip_blocks=True)
         _env.globals["role_label"] = lambda r: ROLE_LABELS.get(r, r)
         _env.globals["nav_links"] = nav_links
+        _env.globals["current_link"] = current_link
     return _env
 
 
 CLINICAL_ROLES = ("clinician", "nurse", "allied-health", "social-worker", "admin")
+
+
+def current_link(path: str, links: list[tuple[str, str]]) -> str | None:
+    """The menu item this page belongs to: the longest link that is the path or a parent."""
+    hits = [h for h, _ in links if path == h or path.startswith(h.rstrip("/") + "/")]
+    return max(hits, key=len) if hits else None
 
 
 def nav_links(access: Access) -> list[tuple[str, str]]:
@@ -65,7 +72,7 @@ def nav_links(access: Access) -> list[tuple[str, str]]:
         links += [("/governance/audit", "Audit"), ("/governance/break-glass", "Break-glass review"),
                   ("/programme/agreements", "Sharing agreements")]
     if role == "programme-lead":
-        links += [("/programme/adoption", "Adoption"), ("/programme/map", "Partner map"),
+        links += [("/programme", "Overview"), ("/programme/adoption", "Adoption"), ("/programme/map", "Partner map"),
                   ("/programme/agreements", "Sharing agreements"),
                   ("/programme/feedback", "Feedback inbox"), ("/programme/readiness", "Readiness"),
                   ("/programme/case-studies", "Case studies"), ("/population", "Population health")]

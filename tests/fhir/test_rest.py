@@ -4,12 +4,11 @@ delete, history, metadata) and its answers to bad input. Runs on SQLite and Post
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 from sqlalchemy import func, select
 
-from ._support import FHIR_JSON, outcome, patient_file, load_json, next_link, relative
+from ._support import FHIR_JSON, load_json, next_link, outcome, patient_file, relative
 
 MRN = "http://hospital.example.org/mrn"
 
@@ -152,10 +151,6 @@ def test_delete_then_read_is_410_and_history_shows_it(client):
     assert r.status_code == 201 and r.json()["meta"]["versionId"] == "3"
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason="BUG: DELETE of an unknown or already "
-                   "deleted resource crashes (500): Store._write inserts an empty list of "
-                   "resource_version rows (store/repository.py, the resource_version insert "
-                   "is not guarded by `if version_rows`)")
 def test_delete_of_unknown_or_already_deleted_resource_is_harmless(client, sc):
     rid = create(client, patient("d-2")).json()["id"]
     assert client.delete(f"/fhir/Patient/{rid}").status_code in (200, 204)

@@ -13,10 +13,12 @@ from sharedcare.fhir.outcome import FHIRError
 from sharedcare.governance.auth import TokenService
 from sharedcare.governance.schema import staff
 
+PASSWORD = "correct horse battery staple"
+
 
 @pytest.fixture
 def api(sc):
-    build(sc, password="correct horse battery staple")
+    build(sc)
     with TestClient(create_app(sc), base_url="http://testserver") as c:
         yield sc, c
 
@@ -42,9 +44,16 @@ def other_key_token(gov):
                            "purpose": "direct-care", "scope": "user/*.cruds", "kind": "user"})
 
 
-@pytest.mark.parametrize("bad", ["none", "expired", "other-key", "garbage", "three-dots",
-                                 "alg-none", "empty-bearer", "basic"])
-def test_401_operation_outcome(api, bad):
+BAD_TOKENS = ["none", "expired", "other-key", "garbage", "three-dots", "alg-none",
+              "empty-bearer", "basic"]
+
+
+def test_401_operation_outcome(api):
+    for bad in BAD_TOKENS:
+        check_401(api, bad)
+
+
+def check_401(api, bad):
     sc, c = api
     gov = sc.governance
     headers = {}
@@ -68,7 +77,8 @@ def test_401_operation_outcome(api, bad):
     for path in ("Observation/o-plain", "Observation?subject=Patient/P1",
                  "Patient/P1/$everything"):
         r = c.get(f"/fhir/{path}", headers=headers)
-        body = assert_outcome(r, 401)
+        body = assert_outcome(r, 401) if r.status_code == 401 else pytest.fail(
+            f"{bad} token: {r.status_code} {r.text[:200]}")
         assert body["issue"][0]["code"] == "login"
         assert r.headers.get("www-authenticate", "").startswith("Bearer")
 
@@ -138,7 +148,8 @@ def test_patient_scopes_confine_to_the_launch_patient(api):
 def test_local_account_lockout_and_argon2(api):
     sc, _ = api
     gov = sc.governance
-    good = "correct horse battery staple"
+    good = PASSWORD
+    gov.add_staff("hos.doc", "Dr hos.doc", [("HOS", "clinician")], good)
     with sc.engine.connect() as conn:
         stored = conn.execute(select(staff.c.password_hash)
                               .where(staff.c.username == "hos.doc")).scalar()

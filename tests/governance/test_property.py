@@ -21,8 +21,8 @@ from starlette.testclient import TestClient
 from sharedcare.app import SharedCare, create_app
 
 TALLY: dict[str, Tally] = {}
-EXAMPLES = {"sqlite": int(os.environ.get("GOV_EXAMPLES", "30")),
-            "postgresql": int(os.environ.get("GOV_PG_EXAMPLES", "6"))}
+EXAMPLES = {"sqlite": int(os.environ.get("GOV_EXAMPLES", "24")),
+            "postgresql": int(os.environ.get("GOV_PG_EXAMPLES", "4"))}
 
 
 def fresh(database_url: str, tmp_path) -> SharedCare:
@@ -65,7 +65,7 @@ def test_governed_reads_match_the_oracle(database_url, tmp_path):
     assert tally.total >= (10_000 if backend == "sqlite" else 1_000)
 
 
-HTTP_EXAMPLES = {"sqlite": int(os.environ.get("GOV_HTTP_EXAMPLES", "4")), "postgresql": 2}
+HTTP_EXAMPLES = {"sqlite": int(os.environ.get("GOV_HTTP_EXAMPLES", "3")), "postgresql": 1}
 
 
 def test_fhir_api_matches_the_oracle(database_url, tmp_path):
