@@ -60,12 +60,13 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
     sc = sc or SharedCare.open(**open_kwargs)
     from . import web
     from .governance import smart
+    from .population import export as bulk_export
     from .programme import pages as programme_pages
 
-    # SMART routes come before the FHIR ones: /fhir/{type}/{id} would otherwise catch
-    # /fhir/.well-known/smart-configuration.
+    # $export and SMART routes come before the FHIR ones, whose /fhir/{type}/{id} would
+    # otherwise catch /fhir/$export-poll/... and /fhir/.well-known/smart-configuration.
     routes = (web.routes(sc) + programme_pages.routes(sc) + smart.routes(sc)
-              + FhirApi(sc.store, sc.governance, sc).routes())
+              + bulk_export.routes(sc) + FhirApi(sc.store, sc.governance, sc).routes())
     from .web.core import CsrfMiddleware
 
     app = Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=2048),

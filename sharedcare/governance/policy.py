@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from sqlalchemy import Connection, and_, false, literal, not_, or_, select, true, union
+from sqlalchemy import Connection, and_, exists, false, literal, not_, or_, select, true, union
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import DIRECTORY_TYPES
@@ -152,18 +152,17 @@ class ResourcePolicy:
         a = self.access
         c = compartment.alias("oc")
         o = patient_choice.alias("oo")
-        objected = (
-            select(c.c.resource_pk).join(o, o.c.patient_id == c.c.patient_id)
-            .where(or_(o.c.kind == "objection-all",
-                       and_(o.c.kind == "objection-from", o.c.ods == resource.c.source_org),
-                       and_(o.c.kind == "objection-to", o.c.ods == literal(a.ods))))
-        )
+        kinds = [o.c.kind == "objection-all",
+                 and_(o.c.kind == "objection-from", o.c.ods == resource.c.source_org),
+                 and_(o.c.kind == "objection-to", o.c.ods == literal(a.ods))]
         if self.access.purpose != DIRECT_CARE:
             # The national data opt-out applies to planning and research, never direct care.
-            objected = union(objected, select(c.c.resource_pk).join(
-                o, o.c.patient_id == c.c.patient_id).where(o.c.kind == "national-opt-out"))
+            kinds.append(o.c.kind == "national-opt-out")
+        # NOT EXISTS correlated on the row: an index probe per row, not a re-sorted subquery.
+        objected = exists().where(c.c.resource_pk == resource.c.pk,
+                                  o.c.patient_id == c.c.patient_id, or_(*kinds))
         own = resource.c.source_org == a.ods if a.ods else false()
-        return or_(own, resource.c.pk.not_in(objected))
+        return or_(own, not_(objected))
 
     def relationship_patients(self):
         a = self.access

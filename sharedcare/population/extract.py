@@ -100,6 +100,10 @@ def covering_agreements(conn: Connection, ods: str, purpose: str,
     return [aid for aid, purposes in rows if purpose in purposes.split()]
 
 
+# Secondary use is the programme's and IG's business, not a clinician's in the course of care.
+EXTRACT_ROLES = frozenset({"programme-lead", "ig-lead", "system"})
+
+
 def secondary_scope(conn: Connection, access: Access) -> Scope:
     """The agreements and controllers a planning/research request may use; 403 if none."""
     if access.purpose not in SECONDARY_PURPOSES:
@@ -107,8 +111,10 @@ def secondary_scope(conn: Connection, access: Access) -> Scope:
                         ["ask for a token issued for the planning or research purpose"])
     if not access.ods:
         raise forbidden("an extract is made for an organisation: the token names none")
-    if access.role == "patient" or access.patient_id:
-        raise forbidden("patients' own accounts cannot run population extracts")
+    if access.role not in EXTRACT_ROLES:
+        raise forbidden(f"the {access.role} role cannot run population extracts",
+                        ["extracts are run by the programme lead, the IG lead, or a partner "
+                         "system with an agreement for the purpose"])
     ids = covering_agreements(conn, access.ods, access.purpose)
     if not ids:
         raise forbidden(

@@ -60,7 +60,9 @@ def make_engine(url: str | None = None, folder: Path | None = None) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # JIT compilation costs more than it saves on a record store's short indexed queries.
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True,
+                         connect_args={"options": "-c jit=off"})
 
 
 def is_sqlite(engine: Engine) -> bool:
