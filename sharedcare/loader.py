@@ -16,6 +16,7 @@ import orjson
 from .fhir import bundle as bundles
 from .fhir.categories import DIRECTORY_TYPES
 from .fhir.outcome import FHIRError
+from .fhir.validation import problems
 from .store.repository import Store, WriteOp, stamp_source
 
 
@@ -91,28 +92,51 @@ class Loader:
         self.loaded += sum(1 for e in result["entry"]
                            if e["response"]["status"].startswith(("200", "201")))
 
-    def _resources(self, resources: list[dict], where: str) -> None:
+    def _resources(self, resources: list[dict], where: str,
+                   lines: list[int] | None = None) -> None:
+        """Write in batches; when a batch is refused, find the bad resources (each named by its
+        line, or its position in a Bundle) and write the rest, so one bad line loses nothing else."""
+        lines = lines or list(range(1, len(resources) + 1))
         for i in range(0, len(resources), self.batch):
-            chunk = resources[i: i + self.batch]
-            ops = [WriteOp("PUT", r.get("resourceType"), r.get("id") or str(uuid.uuid4()), r,
-                           where=f"{where}[{i + n}]") for n, r in enumerate(chunk)]
+            chunk = list(zip(lines[i: i + self.batch], resources[i: i + self.batch], strict=True))
             try:
-                self.store.write(ops, source_org=self.source_org)
-                self.loaded += len(ops)
-            except FHIRError as e:
-                self._reject(f"{where} lines {i + 1}-{i + len(chunk)}", str(e))
+                self.store.write([self._op(r, where, n) for n, r in chunk],
+                                 source_org=self.source_org)
+                self.loaded += len(chunk)
+            except FHIRError:
+                good = []
+                for n, r in chunk:
+                    issues = problems(r)
+                    if issues:
+                        self._reject(f"{where}:{n}", "; ".join(
+                            (f"{x.expression}: " if x.expression else "") + x.diagnostics
+                            for x in issues))
+                    else:
+                        good.append((n, r))
+                for n, r in good:  # one at a time: whatever else is wrong is named precisely
+                    try:
+                        self.store.write([self._op(r, where, n)], source_org=self.source_org)
+                        self.loaded += 1
+                    except FHIRError as e:
+                        self._reject(f"{where}:{n}", str(e))
+
+    @staticmethod
+    def _op(r: dict, where: str, n: int) -> WriteOp:
+        return WriteOp("PUT", r.get("resourceType"), r.get("id") or str(uuid.uuid4()), r,
+                       where=f"{where}:{n}")
 
     def _ndjson(self, path: Path, raw: bytes) -> None:
-        resources = []
+        resources, lines = [], []
         for n, line in enumerate(raw.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 resources.append(orjson.loads(line))
+                lines.append(n)
             except orjson.JSONDecodeError as e:
                 self._reject(f"{path}:{n}", f"not valid JSON: {e}")
-        self._resources(resources, str(path))
+        self._resources(resources, str(path), lines)
 
     def _reject(self, where: str, problem: str) -> None:
         self.rejected.append((where, problem))
-        self.rejected_files.add(where.split(":")[0].split(" lines")[0].split("[")[0])
+        self.rejected_files.add(where.split(":")[0])

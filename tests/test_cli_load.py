@@ -98,10 +98,6 @@ def test_ndjson_bad_line_reports_its_line_number(database_url, tmp_path):
     assert _counts(database_url).get("Patient") == 5
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a schema-invalid NDJSON line rejects its whole "
-                   "batch (loader.Loader._resources writes --batch lines, default 500, in one "
-                   "transaction and reports 'lines 1-500' with a 0-based [index]), so valid "
-                   "lines are lost and the bad line's number is not reported")
 def test_ndjson_schema_invalid_line_names_it_and_the_rest_loads(database_url, tmp_path):
     d = tmp_path / "nd"
     d.mkdir()

@@ -151,7 +151,7 @@ class FhirApi:
             if len(ids) > 1:
                 raise FHIRError.of(412, "multiple-matches", "the conditions match several resources")
             if ids:
-                self.store.write([WriteOp("DELETE", rtype, ids[0], None)])
+                self.store.write([WriteOp("DELETE", rtype, ids[0], None)], source_org=access.ods)
             self.gov.audit(access, "delete", entity=f"{rtype}?{query}")
             return Response(status_code=204)
         body = _body(raw)
@@ -243,7 +243,8 @@ class FhirApi:
             return fhir_response(s.content, 200, _resource_headers(s))
         self.gov.require_write(access, {rtype})
         if request.method == "DELETE":
-            result = self.store.write([WriteOp("DELETE", rtype, rid, None)])[0]
+            result = self.store.write([WriteOp("DELETE", rtype, rid, None)],
+                                      source_org=access.ods)[0]
             self.gov.audit(access, "delete", entity=f"{rtype}/{rid}")
             return Response(status_code=204, headers={"ETag": result.stored.etag})
         body = _body(raw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 
 from .. import __version__
-from ..store.search import MODIFIERS
+from ..store.search import MODIFIERS, NOT_SUPPORTED
 
 INTERACTIONS = ["read", "vread", "update", "delete", "history-instance", "history-type",
                 "create", "search-type"]
@@ -19,7 +19,8 @@ def _resources(indexer) -> tuple:
             {"name": code, "type": sp.type, "definition": sp.url,
              "documentation": f"modifiers: {', '.join(sorted(MODIFIERS.get(sp.type, ())))}"}
             for code, sp in sorted(indexer.params_for(rtype).items())
-            if sp.type not in ("composite", "special")
+            if sp.type not in ("composite", "special") and code not in NOT_SUPPORTED
+            and indexer.is_indexed(rtype, code)
         ]
         params += [
             {"name": "_id", "type": "token"},

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, and_, delete, false, func, insert, not_, or_, sel
 from ..fhir.categories import DIRECTORY_TYPES
 from ..fhir.compartment import patient_compartment_types
 from ..fhir.outcome import FHIRError
-from ..store.repository import SearchPage, Store, Stored
+from ..store.repository import SearchPage, Store, Stored, governance_columns
 from ..store.schema import compartment, resource
 from .audit import AuditTrail
 from .auth import (
@@ -183,13 +183,18 @@ class Governance:
         return bool(until and until > datetime.now(UTC).isoformat())
 
     # ------------------------------------------------------------------ may they
-    def require(self, access: Access, rtype: str, perm: str) -> None:
-        """SMART scopes narrow access: the token must carry a scope for this type and action."""
+    def require(self, access: Access, rtype: str, perm: str, action: str | None = None,
+                entity: str | None = None) -> None:
+        """SMART scopes narrow access: the token must carry a scope for this type and action.
+        A refusal of a read is audited like any other refused access."""
         if access.scopes is None:
             return
         scopes = parse_scopes(" ".join(access.scopes))
         if not any(s.allows(rtype, perm) for s in scopes):
-            raise forbidden(f"the access token's scopes do not allow '{perm}' on {rtype}")
+            reason = f"the access token's scopes do not allow '{perm}' on {rtype}"
+            if action:
+                self.audit(access, action, "4", entity=entity or rtype, reason=reason)
+            raise forbidden(reason)
 
     def require_write(self, access: Access, types) -> None:
         for t in types:
@@ -221,7 +226,7 @@ class Governance:
 
     # ------------------------------------------------------------------ governed reads
     def read(self, access: Access, rtype: str, rid: str) -> Stored:
-        self.require(access, rtype, "r")
+        self.require(access, rtype, "r", "read", f"{rtype}/{rid}")
         pinned = self._scope_patient(access)
         try:
             s = self.store.read(rtype, rid, access.policy)
@@ -242,28 +247,47 @@ class Governance:
         return s
 
     def vread(self, access: Access, rtype: str, rid: str, version: int) -> Stored:
-        self.require(access, rtype, "r")
+        self.require(access, rtype, "r", "vread", f"{rtype}/{rid}")
         s = self.store.vread(rtype, rid, version, access.policy)
+        patient = self._first_patient(rtype, rid)
+        decision = self._version_decision(access, s, patient)
+        if not decision.permitted:
+            self.audit(access, "vread", "4", entity=f"{rtype}/{rid}/_history/{version}",
+                       patient_id=patient, reason="; ".join(decision.reasons))
+            raise forbidden(f"you may not see version {version} of {rtype}/{rid}",
+                            decision.reasons)
         self.audit(access, "vread", "0", entity=f"{rtype}/{rid}/_history/{version}",
-                   patient_id=self._first_patient(rtype, rid))
+                   patient_id=patient)
         return s
 
     def history(self, access: Access, rtype, rid, since, count, before):
-        self.require(access, rtype or "*", "r")
+        self.require(access, rtype or "*", "r", "history", rtype)
         rows, nxt = self.store.history(access.policy, rtype, rid, since, count, before)
+        # The store filters on each resource's current labels; an older version carries its
+        # own (it may have been more sensitive), so each is checked on what it was.
+        rows = [(m, s, t) for m, s, t in rows if s.deleted or self._version_decision(
+            access, s, self._first_patient(t, s.id)).permitted]
         self.audit(access, "history", "0", entity="/".join(x for x in (rtype, rid) if x) or "*",
                    patient_id=self._first_patient(rtype, rid) if rid else None)
         return rows, nxt
 
+    def _version_decision(self, access: Access, s: Stored, patient_id: str | None) -> Decision:
+        src, cat, sens = governance_columns(s.json())
+        row = {"type": s.type, "source_org": src, "category": cat, "sensitivity": sens}
+        with self.engine.connect() as conn:
+            return decide(conn, access, row, patient_id)
+
     def search(self, access: Access, rtype: str | None, params, lenient: bool = False,
                compartment: str | None = None) -> SearchPage:
-        self.require(access, rtype or "*", "s")
+        # The audit names what was searched for, never the values: a name or a date of birth
+        # in a query string is patient data.
+        query = "&".join(dict.fromkeys(k for k, _ in params if k != "_cursor"))
+        self.require(access, rtype or "*", "s", "search", f"{rtype}?{query}")
         pinned = self._scope_patient(access)
         if pinned:
             if compartment and compartment != pinned:
                 raise forbidden("this token is confined to another patient's record")
             compartment = pinned if rtype in patient_compartment_types() else compartment
-        query = "&".join(f"{k}={v}" for k, v in params if k != "_cursor")
         try:
             page = self.store.search(rtype, params, access.policy, lenient, compartment)
         except FHIRError as e:
@@ -279,7 +303,7 @@ class Governance:
     def everything(self, access: Access, patient_id: str, count: int = 100,
                    cursor: str | None = None, since: str | None = None,
                    types: list[str] | None = None) -> PatientView:
-        self.require(access, "Patient", "r")
+        self.require(access, "Patient", "r", "everything", f"Patient/{patient_id}/$everything")
         pinned = self._scope_patient(access)
         if pinned and pinned != patient_id:
             raise forbidden("this token is confined to another patient's record")
@@ -305,6 +329,19 @@ class Governance:
                    entity=f"Patient/{patient_id}/$everything",
                    glass=self.has_glass(access, patient_id))
         return view
+
+    def locate_patient(self, access: Access, nhs_number: str) -> str | None:
+        """The id (and nothing else) of the patient with this NHS number, so a clinician with no
+        relationship yet can declare one or break glass. Audited like any access."""
+        from ..fhir.codes import NHS_NUMBER_SYSTEM
+
+        if access.role not in BREAK_GLASS_ROLES or access.purpose != DIRECT_CARE:
+            raise forbidden(f"the {access.role} role cannot look patients up")
+        ids = self.store.match_ids("Patient", f"identifier={NHS_NUMBER_SYSTEM}|{nhs_number}",
+                                   limit=1)
+        self.audit(access, "locate", "0", patient_id=ids[0] if ids else None,
+                   entity="Patient?identifier")
+        return ids[0] if ids else None
 
     def check_patient(self, access: Access, patient_id: str, action: str) -> list[str]:
         """Patient-level decision (legitimate relationship); 403 with reasons when refused."""
@@ -339,8 +376,8 @@ class Governance:
     def has_glass(self, access: Access, patient_id: str) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(select(break_glass.c.id).where(
-                break_glass.c.username == access.username,
-                break_glass.c.patient_id == patient_id,
+                break_glass.c.username == access.username, break_glass.c.ods == access.ods,
+                break_glass.c.role == access.role, break_glass.c.patient_id == patient_id,
                 break_glass.c.expires > now_text())).first() is not None
 
     def _patients_of(self, pk: int | None) -> list[str]:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy import Connection, Engine, insert, select, text, update
 
 from .policy import Access, now_text
-from .schema import audit_event
+from .schema import audit_anchor, audit_event
 
 GENESIS = "0" * 64
 ACTIONS = {
@@ -150,7 +150,14 @@ class AuditTrail:
                "prev_hash": last[1] if last else GENESIS}
         row["hash"] = row_hash(self.key, row)
         conn.execute(insert(audit_event), [row])
+        head = {"seq": seq, "hash": row["hash"], "mac": self._anchor_mac(seq, row["hash"])}
+        if conn.execute(update(audit_anchor).where(audit_anchor.c.id == 1).values(**head)
+                        ).rowcount == 0:
+            conn.execute(insert(audit_anchor), [{"id": 1, **head}])
         return seq
+
+    def _anchor_mac(self, seq: int, head_hash: str) -> str:
+        return hmac.new(self.key, f"anchor:{seq}:{head_hash}".encode(), hashlib.sha256).hexdigest()
 
     def verify(self) -> list[str]:
         """Problems found walking the chain from the start: empty when intact."""
@@ -170,4 +177,15 @@ class AuditTrail:
                     problems.append(f"event {row['seq']}: its contents were changed after it "
                                     "was recorded")
                 prev_hash, prev_seq = row["hash"], row["seq"]
+            anchor = conn.execute(select(audit_anchor).where(audit_anchor.c.id == 1)).first()
+        # The anchor names the newest event: without it, deleting the latest events (or all
+        # of them) would leave a chain that is intact as far as it goes.
+        if anchor is None:
+            if prev_seq:
+                problems.append("the chain's anchor is missing (deleted)")
+        elif anchor.mac != self._anchor_mac(anchor.seq, anchor.hash):
+            problems.append("the chain's anchor was changed")
+        elif (anchor.seq, anchor.hash) != (prev_seq, prev_hash):
+            problems.append(f"the newest events are missing: the trail ends at event {prev_seq} "
+                            f"but event {anchor.seq} was recorded")
         return problems

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from sqlalchemy import Connection, and_, exists, false, literal, not_, or_, select, true, union
+from sqlalchemy import Connection, and_, exists, false, func, literal, not_, or_, select, true, union
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import DIRECTORY_TYPES
@@ -127,18 +127,21 @@ class ResourcePolicy:
         return or_(*ors) if ors else false()
 
     def category_rule(self) -> ColumnElement:
+        # Always an explicit list: a category nobody has classified is nobody's to see.
         cats = ROLE_CATEGORIES.get(self.access.role, frozenset())
-        if cats >= set(CLINICAL):
-            return true()
         return resource.c.category.in_(sorted(cats)) if cats else false()
 
     def sensitivity_rule(self, glass: bool = True) -> ColumnElement:
         """Labelled data from another organisation is withheld unless the role may see every
-        label on it -- or the viewer has broken glass for that patient."""
-        allowed = ROLE_SENSITIVITY.get(self.access.role, frozenset())
-        blocked = [s for s in SENSITIVE if s not in allowed]
-        cond = or_(resource.c.sensitivity == "",
-                   and_(*[not_(resource.c.sensitivity.like(f"% {s} %")) for s in blocked]))
+        label on it -- or the viewer has broken glass for that patient. Any label the role is
+        not explicitly allowed (including one this table has never heard of) withholds."""
+        allowed = sorted(ROLE_SENSITIVITY.get(self.access.role, frozenset()))
+        # The column holds ' label label ' (sorted, unique): strip the allowed labels and
+        # whatever remains is a label this role may not see.
+        rest = resource.c.sensitivity
+        for label in allowed:
+            rest = func.replace(rest, f" {label} ", " ")
+        cond = or_(resource.c.sensitivity == "", rest == " ")
         if self.access.ods:
             cond = or_(cond, resource.c.source_org == self.access.ods)
         if glass and self.access.needs_relationship:
@@ -173,9 +176,12 @@ class ResourcePolicy:
             or_(care_relationship.c.kind != "declared", care_relationship.c.username == a.username))
 
     def glass_patients(self):
+        """Patients this person broke glass for in this role at this organisation (glass broken
+        as an A&E clinician does not open records to the same person working elsewhere)."""
         a = self.access
         return select(break_glass.c.patient_id).where(
-            break_glass.c.username == a.username, break_glass.c.expires > now_text())
+            break_glass.c.username == a.username, break_glass.c.ods == a.ods,
+            break_glass.c.role == a.role, break_glass.c.expires > now_text())
 
     def relationship_rule(self) -> ColumnElement:
         if not self.access.needs_relationship:
@@ -269,6 +275,7 @@ def explain_relationship(conn: Connection, access: Access, patient_id: str) -> l
         }.get(kind, kind))
     for (reason,) in conn.execute(select(break_glass.c.reason).where(
             break_glass.c.username == access.username, break_glass.c.patient_id == patient_id,
+            break_glass.c.ods == access.ods, break_glass.c.role == access.role,
             break_glass.c.expires > now)):
         out.append(f"you broke glass: {reason}")
     return out

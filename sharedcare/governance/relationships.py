@@ -17,8 +17,10 @@ from ..store.schema import idx_token, resource
 from .policy import now_text
 from .schema import care_relationship
 
-OPEN_ENCOUNTER = {"planned", "arrived", "triaged", "in-progress", "onleave"}
-ACTIVE_EPISODE = {"planned", "waitlist", "active", "onhold"}
+# Only care that is happening now is a legitimate relationship: not a planned encounter, not a
+# draft referral.
+OPEN_ENCOUNTER = {"arrived", "triaged", "in-progress", "onleave"}
+ACTIVE_EPISODE = {"waitlist", "active"}
 DERIVED_TYPES = {"Patient", "Encounter", "EpisodeOfCare", "ServiceRequest", "CareTeam"}
 
 
@@ -40,7 +42,7 @@ def _org_refs(res: dict) -> list[dict]:
         return [("encounter", res["serviceProvider"])]
     if t == "EpisodeOfCare" and status in ACTIVE_EPISODE and res.get("managingOrganization"):
         return [("episode", res["managingOrganization"])]
-    if t == "ServiceRequest" and status in ("active", "draft", "on-hold"):
+    if t == "ServiceRequest" and status == "active":
         return [("referral", r) for r in res.get("performer") or []]
     if t == "CareTeam" and status in (None, "proposed", "active"):
         refs = [("care-team", r) for r in res.get("managingOrganization") or []]

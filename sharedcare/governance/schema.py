@@ -156,6 +156,15 @@ Index("ix_audit_patient", audit_event.c.patient_id, audit_event.c.seq)
 Index("ix_audit_user", audit_event.c.username, audit_event.c.seq)
 Index("ix_audit_recorded", audit_event.c.recorded)
 
+audit_anchor = Table(
+    "audit_anchor", metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("mac", String(64), nullable=False),  # keyed hash of (seq, hash)
+    comment="The head of the audit chain, so deleting the newest events is detected too.",
+)
+
 feedback = Table(
     "feedback", metadata,
     Column("id", PK, primary_key=True, autoincrement=True),

@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import category_of
+from ..fhir.compartment import patient_compartment_types
 from ..fhir.codes import DATA_CATEGORY_SYSTEM, SENSITIVITY_SYSTEM, SOURCE_ORG_SYSTEM
 from ..fhir.outcome import FHIRError, Issue, not_found
 from ..fhir.validation import problems
@@ -122,6 +123,13 @@ def instant(last_updated: str) -> str:
     return last_updated + "+00:00"
 
 
+def source_of(res: dict) -> str | None:
+    for tag in (res.get("meta") or {}).get("tag") or ():
+        if tag.get("system") == SOURCE_ORG_SYSTEM:
+            return tag.get("code")
+    return None
+
+
 def stamp_source(res: dict, ods: str) -> dict:
     meta = res.get("meta") or {}
     tags = meta.get("tag") or []
@@ -138,9 +146,8 @@ def governance_columns(res: dict) -> tuple[str | None, str | None, str]:
             source = tag.get("code")
         elif tag.get("system") == DATA_CATEGORY_SYSTEM:
             category = tag.get("code")
-    labels = sorted(
-        s.get("code") for s in meta.get("security") or () if s.get("system") == SENSITIVITY_SYSTEM
-    )
+    labels = sorted({s.get("code") for s in meta.get("security") or ()
+                     if s.get("system") == SENSITIVITY_SYSTEM and s.get("code")})
     category = category_of(res.get("resourceType", ""), category)
     return source, category, (" " + " ".join(labels) + " ") if labels else ""
 
@@ -166,17 +173,23 @@ class Store:
         if source_org:
             for op in ops:
                 if op.resource is not None:
+                    claimed = source_of(op.resource)
+                    if claimed not in (None, source_org):
+                        raise FHIRError.of(403, "forbidden",
+                                           f"{source_org} cannot write records as {claimed}",
+                                           op.where or None)
                     op.resource = stamp_source(op.resource, source_org)
         if conn is not None:
-            return self._write(conn, ops)
+            return self._write(conn, ops, source_org)
         with self.begin_write() as c, c.begin():
-            return self._write(c, ops)
+            return self._write(c, ops, source_org)
 
     def create(self, res: dict) -> WriteResult:
         rid = str(uuid.uuid4())
         return self.write([WriteOp("POST", res["resourceType"], rid, res)])[0]
 
-    def _write(self, conn: Connection, ops: list[WriteOp]) -> list[WriteResult]:
+    def _write(self, conn: Connection, ops: list[WriteOp], writer: str | None = None
+               ) -> list[WriteResult]:
         issues: list[Issue] = []
         for op in ops:
             if op.resource is not None:
@@ -189,10 +202,17 @@ class Store:
         for chunk in _chunks(keys, 400):
             rows = conn.execute(
                 select(resource.c.type, resource.c.id, resource.c.pk, resource.c.version,
-                       resource.c.deleted).where(tuple_(resource.c.type, resource.c.id).in_(chunk))
+                       resource.c.deleted, resource.c.source_org)
+                .where(tuple_(resource.c.type, resource.c.id).in_(chunk))
             )
-            for t, i, pk, v, d in rows:
+            for t, i, pk, v, d, src in rows:
                 existing[(t, i)] = (pk, v, d)
+                # Each organisation stays controller of its own records: only it may change
+                # or delete them (writes by the system itself carry no writer).
+                if writer and not d and src not in (None, writer):
+                    raise FHIRError.of(403, "forbidden",
+                                       f"{t}/{i} is controlled by {src}; only {src} may change "
+                                       "or delete it")
 
         stamp = now_utc()
         new_rows, upd_rows, del_rows, version_rows, results = [], [], [], [], []
@@ -400,7 +420,7 @@ class Store:
                 matches, nxt = self._sorted_page(conn, req, where)
             else:
                 matches, nxt = self._keyset_page(conn, req, where)
-            includes = self._includes(conn, req, matches, policy)
+            includes = self._includes(conn, req, matches, policy, compartment_of)
         return SearchPage(matches, includes, total, nxt, req, req.warnings)
 
     def _keyset_page(self, conn, req: SearchRequest, where) -> tuple[list[Stored], str | None]:
@@ -449,10 +469,12 @@ class Store:
                         for n, pk in enumerate(pks)])
             pks = pks[: req.count + 1]
         page = pks[: req.count]
+        # The viewer's predicate applies to every page, not only the first: a cursor is a
+        # bookmark, never a permission.
         rows = {r.pk: r for r in conn.execute(
             select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
                    resource.c.last_updated, resource.c.content, resource.c.deleted)
-            .where(resource.c.pk.in_(page))).all()}
+            .where(resource.c.pk.in_(page), *where)).all()}
         out = [Stored(r.type, r.id, r.version, r.last_updated, r.content.encode(), False, r.pk)
                for pk in page if (r := rows.get(pk)) is not None and not r.deleted]
         nxt = None
@@ -482,10 +504,17 @@ class Store:
                                                   t.c.param == sp.code).scalar_subquery())
         return col.desc() if key.descending else col.asc()
 
-    def _includes(self, conn, req: SearchRequest, matches: list[Stored], policy: AccessPolicy
-                  ) -> list[Stored]:
+    def _includes(self, conn, req: SearchRequest, matches: list[Stored], policy: AccessPolicy,
+                  compartment_of: str | None = None) -> list[Stored]:
         if not matches or not (req.includes or req.revincludes):
             return []
+        visible = self._visible(policy)
+        if compartment_of is not None:
+            # A search confined to one patient's record stays confined in what it includes.
+            visible.append(or_(
+                resource.c.type.not_in(sorted(patient_compartment_types())),
+                resource.c.pk.in_(select(compartment.c.resource_pk)
+                                  .where(compartment.c.patient_id == compartment_of))))
         seen = {(m.type, m.id) for m in matches}
         out: list[Stored] = []
         frontier = matches
@@ -505,7 +534,7 @@ class Store:
                 stmt = (select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
                                resource.c.last_updated, resource.c.content)
                         .where(tuple_(resource.c.type, resource.c.id).in_(targets),
-                               resource.c.deleted == false(), *self._visible(policy)))
+                               resource.c.deleted == false(), *visible))
                 found += [Stored(t, i, v, lu, c.encode(), False, pk)
                           for pk, t, i, v, lu, c in conn.execute(stmt)]
             for inc in req.revincludes:
@@ -520,7 +549,7 @@ class Store:
                 stmt = (select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
                                resource.c.last_updated, resource.c.content)
                         .where(resource.c.pk.in_(sources), resource.c.deleted == false(),
-                               *self._visible(policy)))
+                               *visible))
                 found += [Stored(t, i, v, lu, c.encode(), False, pk)
                           for pk, t, i, v, lu, c in conn.execute(stmt)]
             frontier = []

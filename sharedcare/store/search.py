@@ -326,11 +326,11 @@ class SearchBuilder:
     def _last_updated(self, value: str, name: str) -> ColumnElement:
         prefix, v = _prefix(value)
         try:
-            low, high = date_range(v)
+            low, high = instant_range(v)
         except ValueError as e:
             raise _bad(f"'{v}' is not a valid date: {e}", name) from None
         col = resource.c.last_updated
-        return _date_cond(prefix, col, col, low, high, point=True)
+        return _date_cond(prefix, col, col, low, high)
 
     def _chain(self, sp: SearchParam, modifier: str, chain: str, raw: str, name: str,
                policy: ColumnElement | None):
@@ -395,6 +395,19 @@ def _prefix(value: str) -> tuple[str, str]:
     if len(value) > 2 and value[:2] in DATE_PREFIXES and not value[2].isalpha():
         return value[:2], value[2:]
     return "eq", value
+
+
+def instant_range(value: str) -> tuple[str, str]:
+    """A search value as an inclusive range at the microsecond precision `last_updated` is
+    stored with: '2026-11-25' covers the whole day, an instant with a fraction only itself."""
+    low, high = date_range(value)
+    if "." in value.split("T", 1)[-1]:
+        exact = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if exact.tzinfo is not None:
+            exact = exact.astimezone(UTC).replace(tzinfo=None)
+        point = exact.strftime("%Y-%m-%dT%H:%M:%S.%f")
+        return point, point
+    return low + ".000000", high + ".999999"
 
 
 def _escape_like(s: str) -> str:

@@ -6,7 +6,7 @@ viewing it is itself recorded.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -15,7 +15,7 @@ from ..governance.schema import audit_event, organisation
 from .core import ROLE_LABELS, page, render
 from .patient import ago, nice_date
 
-LIMIT = 500
+LIMIT = 100  # per page; older accesses page back with ?before=seq
 
 ACTIONS = {
     "read": "Looked at part of your record",
@@ -35,7 +35,8 @@ PURPOSES = {"direct-care": "Your direct care", "planning": "Planning services",
             "research": "Research"}
 
 
-def access_log(engine, patient_id: str, limit: int = LIMIT) -> list[dict]:
+def access_log(engine, patient_id: str, limit: int = LIMIT, before: int | None = None
+               ) -> list[dict]:
     with engine.connect() as conn:
         names = {o: n for o, n in conn.execute(select(organisation.c.ods, organisation.c.name))}
         rows = conn.execute(
@@ -43,7 +44,8 @@ def access_log(engine, patient_id: str, limit: int = LIMIT) -> list[dict]:
                    audit_event.c.client_id, audit_event.c.ods, audit_event.c.role,
                    audit_event.c.purpose, audit_event.c.action, audit_event.c.outcome,
                    audit_event.c.reason, audit_event.c.break_glass, audit_event.c.entity)
-            .where(audit_event.c.patient_id == patient_id)
+            .where(audit_event.c.patient_id == patient_id,
+                   *([audit_event.c.seq < before] if before else []))
             .order_by(audit_event.c.seq.desc()).limit(limit)).mappings().all()
     out = []
     for r in rows:
@@ -64,14 +66,26 @@ def access_log(engine, patient_id: str, limit: int = LIMIT) -> list[dict]:
     return out
 
 
+def glass_count(engine, patient_id: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(audit_event).where(
+            audit_event.c.patient_id == patient_id,
+            audit_event.c.action == "break-glass")).scalar_one()
+
+
 @page("patient")
 def my_access_log(request: Request, access: Access) -> Response:
     sc = request.app.state.sc
     if not access.patient_id:
         return render(request, "error.html", 403, title="No record is linked to your account",
                       message="Ask your GP practice to link your account to your record.")
-    rows = access_log(sc.engine, access.patient_id)
+    before = request.query_params.get("before")
+    before = int(before) if before and before.isdigit() else None
+    rows = access_log(sc.engine, access.patient_id, LIMIT + 1, before)
+    older = rows[LIMIT - 1]["seq"] if len(rows) > LIMIT else None
+    rows = rows[:LIMIT]
     sc.governance.audit(access, "read", patient_id=access.patient_id, entity="access log")
     orgs = sorted({r["org"] for r in rows if r["role"] != "You"})
     return render(request, "accesslog.html", title="Who has looked at my record", rows=rows,
-                  glass=sum(1 for r in rows if r["glass"]), orgs=orgs, limit=LIMIT)
+                  glass=glass_count(sc.engine, access.patient_id), orgs=orgs, older=older,
+                  paged=before is not None)

@@ -21,7 +21,6 @@ from ..governance.policy import BREAK_GLASS_ROLES, Access
 from ..store.repository import WriteOp
 from .core import CLINICAL_ROLES, page, render
 from .patient import (
-    MIN_REASON,
     ago,
     cc_code,
     human_name,
@@ -272,7 +271,7 @@ def plan_history(request: Request, access: Access) -> Response:
     sc = request.app.state.sc
     gov = sc.governance
     plan_id = request.path_params["plan_id"]
-    stored, res, pid = _read_plan(gov, access, plan_id)
+    _stored, res, pid = _read_plan(gov, access, plan_id)
     kind = plan_kind_of(res)
     rows, _ = gov.history(access, "CarePlan", plan_id, None, 100, None)
     versions = []

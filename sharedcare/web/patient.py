@@ -18,13 +18,13 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from ..fhir.categories import category_of
 from ..fhir.codes import (
     DATA_CATEGORY_SYSTEM,
     NHS_NUMBER_SYSTEM,
     SENSITIVITY_SYSTEM,
     SOURCE_ORG_SYSTEM,
 )
-from ..fhir.categories import category_of
 from ..fhir.outcome import FHIRError, Issue
 from ..governance.policy import BREAK_GLASS_ROLES, Access
 from ..governance.schema import organisation
@@ -63,7 +63,7 @@ def parse_when(value: str | None) -> datetime | None:
             return datetime(int(v[:4]), int(v[5:7]), 1, tzinfo=UTC)
         if len(v) == 10:
             return datetime.fromisoformat(v).replace(tzinfo=UTC)
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(v)
         return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
     except ValueError:
         return None
@@ -225,7 +225,7 @@ class Item:
 
 def _when(res: dict, last_updated: str | None) -> str | None:
     t = res.get("resourceType")
-    period = lambda k: (res.get(k) or {}).get("start")  # noqa: E731
+    period = lambda k: (res.get(k) or {}).get("start")
     candidates = {
         "Encounter": [period("period")],
         "Observation": [res.get("effectiveDateTime"), period("effectivePeriod"), res.get("issued")],
@@ -523,7 +523,7 @@ def build_record(view_matches, names: dict[str, str]) -> Record:
             sec["documents"].append(it)
         else:
             sec["other"].append(it)
-    for k, lst in sec.items():
+    for lst in sec.values():
         lst.sort(key=lambda i: i.sort_key, reverse=True)
     # care plans: crisis and end-of-life first
     order = {"crisis": 0, "end-of-life": 1}

@@ -11,6 +11,7 @@ import json
 from functools import cache
 
 import jsonschema_rs
+import pytest
 
 from ._support import FHIR_JSON, load_json, shared, strip_meta_id
 
@@ -38,6 +39,7 @@ def example_files():
     return sorted(shared("fhir", "examples").glob("*.json"))
 
 
+@pytest.mark.slow
 def test_every_official_example_round_trips(client):
     files = example_files()
     assert len(files) > 400

@@ -216,9 +216,6 @@ def test_metadata_lists_types_params_and_everything(client):
     assert {"transaction", "batch"} <= {i["code"] for i in cs["rest"][0]["interaction"]}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: metadata advertises _text, _content and _query for "
-                   "every type (fhir/capability.py keeps them) but store/search.py NOT_SUPPORTED "
-                   "refuses them with 400")
 def test_every_advertised_search_param_is_accepted(client):
     """What metadata advertises must not be refused as unknown."""
     cs = client.get("/fhir/metadata").json()

@@ -468,9 +468,6 @@ def test_last_updated_day_precision(client, data):
     assert match_ids(search(client, "/fhir/Patient", {"_lastUpdated": f"gt{today}"})) == set()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _lastUpdated search truncates the value's fractional "
-                   "seconds (store/search.py _last_updated -> indexing date_range) but stored "
-                   "last_updated has microseconds: gt<own lastUpdated> finds the resource itself")
 def test_last_updated_full_precision_instant(client, data):
     everything = set(ids(search(client, "/fhir/Patient", {"_count": "1000"})))
     r = client.post("/fhir/Patient", json={"resourceType": "Patient",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from ._support import (
     Loaded,
     compartment_patients,
@@ -47,6 +49,7 @@ def _read_all(client, rtype: str) -> dict[str, dict]:
     return found
 
 
+@pytest.mark.slow
 def test_all_synthea_bundles_round_trip(client):
     files = synthea_files()
     assert len(files) == 47

@@ -30,9 +30,6 @@ def visible(gov, a, rtype, rid) -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ResourcePolicy.sensitivity_rule (governance/policy.py)"
-                   " only blocks the labels listed in SENSITIVE, so a label outside that list "
-                   "(e.g. 'hiv') fails open in SQL while decide() denies it")
 def test_unknown_sensitivity_label_fails_closed(world):
     sc, gov = world, world.governance
     body = obs("o-hiv", "P1")
@@ -43,9 +40,6 @@ def test_unknown_sensitivity_label_fails_closed(world):
     assert not visible(gov, hos, "Observation", "o-hiv")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ResourcePolicy.category_rule (governance/policy.py) "
-                   "returns true() for roles holding every CLINICAL category, so a resource "
-                   "tagged with a category outside the role's table is shown (decide() denies it)")
 def test_unknown_category_is_not_in_any_role(world):
     sc, gov = world, world.governance
     gov.add_agreement("isa-2", "odd category", ["GP1", "HOS"], ["direct-care"],
@@ -80,9 +74,6 @@ def test_agreement_for_another_purpose_or_in_another_state_shares_nothing(world)
     assert not visible(gov, access(sc, "ch.nurse", "CH1", "nurse"), "Observation", "o-plain")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Store._sorted_page (store/repository.py) serves later "
-                   "pages of a sorted search from the search_result snapshot by cursor alone, "
-                   "without the viewer's policy and without binding the cursor to the viewer")
 def test_sorted_search_cursor_cannot_be_replayed_by_another_viewer(world):
     sc, gov = world, world.governance
     first = gov.search(system(sc, "GP1"), "Observation", [("_sort", "_id"), ("_count", "1")])
@@ -107,9 +98,6 @@ def test_sorted_search_pages_match_the_policy(world):
     assert got == ["o-plain", "o-mental", "o-hos"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Governance.search confines a patient/-scoped token's "
-                   "matches to its patient's compartment but Store._includes does not, so "
-                   "_include/_revinclude return other patients' resources")
 def test_patient_scoped_token_include_stays_in_the_patient(world):
     sc, gov = world, world.governance
     # An Observation about P2 performed by P1 is in both compartments.
@@ -121,10 +109,6 @@ def test_patient_scoped_token_include_stays_in_the_patient(world):
     assert {f"{s.type}/{s.id}" for s in page.includes} <= {"Patient/P1"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ResourcePolicy.glass_patients / Governance.has_glass "
-                   "(governance/policy.py, __init__.py) match break_glass rows on username only, "
-                   "so glass broken as a clinician at one organisation also lifts sensitivity and "
-                   "relationship checks for the same person in any other role or organisation")
 def test_break_glass_belongs_to_the_role_and_organisation_it_was_broken_in(world):
     sc, gov = world, world.governance
     gov.add_staff("locum", "Dr Locum", [("HOS", "clinician"), ("CH1", "allied-health")])
@@ -135,11 +119,6 @@ def test_break_glass_belongs_to_the_role_and_organisation_it_was_broken_in(world
     assert not visible(gov, elsewhere, "Observation", "o-sexual")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: writes are not governed: FhirApi.instance PUT (and "
-                   "DELETE, conditional PUT/DELETE) only check scopes and role "
-                   "(Governance.require_write), and Store.vread/history filter on the CURRENT "
-                   "row's source/labels, so overwriting another organisation's withheld resource "
-                   "makes it yours and its earlier version readable")
 def test_overwriting_a_withheld_resource_does_not_reveal_its_history(world):
     sc, gov = world, world.governance
     token = gov.issue_token("hos.doc", "HOS", "clinician")
@@ -153,8 +132,6 @@ def test_overwriting_a_withheld_resource_does_not_reveal_its_history(world):
         assert "sexual-health" not in hist.text
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: FhirApi.instance DELETE (fhir/api.py) deletes any "
-                   "resource by id without checking the caller may see or control it")
 def test_cannot_delete_what_you_cannot_see(world):
     sc, gov = world, world.governance
     token = gov.issue_token("ch.nurse", "CH1", "nurse")

@@ -65,7 +65,7 @@ def test_governed_reads_match_the_oracle(database_url, tmp_path):
     assert tally.total >= (10_000 if backend == "sqlite" else 1_000)
 
 
-HTTP_EXAMPLES = {"sqlite": int(os.environ.get("GOV_HTTP_EXAMPLES", "3")), "postgresql": 1}
+HTTP_EXAMPLES = {"sqlite": int(os.environ.get("GOV_HTTP_EXAMPLES", "3")), "postgresql": 2}
 
 
 def test_fhir_api_matches_the_oracle(database_url, tmp_path):

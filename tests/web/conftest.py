@@ -177,9 +177,9 @@ def items_of():
 @pytest.fixture(scope="session")
 def live_demo(web_app):
     """The demo app on a real socket (uvicorn in a thread) for the browser tests."""
-    import uvicorn
-
     import socket
+
+    import uvicorn
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

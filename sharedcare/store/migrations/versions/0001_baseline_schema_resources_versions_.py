@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 19:31:35.647364
+Create Date: 2026-11-25 19:58:29.895435
 """
 from alembic import op
 import sqlalchemy as sa
@@ -51,6 +51,14 @@ def upgrade():
     sa.Column('public', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('client_id'),
     comment='SMART on FHIR clients: apps acting for a user, and partner systems.'
+    )
+    op.create_table('audit_anchor',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('seq', sa.BigInteger(), nullable=False),
+    sa.Column('hash', sa.String(length=64), nullable=False),
+    sa.Column('mac', sa.String(length=64), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    comment='The head of the audit chain, so deleting the newest events is detected too.'
     )
     op.create_table('audit_event',
     sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -422,6 +430,7 @@ def downgrade():
         batch_op.drop_index('ix_audit_patient')
 
     op.drop_table('audit_event')
+    op.drop_table('audit_anchor')
     op.drop_table('api_client')
     with op.batch_alter_table('agreement_party', schema=None) as batch_op:
         batch_op.drop_index('ix_agreement_party')
