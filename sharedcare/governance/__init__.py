@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, and_, delete, false, func, insert, not_, or_, select, update
+from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 
 from ..fhir.categories import DIRECTORY_TYPES
 from ..fhir.compartment import patient_compartment_types
-from ..fhir.outcome import FHIRError
+from ..fhir.outcome import FHIRError, Issue
 from ..store.repository import SearchPage, Store, Stored, governance_columns
 from ..store.schema import compartment, resource
 from .audit import AuditTrail
@@ -308,40 +308,23 @@ class Governance:
         if pinned and pinned != patient_id:
             raise forbidden("this token is confined to another patient's record")
         self.check_patient(access, patient_id, "everything")
+        glass = self.has_glass(access, patient_id)
+        policy = access.policy.for_patient(glass)
         try:
-            matches, total, nxt = self.store.everything(patient_id, access.policy, count, cursor,
-                                                        since, types)
+            matches, total, nxt, hidden = self.store.everything(
+                patient_id, policy, count, cursor, since, types, policy.withheld_filter())
         except FHIRError as e:
             self.audit(access, "everything", "4", patient_id=patient_id, reason=str(e))
             raise
-        view = PatientView(matches, total, nxt)
-        if cursor is None:
-            n = self.withheld_count(access, patient_id)
-            view.withheld_sensitive = n
-            if n:
-                from ..fhir.outcome import Issue
-
-                view.withheld_notes = [Issue(
-                    "suppressed", f"{n} item{'s' if n != 1 else ''} withheld: sensitive "
-                    "information your role may not see without breaking glass",
-                    severity="information")]
+        view = PatientView(matches, total, nxt, withheld_sensitive=hidden)
+        if cursor is None and hidden:
+            view.withheld_notes = [Issue(
+                "suppressed", f"{hidden} item{'s' if hidden != 1 else ''} withheld: sensitive "
+                "information your role may not see without breaking glass",
+                severity="information")]
         self.audit(access, "everything", "0", patient_id=patient_id,
-                   entity=f"Patient/{patient_id}/$everything",
-                   glass=self.has_glass(access, patient_id))
+                   entity=f"Patient/{patient_id}/$everything", glass=glass)
         return view
-
-    def locate_patient(self, access: Access, nhs_number: str) -> str | None:
-        """The id (and nothing else) of the patient with this NHS number, so a clinician with no
-        relationship yet can declare one or break glass. Audited like any access."""
-        from ..fhir.codes import NHS_NUMBER_SYSTEM
-
-        if access.role not in BREAK_GLASS_ROLES or access.purpose != DIRECT_CARE:
-            raise forbidden(f"the {access.role} role cannot look patients up")
-        ids = self.store.match_ids("Patient", f"identifier={NHS_NUMBER_SYSTEM}|{nhs_number}",
-                                   limit=1)
-        self.audit(access, "locate", "0", patient_id=ids[0] if ids else None,
-                   entity="Patient?identifier")
-        return ids[0] if ids else None
 
     def check_patient(self, access: Access, patient_id: str, action: str) -> list[str]:
         """Patient-level decision (legitimate relationship); 403 with reasons when refused."""
@@ -361,17 +344,6 @@ class Governance:
             self.audit(access, action, "4", patient_id=patient_id, reason=reason)
             raise forbidden("you have no legitimate relationship with this patient", [reason])
         return reasons
-
-    def withheld_count(self, access: Access, patient_id: str) -> int:
-        """How many of the patient's items this viewer would see but for sensitivity labels."""
-        pol = access.policy
-        base = [resource.c.deleted == false(),
-                resource.c.pk.in_(select(compartment.c.resource_pk)
-                                  .where(compartment.c.patient_id == patient_id)),
-                pol.agreement_rule(), pol.category_rule(), pol.objection_rule(),
-                not_(pol.sensitivity_rule())]
-        with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(resource).where(*base)).scalar_one()
 
     def has_glass(self, access: Access, patient_id: str) -> bool:
         with self.engine.connect() as conn:

@@ -11,7 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
-from sqlalchemy import Connection, and_, exists, false, func, literal, not_, or_, select, true, union
+from sqlalchemy import (
+    Connection,
+    and_,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+    union,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import DIRECTORY_TYPES
@@ -191,6 +203,14 @@ class ResourcePolicy:
                                  .where(compartment.c.patient_id.in_(allowed)))
 
     def resource_filter(self) -> ColumnElement:
+        # Built once per request: every query of the request reuses the same expression.
+        if self._filter is None:
+            self._filter = self._build()
+        return self._filter
+
+    _filter: ColumnElement | None = None
+
+    def _build(self) -> ColumnElement:
         a = self.access
         if a.purpose != DIRECT_CARE or not ROLE_CATEGORIES.get(a.role):
             # Secondary uses run through population/ with their own governed extracts; roles
@@ -202,6 +222,39 @@ class ResourcePolicy:
             or_(resource.c.type.not_in(sorted(patient_compartment_types())),
                 self.relationship_rule()))
         return or_(resource.c.type.in_(sorted(DIRECTORY_TYPES)), patient_data)
+
+    def for_patient(self, glass: bool) -> "PatientPolicy":
+        return PatientPolicy(self, glass)
+
+
+class PatientPolicy:
+    """The same rules for reads confined to one patient's record whose legitimate relationship
+    has already been established (Governance.check_patient): the per-row relationship and
+    break-glass subqueries become constants, which keeps $everything an index walk."""
+
+    def __init__(self, base: ResourcePolicy, glass: bool):
+        self.base = base
+        self.glass = glass
+        self._filter: ColumnElement | None = None
+        self._withheld: ColumnElement | None = None
+
+    def resource_filter(self) -> ColumnElement:
+        if self._filter is None:
+            b = self.base
+            sensitive_ok = true() if self.glass else b.sensitivity_rule(glass=False)
+            self._filter = or_(resource.c.type.in_(sorted(DIRECTORY_TYPES)),
+                               and_(b.agreement_rule(), b.category_rule(), sensitive_ok,
+                                    b.objection_rule()))
+        return self._filter
+
+    def withheld_filter(self) -> ColumnElement:
+        """What the viewer would see but for sensitivity labels (announced, never shown)."""
+        if self._withheld is None:
+            b = self.base
+            self._withheld = false() if self.glass else and_(
+                resource.c.type.not_in(sorted(DIRECTORY_TYPES)), b.agreement_rule(),
+                b.category_rule(), b.objection_rule(), not_(b.sensitivity_rule(glass=False)))
+        return self._withheld
 
 
 def decide(conn: Connection, access: Access, row: dict, patient_id: str | None) -> Decision:

@@ -19,20 +19,22 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
+    case,
     delete,
     false,
     func,
     insert,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import category_of
-from ..fhir.compartment import patient_compartment_types
 from ..fhir.codes import DATA_CATEGORY_SYSTEM, SENSITIVITY_SYSTEM, SOURCE_ORG_SYSTEM
+from ..fhir.compartment import patient_compartment_types
 from ..fhir.outcome import FHIRError, Issue, not_found
 from ..fhir.validation import problems
 from .indexing import Indexer, IndexRows
@@ -565,36 +567,45 @@ class Store:
     # ------------------------------------------------------------------ $everything
     def everything(self, patient_id: str, policy: AccessPolicy, count: int = 100,
                    cursor: str | None = None, since: str | None = None,
-                   types: list[str] | None = None) -> tuple[list[Stored], int | None, str | None]:
-        """Every resource in the patient's compartment (and the Patient), paged by row key."""
-        conds = [resource.c.deleted == false(), *self._visible(policy)]
-        in_comp = resource.c.pk.in_(select(compartment.c.resource_pk)
-                                    .where(compartment.c.patient_id == patient_id))
-        conds.append(in_comp)
+                   types: list[str] | None = None, withheld: ColumnElement | None = None
+                   ) -> tuple[list[Stored], int | None, str | None, int]:
+        """Every resource in the patient's compartment (and the Patient), paged by row key.
+
+        Returns the page, the total (first page only), the next cursor, and -- when a
+        `withheld` predicate is given -- how many of the patient's resources it matches,
+        counted in the same pass as the total."""
+        visible = self._visible(policy)
+        scope = [resource.c.deleted == false(),
+                 resource.c.pk.in_(select(compartment.c.resource_pk)
+                                   .where(compartment.c.patient_id == patient_id))]
         if since:
-            conds.append(resource.c.last_updated >= since)
+            scope.append(resource.c.last_updated >= since)
         if types:
-            conds.append(resource.c.type.in_(types))
+            scope.append(resource.c.type.in_(types))
+        if cursor is not None and not cursor.isdigit():
+            raise FHIRError.of(400, "invalid", "the paging cursor is not valid", "_cursor")
         with self.engine.connect() as conn:
             pat = conn.execute(select(resource.c.pk).where(
                 resource.c.type == "Patient", resource.c.id == patient_id,
-                resource.c.deleted == false(), *self._visible(policy))).first()
+                resource.c.deleted == false(), *visible)).first()
             if pat is None:
                 raise not_found("Patient", patient_id)
-            total = None
+            total, hidden = None, 0
             if cursor is None:
-                total = conn.execute(select(func.count()).select_from(resource).where(*conds)
-                                     ).scalar_one()
-            elif not cursor.isdigit():
-                raise FHIRError.of(400, "invalid", "the paging cursor is not valid", "_cursor")
-            page_conds = conds + ([resource.c.pk > int(cursor)] if cursor else [])
+                shown = and_(*visible) if visible else true()
+                total, hidden = conn.execute(select(
+                    func.coalesce(func.sum(case((shown, 1), else_=0)), 0),
+                    func.coalesce(func.sum(case((withheld if withheld is not None else false(),
+                                                 1), else_=0)), 0),
+                ).select_from(resource).where(*scope)).one()
+            page = scope + visible + ([resource.c.pk > int(cursor)] if cursor else [])
             rows = conn.execute(
                 select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
                        resource.c.last_updated, resource.c.content)
-                .where(*page_conds).order_by(resource.c.pk).limit(count + 1)).all()
+                .where(*page).order_by(resource.c.pk).limit(count + 1)).all()
         out = [Stored(t, i, v, lu, c.encode(), False, pk) for pk, t, i, v, lu, c in rows[:count]]
         nxt = str(rows[count - 1][0]) if len(rows) > count else None
-        return out, total, nxt
+        return out, total, nxt, int(hidden)
 
     # ------------------------------------------------------------------ conditional helpers
     def match_ids(self, rtype: str, query: str, conn: Connection | None = None,

@@ -253,8 +253,11 @@ def edit_plan(request: Request, access: Access, form=None) -> Response:
     org = org_names(sc).get(access.ods or "", access.ods or "")
     new = build_resource(kind, values, pid, name, access, org, prior=res)
     try:
-        sc.store.write([WriteOp("PUT", "CarePlan", plan_id, new, if_match=version)],
-                       source_org=access.ods)
+        # Plans written in sharedcare are maintained jointly: any partner who may see the plan
+        # (the governed read above) and write care plans may update it, and it stays under the
+        # authoring organisation's agreements (build_resource keeps its source tag). So this is
+        # not the controller-only write path that partners' own records take.
+        sc.store.write([WriteOp("PUT", "CarePlan", plan_id, new, if_match=version)])
     except FHIRError as e:
         if e.status != 412:
             raise
