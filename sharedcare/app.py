@@ -73,3 +73,9 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
                                                Middleware(CsrfMiddleware)])
     app.state.sc = sc
     return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for `uvicorn --factory` / several workers: each worker process opens its own
+    SharedCare from $SHAREDCARE_DATABASE_URL and $SHAREDCARE_DATA_DIR."""
+    return create_app(SharedCare.open())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -44,19 +45,30 @@ def serve(database: str = DatabaseOpt, data_dir: Path = DataDirOpt,
           host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
           port: int = typer.Option(8000, help="HTTP port."),
           mllp_port: int = typer.Option(None, help="Also listen for HL7 v2 over MLLP here."),
-          workers: int = typer.Option(1, help="Worker processes (PostgreSQL only).")):
+          workers: int = typer.Option(1, help="Worker processes (one per core suits PostgreSQL).")):
     """Serve the FHIR API (/fhir) and the web pages."""
     import uvicorn
 
     from .app import create_app
 
     sc = _open(database, data_dir)
+    console.print(f"sharedcare on http://{host}:{port}/  (FHIR base http://{host}:{port}/fhir)")
+    if workers > 1:
+        if mllp_port:
+            fail("--mllp-port runs in a single-worker server; run the MLLP listener on its own "
+                 "(python -m sharedcare.feeds.mllp_server) beside a multi-worker server")
+        # Each worker opens the same database and keys (schema already upgraded above).
+        os.environ["SHAREDCARE_DATABASE_URL"] = str(sc.engine.url.render_as_string(
+            hide_password=False))
+        os.environ["SHAREDCARE_DATA_DIR"] = str(sc.data_dir.resolve())
+        uvicorn.run("sharedcare.app:app_from_env", factory=True, workers=workers, host=host,
+                    port=port, log_level="warning", access_log=False)
+        return
     application = create_app(sc)
     if mllp_port:
         from .feeds.service import attach_mllp
 
         attach_mllp(application, sc, host, mllp_port)
-    console.print(f"sharedcare on http://{host}:{port}/  (FHIR base http://{host}:{port}/fhir)")
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
 
@@ -225,6 +237,30 @@ def admin_choice(patient_id: str, kind: str, org: str = typer.Option(None),
     except ValueError as e:
         fail(str(e))
     print(f"recorded {kind} for Patient/{patient_id}")
+
+
+@admin_app.command("client")
+def admin_client(client_id: str, name: str,
+                 org: str = typer.Option(None, help="ODS code the client acts for (partner "
+                                         "systems using client_credentials need one)."),
+                 scope: str = typer.Option(..., help="The most it may be granted, e.g. "
+                                           "'system/*.rs' or 'user/*.rs patient/*.rs launch/patient'."),
+                 redirect_uri: list[str] = typer.Option([], help="Apps: exact redirect URI(s)."),
+                 jwks: Path = typer.Option(None, help="Confidential clients: JWK Set (public "
+                                           "keys) for private_key_jwt."),
+                 purpose: str = typer.Option("direct-care"),
+                 database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Register a SMART on FHIR client: an app acting for a user, or a partner system."""
+    from .governance.smart import register_client
+
+    try:
+        keys = orjson.loads(jwks.read_bytes()) if jwks else None
+        register_client(_open(database, data_dir).engine, client_id, name, ods=org,
+                        redirect_uris=redirect_uri, jwks=keys, scopes=scope, purpose=purpose,
+                        public=keys is None)
+    except (OSError, orjson.JSONDecodeError, ValueError) as e:
+        fail(str(e))
+    print(f"client {client_id} registered ({'confidential' if jwks else 'public'})")
 
 
 @admin_app.command("agreements")

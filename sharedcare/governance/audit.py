@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import queue
 import secrets
+import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -116,20 +118,71 @@ def audit_resource(access: Access, action: str, outcome: str, recorded: str,
 
 
 @dataclass
+class _Job:
+    args: tuple
+    done: threading.Event = field(default_factory=threading.Event)
+    seq: int = 0
+    error: Exception | None = None
+
+
+@dataclass
 class AuditTrail:
     engine: Engine
     key: bytes
+    _queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
+    _writer: threading.Thread | None = field(default=None, repr=False)
+    _start: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, access: Access, action: str, outcome: str = "0", *,
                patient_id: str | None = None, entity: str | None = None,
                reason: str | None = None, glass: bool = False,
                conn: Connection | None = None, recorded: str | None = None) -> int:
+        """Append one event. Inside a caller's transaction (a write) it commits with that
+        transaction. Otherwise it is handed to the audit writer and this call returns only once
+        the event is committed: durable before the answer leaves, never a lossy queue."""
+        args = (access, action, outcome, patient_id, entity, reason, glass, recorded)
         if conn is not None:
-            return self._append(conn, access, action, outcome, patient_id, entity, reason, glass,
-                                recorded)
-        with self.engine.connect().execution_options(write=True) as c, c.begin():
-            return self._append(c, access, action, outcome, patient_id, entity, reason, glass,
-                                recorded)
+            return self._append(conn, *args)
+        job = _Job(args)
+        self._ensure_writer()
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.seq
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None or not self._writer.is_alive():
+            with self._start:
+                if self._writer is None or not self._writer.is_alive():
+                    self._writer = threading.Thread(target=self._write_batches, daemon=True,
+                                                    name="audit-writer")
+                    self._writer.start()
+
+    def _write_batches(self) -> None:
+        # Group commit: events waiting together share one transaction (one commit), in arrival
+        # order. Concurrent readers then cost one commit per batch, not one each.
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 500:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                with self.engine.connect().execution_options(write=True) as c, c.begin():
+                    for job in batch:
+                        job.seq = self._append(c, *job.args)
+            except Exception:  # noqa: BLE001 - retried one by one so one bad event fails alone
+                for job in batch:
+                    try:
+                        with self.engine.connect().execution_options(write=True) as c, \
+                                c.begin():
+                            job.seq = self._append(c, *job.args)
+                    except Exception as e:  # noqa: BLE001 - handed to the waiting caller
+                        job.error = e
+            for job in batch:
+                job.done.set()
 
     def _append(self, conn, access, action, outcome, patient_id, entity, reason, glass, recorded
                 ) -> int:
