@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from calendar import monthrange
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -41,6 +40,16 @@ _DATE_RE = re.compile(
 )
 
 
+_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _days_in_month(y: int, mo: int) -> int:
+    # calendar.monthrange showed up at ~10% of ingest; this is the same answer.
+    if mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0):
+        return 29
+    return _DAYS[mo - 1]
+
+
 def _fmt(y: int, mo: int, d: int, h: int, mi: int, s: int) -> str:
     return f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}"
 
@@ -59,6 +68,7 @@ def _to_utc(y, mo, d, h, mi, s, tz) -> str:
     return _fmt(dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second)
 
 
+@lru_cache(maxsize=65536)
 def date_range(value: str) -> tuple[str, str]:
     """The inclusive UTC range ('YYYY-MM-DDTHH:MM:SS', second precision) a FHIR date covers.
 
@@ -81,7 +91,7 @@ def date_range(value: str) -> tuple[str, str]:
     mo = int(g("m"))
     if not 1 <= mo <= 12:
         raise ValueError(f"month {mo} out of range in {value!r}")
-    last = monthrange(y, mo)[1]
+    last = _days_in_month(y, mo)
     if g("d") is None:
         return _fmt(y, mo, 1, 0, 0, 0), _fmt(y, mo, last, 23, 59, 59)
     d = int(g("d"))
