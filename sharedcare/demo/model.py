@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
+from ..fhir.categories import CATEGORIES
+
 if TYPE_CHECKING:  # pragma: no cover
     from .records import PatientCore
 
@@ -32,17 +34,7 @@ STAFF_ROLES = (
 )
 PURPOSES = ("direct-care", "planning", "research")
 AGREEMENT_STATUSES = ("draft", "signed", "active", "suspended", "expired", "withdrawn")
-DATA_CATEGORIES = (
-    "demographics",
-    "gp-summary",
-    "encounters",
-    "results",
-    "documents",
-    "care-plans",
-    "mental-health",
-    "social-care",
-    "care-home-notes",
-)
+DATA_CATEGORIES = CATEGORIES
 AUDIT_ACTIONS = ("read", "search", "break-glass", "declared-relationship")
 AUDIT_OUTCOMES = ("permitted", "denied")
 OBJECTION_SCOPES = ("all", "from-org", "to-org")

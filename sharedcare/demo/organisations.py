@@ -8,6 +8,7 @@ import unicodedata
 from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources as _resources
 
+from ..fhir.categories import CATEGORIES
 from . import names
 from .model import Agreement, Organisation, StaffMember
 
@@ -246,17 +247,7 @@ def first_with(staff: list[StaffMember], ods: str, role: str, skip: int = 0) -> 
 
 # --- agreements ---------------------------------------------------------------------------------
 
-ALL_CATEGORIES = [
-    "demographics",
-    "gp-summary",
-    "encounters",
-    "results",
-    "documents",
-    "care-plans",
-    "mental-health",
-    "social-care",
-    "care-home-notes",
-]
+ALL_CATEGORIES = list(CATEGORIES)
 
 
 def build_agreements(

@@ -55,6 +55,18 @@ def _body(raw: bytes) -> dict:
     return body
 
 
+def _since(value: str | None) -> str | None:
+    """_since as the stored timestamp form (from the start of what it names)."""
+    if not value:
+        return None
+    from ..store.search import instant_range
+
+    try:
+        return instant_range(value)[0]
+    except ValueError as e:
+        raise FHIRError.of(400, "invalid", f"_since: {e}", "_since") from None
+
+
 def _version(etag: str | None) -> int | None:
     return bundles._version_of(etag, "If-Match") if etag else None
 
@@ -286,14 +298,7 @@ class FhirApi:
         q = request.query_params
         count = int(q["_count"]) if q.get("_count", "").isdigit() else 50
         before = int(q["_before_seq"]) if q.get("_before_seq", "").isdigit() else None
-        since = q.get("_since")
-        if since:
-            from ..store.indexing import date_range
-
-            try:
-                since = date_range(since)[0]
-            except ValueError as e:
-                raise FHIRError.of(400, "invalid", f"_since: {e}", "_since") from None
+        since = _since(q.get("_since"))
         rows, nxt = self.gov.history(access, rtype, rid, since, min(count, 1000), before)
         base = self.base(request)
         entries = []
@@ -319,14 +324,7 @@ class FhirApi:
         q = request.query_params
         count = min(int(q["_count"]), 1000) if q.get("_count", "").isdigit() else 100
         types = [t for t in (q.get("_type") or "").split(",") if t] or None
-        since = None
-        if q.get("_since"):
-            from ..store.indexing import date_range
-
-            try:
-                since = date_range(q["_since"])[0]
-            except ValueError as e:
-                raise FHIRError.of(400, "invalid", f"_since: {e}", "_since") from None
+        since = _since(q.get("_since"))
         page = self.gov.everything(access, pid, count, q.get("_cursor"), since, types)
         base = self.base(request)
         entries = [{"fullUrl": f"{base}/{s.type}/{s.id}", "resource": orjson.Fragment(s.content),
