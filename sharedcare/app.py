@@ -59,13 +59,16 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
 
     sc = sc or SharedCare.open(**open_kwargs)
     from . import web
+    from .governance import pages as governance_pages
     from .governance import smart
+    from .population import pages as population_pages
     from .population import export as bulk_export
     from .programme import pages as programme_pages
 
     # $export and SMART routes come before the FHIR ones, whose /fhir/{type}/{id} would
     # otherwise catch /fhir/$export-poll/... and /fhir/.well-known/smart-configuration.
-    routes = (web.routes(sc) + programme_pages.routes(sc) + smart.routes(sc)
+    routes = (web.routes(sc) + programme_pages.routes(sc) + governance_pages.routes(sc)
+              + population_pages.routes(sc) + smart.routes(sc)
               + bulk_export.routes(sc) + FhirApi(sc.store, sc.governance, sc).routes())
     from .web.core import CsrfMiddleware
 

@@ -21,6 +21,15 @@ app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 app.add_typer(audit_app, name="audit")
 app.add_typer(feeds_app, name="feeds")
+
+
+def _population_app() -> typer.Typer:
+    from .population.cli import population_app
+
+    return population_app
+
+
+app.add_typer(_population_app(), name="population")
 console = Console(stderr=True)
 
 DatabaseOpt = typer.Option(None, "--database", "-d", envvar="SHAREDCARE_DATABASE_URL",
