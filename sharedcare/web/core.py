@@ -157,6 +157,10 @@ async def sign_in_page(request: Request) -> Response:
     if request.method == "GET":
         return render(request, "signin.html", next=nxt)
     form = await request.form()
+    if not form.get("csrf") or form.get("csrf") != request.cookies.get("sc_csrf"):
+        # Login CSRF: a sign-in form must come from this site's own page.
+        return render(request, "signin.html", 400, next=nxt,
+                      error="The sign-in form expired. Please try again.")
     username = (form.get("username") or "").strip()
     password = form.get("password") or ""
     nxt = _safe_next(form.get("next"))

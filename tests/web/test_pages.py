@@ -311,8 +311,10 @@ def test_patient_access_log(demo, web_app, signed_in):
     demo.gov.break_glass(demo.access(glass_user), demo.pid, "Test: emergency admission")
     patient = demo.personas["Patient"]
     with TestClient(web_app) as c:
+        c.get("/sign-in")
         r = c.post("/sign-in", data={"username": patient.username, "password": patient.password,
-                                     "next": "/"}, follow_redirects=True)
+                                     "csrf": c.cookies.get("sc_csrf"), "next": "/"},
+                   follow_redirects=True)
         assert r.status_code == 200 and "Who has looked at your record" in r.text
         t = r.text
         from sharedcare.web.patient import org_names
@@ -335,3 +337,14 @@ def test_roles_without_care_access(demo, signed_in):
     assert r.status_code == 403
     r = signed_in(ig.username).get("/my-record/access-log")
     assert r.status_code == 403
+
+
+def test_sign_in_form_needs_this_sites_csrf_token(web_app, demo):
+    from starlette.testclient import TestClient
+
+    gp = demo.personas["GP"]
+    with TestClient(web_app) as c:
+        # A form posted from elsewhere (no token from our page) does not sign anyone in.
+        r = c.post("/sign-in", data={"username": gp.username, "password": gp.password,
+                                     "next": "/"}, follow_redirects=False)
+        assert r.status_code == 400 and "sc_session" not in c.cookies
