@@ -61,8 +61,8 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
     from . import web
     from .governance import pages as governance_pages
     from .governance import smart
-    from .population import pages as population_pages
     from .population import export as bulk_export
+    from .population import pages as population_pages
     from .programme import pages as programme_pages
 
     # $export and SMART routes come before the FHIR ones, whose /fhir/{type}/{id} would

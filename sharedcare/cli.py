@@ -347,9 +347,8 @@ def feeds_csv(feed_id: str, path: Path, check: bool = typer.Option(
         False, "--check", help="Only validate; report every rejected row."),
         database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
     """Validate and load a CSV file through a CSV feed's declared mapping."""
-    from .feeds.service import FeedService
-
     from .feeds.csv_feed import validate
+    from .feeds.service import FeedService
 
     svc = FeedService(_open(database, data_dir))
     try:
@@ -374,5 +373,3 @@ def main() -> None:  # pragma: no cover
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
-
-_ = orjson

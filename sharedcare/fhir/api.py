@@ -6,6 +6,7 @@ Every handler reads straight through: who is asking (governance.authenticate) ->
 
 from __future__ import annotations
 
+import uuid
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
@@ -18,7 +19,7 @@ from ..governance import Access, Governance
 from ..store.repository import Store, Stored, WriteOp, instant
 from . import bundle as bundles
 from .capability import capability_statement
-from .outcome import FHIRError, Issue, operation_outcome
+from .outcome import FHIRError, operation_outcome
 from .validation import resource_types
 
 FHIR_JSON = "application/fhir+json"
@@ -176,8 +177,6 @@ class FhirApi:
             ids = self.store.match_ids(rtype, query, limit=2)
             if len(ids) > 1:
                 raise FHIRError.of(412, "multiple-matches", "the conditions match several resources")
-            import uuid
-
             rid = ids[0] if ids else (body.get("id") or str(uuid.uuid4()))
             result = self.store.write([WriteOp("PUT", rtype, rid, body,
                                                _version(request.headers.get("if-match")))],
@@ -194,8 +193,6 @@ class FhirApi:
             if ids:
                 s = self.store.read(rtype, ids[0], access.policy)
                 return fhir_response(s.content, 200, _resource_headers(s))
-        import uuid
-
         result = self.store.write([WriteOp("POST", rtype, str(uuid.uuid4()), body)],
                                   source_org=access.ods)[0]
         self.gov.audit(access, "create", entity=f"{rtype}/{result.stored.id}")
@@ -364,4 +361,4 @@ def _shape(s: Stored, req) -> object:
     return res
 
 
-__all__ = ["FhirApi", "fhir_response", "error_response", "Issue"]
+__all__ = ["FhirApi", "error_response", "fhir_response"]

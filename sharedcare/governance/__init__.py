@@ -474,5 +474,5 @@ class Governance:
                                                       ods is None))))
 
 
-__all__ = ["Governance", "Access", "Decision", "PatientView", "ResourcePolicy", "AuditTrail",
-           "TokenService", "care_relationship", "update"]
+__all__ = ["Access", "AuditTrail", "Decision", "Governance", "PatientView", "ResourcePolicy",
+           "TokenService"]

@@ -181,7 +181,5 @@ feedback = Table(
     comment="Users' feedback to the programme (the change programme's inbox).",
 )
 
-_ = (BigInteger,)
-
 ORG_KINDS = ("gp-practice", "acute-trust", "community", "mental-health", "ambulance", "hospice",
              "social-care", "care-home")

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, select
 
 from ..fhir.codes import BASE, NHS_NUMBER_SYSTEM, SOURCE_ORG_SYSTEM
 from ..fhir.outcome import FHIRError
-from ..store.repository import PermitAll, Store, WriteOp, now_utc, instant
+from ..store.repository import PermitAll, Store, WriteOp, instant, now_utc
 from . import nhs_number as nhs
 from .matching import (
     MATCH_GRADE_EXTENSION_URL,
@@ -121,9 +121,9 @@ class IdentityService:
             return self._linker
 
     def _patient_count(self) -> int:
-        from ..store.schema import resource
+        from sqlalchemy import false, func
 
-        from sqlalchemy import func, false
+        from ..store.schema import resource
 
         with self.store.engine.connect() as c:
             return c.execute(select(func.count()).select_from(resource).where(

@@ -682,5 +682,12 @@ def _chunks(seq, n):
         yield seq[i: i + n]
 
 
-__all__ = ["Store", "Stored", "WriteOp", "WriteResult", "SearchPage", "AccessPolicy", "PermitAll",
-           "or_", "and_"]
+__all__ = [
+    "AccessPolicy",
+    "PermitAll",
+    "SearchPage",
+    "Store",
+    "Stored",
+    "WriteOp",
+    "WriteResult",
+]
