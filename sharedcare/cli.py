@@ -342,6 +342,15 @@ def _set_feed_status(feed_id: str, status: str, database, data_dir) -> None:
     print(f"feed {feed_id}: {status}")
 
 
+@feeds_app.command("quality")
+def feeds_quality(ods: str, database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """How good a partner's data is: NHS numbers, missing fields, rejects, stale feeds (JSON)."""
+    from .feeds.service import FeedService
+
+    report = FeedService(_open(database, data_dir)).quality_report(ods)
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+
+
 @feeds_app.command("csv")
 def feeds_csv(feed_id: str, path: Path, check: bool = typer.Option(
         False, "--check", help="Only validate; report every rejected row."),

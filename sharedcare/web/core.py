@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from functools import wraps
 from pathlib import Path
@@ -155,7 +156,8 @@ async def sign_in_page(request: Request) -> Response:
     sc = request.app.state.sc
     nxt = _safe_next(request.query_params.get("next"))
     if request.method == "GET":
-        return render(request, "signin.html", next=nxt)
+        return render(request, "signin.html", next=nxt,
+                      oidc_enabled=bool(os.environ.get("SHAREDCARE_OIDC_ISSUER")))
     form = await request.form()
     if not form.get("csrf") or form.get("csrf") != request.cookies.get("sc_csrf"):
         # Login CSRF: a sign-in form must come from this site's own page.
