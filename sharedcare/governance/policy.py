@@ -22,7 +22,6 @@ from sqlalchemy import (
     or_,
     select,
     true,
-    union,
 )
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -157,9 +156,7 @@ class ResourcePolicy:
         if self.access.ods:
             cond = or_(cond, resource.c.source_org == self.access.ods)
         if glass and self.access.needs_relationship:
-            cond = or_(cond, resource.c.pk.in_(
-                select(compartment.c.resource_pk).where(
-                    compartment.c.patient_id.in_(self.glass_patients()))))
+            cond = or_(cond, self._glass_exists())
         return cond
 
     def objection_rule(self) -> ColumnElement:
@@ -179,28 +176,32 @@ class ResourcePolicy:
         own = resource.c.source_org == a.ods if a.ods else false()
         return or_(own, not_(objected))
 
-    def relationship_patients(self):
-        a = self.access
-        now = now_text()
-        return select(care_relationship.c.patient_id).where(
-            care_relationship.c.ods == a.ods,
-            or_(care_relationship.c.expires.is_(None), care_relationship.c.expires > now),
-            or_(care_relationship.c.kind != "declared", care_relationship.c.username == a.username))
-
-    def glass_patients(self):
-        """Patients this person broke glass for in this role at this organisation (glass broken
-        as an A&E clinician does not open records to the same person working elsewhere)."""
-        a = self.access
-        return select(break_glass.c.patient_id).where(
-            break_glass.c.username == a.username, break_glass.c.ods == a.ods,
-            break_glass.c.role == a.role, break_glass.c.expires > now_text())
-
     def relationship_rule(self) -> ColumnElement:
+        """The row's patient has a legitimate relationship with the viewer (or glass broken).
+
+        A correlated EXISTS, probed per candidate row through the compartment and relationship
+        indexes, rather than `pk IN (every resource of every related patient)`, which a GP
+        practice of thousands of patients would materialise on every query."""
         if not self.access.needs_relationship:
             return true()
-        allowed = union(self.relationship_patients(), self.glass_patients())
-        return resource.c.pk.in_(select(compartment.c.resource_pk)
-                                 .where(compartment.c.patient_id.in_(allowed)))
+        a = self.access
+        c = compartment.alias("rc")
+        r = care_relationship.alias("rr")
+        related = exists().where(
+            c.c.resource_pk == resource.c.pk, r.c.patient_id == c.c.patient_id,
+            r.c.ods == a.ods,
+            or_(r.c.expires.is_(None), r.c.expires > now_text()),
+            or_(r.c.kind != "declared", r.c.username == a.username))
+        return or_(related, self._glass_exists())
+
+    def _glass_exists(self) -> ColumnElement:
+        a = self.access
+        c = compartment.alias("gc")
+        g = break_glass.alias("gg")
+        return exists().where(
+            c.c.resource_pk == resource.c.pk, g.c.patient_id == c.c.patient_id,
+            g.c.username == a.username, g.c.ods == a.ods, g.c.role == a.role,
+            g.c.expires > now_text())
 
     def resource_filter(self) -> ColumnElement:
         # Built once per request: every query of the request reuses the same expression.

@@ -120,6 +120,10 @@ class SearchBuilder:
         chained and _has parameters look at, so a search can never tell whether a resource the
         viewer may not see exists (e.g. Patient?_has:Condition:patient:code=...)."""
         req = SearchRequest(rtype)
+        # With a selective parameter (a reference or token: this patient, this code) the
+        # database should drive from it and only probe the others row by row; a broad date
+        # range as an IN-list would otherwise be materialised in full for every search.
+        probe = any(self._selective(rtype, name) for name, _ in params)
         for name, raw in params:
             base = name.split(":", 1)[0]
             if base not in ("_cursor",):
@@ -130,7 +134,7 @@ class SearchBuilder:
             if base in NOT_SUPPORTED:
                 raise _bad(f"search parameter {base} is not supported by this server", name)
             try:
-                req.clauses.append(self.clause(rtype, name, raw, policy))
+                req.clauses.append(self.clause(rtype, name, raw, policy, probe))
             except UnknownParam as e:
                 if not lenient:
                     raise _bad(str(e), name) from None
@@ -185,8 +189,15 @@ class SearchBuilder:
         return Include(stype, param, parts[2] if len(parts) == 3 else None, iterate)
 
     # --- one parameter -> SQL ------------------------------------------------------------
+    def _selective(self, rtype: str | None, name: str) -> bool:
+        code = name.split(":", 1)[0].split(".", 1)[0]
+        if code in ("_id", "_has"):
+            return True
+        sp = self.indexer.params_for(rtype).get(code) if rtype else None
+        return sp is not None and sp.type in ("reference", "token")
+
     def clause(self, rtype: str | None, name: str, raw: str,
-               policy: ColumnElement | None = None) -> ColumnElement:
+               policy: ColumnElement | None = None, probe: bool = False) -> ColumnElement:
         if name.startswith("_has:"):
             return self._has(rtype, name, raw, policy)
         head, dot, chain = name.partition(".")
@@ -220,7 +231,8 @@ class SearchBuilder:
         if sp.type == "token" and modifier == "not":
             # :not is a negation of the whole OR-set: resources with no matching token.
             return not_(self._in(sp, or_(*[self._token(sp, v, None) for v in values])))
-        return self._in(sp, or_(*[self._value(sp, modifier, v, name) for v in values]))
+        return self._in(sp, or_(*[self._value(sp, modifier, v, name) for v in values]),
+                        probe=probe and sp.type not in ("reference", "token"))
 
     def _param(self, rtype: str | None, code: str) -> SearchParam:
         if rtype is None:
@@ -232,8 +244,11 @@ class SearchBuilder:
             raise _bad(f"{sp.type} parameter '{code}' is not supported", code)
         return sp
 
-    def _in(self, sp: SearchParam, cond: ColumnElement) -> ColumnElement:
+    def _in(self, sp: SearchParam, cond: ColumnElement, probe: bool = False) -> ColumnElement:
         t = INDEX_TABLES[sp.type]
+        if probe:  # checked per candidate row through the index's resource_pk
+            return exists().where(t.c.resource_pk == resource.c.pk, t.c.type == sp.base,
+                                  t.c.param == sp.code, cond)
         sub = select(t.c.resource_pk).where(t.c.type == sp.base, t.c.param == sp.code, cond)
         return resource.c.pk.in_(sub)
 
