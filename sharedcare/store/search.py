@@ -123,7 +123,7 @@ class SearchBuilder:
         # With a selective parameter (a reference or token: this patient, this code) the
         # database should drive from it and only probe the others row by row; a broad date
         # range as an IN-list would otherwise be materialised in full for every search.
-        probe = any(self._selective(rtype, name) for name, _ in params)
+        driver = self._driver(rtype, [name for name, _ in params])
         for name, raw in params:
             base = name.split(":", 1)[0]
             if base not in ("_cursor",):
@@ -134,7 +134,8 @@ class SearchBuilder:
             if base in NOT_SUPPORTED:
                 raise _bad(f"search parameter {base} is not supported by this server", name)
             try:
-                req.clauses.append(self.clause(rtype, name, raw, policy, probe))
+                req.clauses.append(self.clause(rtype, name, raw, policy,
+                                               probe=driver is not None and name != driver))
             except UnknownParam as e:
                 if not lenient:
                     raise _bad(str(e), name) from None
@@ -189,12 +190,18 @@ class SearchBuilder:
         return Include(stype, param, parts[2] if len(parts) == 3 else None, iterate)
 
     # --- one parameter -> SQL ------------------------------------------------------------
-    def _selective(self, rtype: str | None, name: str) -> bool:
-        code = name.split(":", 1)[0].split(".", 1)[0]
-        if code in ("_id", "_has"):
-            return True
-        sp = self.indexer.params_for(rtype).get(code) if rtype else None
-        return sp is not None and sp.type in ("reference", "token")
+    def _driver(self, rtype: str | None, names: list[str]) -> str | None:
+        """The parameter the query should be driven from: a reference (this patient), an
+        identifier or _id, else the first token; None lets the database choose."""
+        ranked = []
+        for n, name in enumerate(names):
+            code = name.split(":", 1)[0].split(".", 1)[0]
+            sp = self.indexer.params_for(rtype).get(code) if rtype else None
+            if code in ("_id", "identifier") or (sp is not None and sp.type == "reference"):
+                ranked.append((0, n, name))
+            elif sp is not None and sp.type == "token":
+                ranked.append((1, n, name))
+        return min(ranked)[2] if ranked else None
 
     def clause(self, rtype: str | None, name: str, raw: str,
                policy: ColumnElement | None = None, probe: bool = False) -> ColumnElement:
@@ -232,7 +239,7 @@ class SearchBuilder:
             # :not is a negation of the whole OR-set: resources with no matching token.
             return not_(self._in(sp, or_(*[self._token(sp, v, None) for v in values])))
         return self._in(sp, or_(*[self._value(sp, modifier, v, name) for v in values]),
-                        probe=probe and sp.type not in ("reference", "token"))
+                        probe=probe)
 
     def _param(self, rtype: str | None, code: str) -> SearchParam:
         if rtype is None:
