@@ -253,9 +253,12 @@ class SearchBuilder:
 
     def _in(self, sp: SearchParam, cond: ColumnElement, probe: bool = False) -> ColumnElement:
         t = INDEX_TABLES[sp.type]
-        if probe:  # checked per candidate row through the index's resource_pk
-            return exists().where(t.c.resource_pk == resource.c.pk, t.c.type == sp.base,
-                                  t.c.param == sp.code, cond)
+        if probe:
+            # Checked per candidate row through the index on resource_pk. `type || ''` keeps
+            # SQLite's planner off the (type, param, value) lookup indexes, which it would
+            # otherwise range-scan for every candidate row (seconds at 10,000 patients).
+            return exists().where(t.c.resource_pk == resource.c.pk,
+                                  (t.c.type + "") == sp.base, t.c.param == sp.code, cond)
         sub = select(t.c.resource_pk).where(t.c.type == sp.base, t.c.param == sp.code, cond)
         return resource.c.pk.in_(sub)
 
