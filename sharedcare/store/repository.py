@@ -27,7 +27,6 @@ from sqlalchemy import (
     or_,
     select,
     true,
-    tuple_,
     update,
 )
 from sqlalchemy.sql.elements import ColumnElement
@@ -201,11 +200,17 @@ class Store:
             raise FHIRError(400, issues)
         keys = list({(op.rtype, op.rid) for op in ops})
         existing: dict[tuple[str, str], tuple[int, int, bool]] = {}
-        for chunk in _chunks(keys, 400):
+        by_type: dict[str, list[str]] = {}
+        for t, i in keys:
+            by_type.setdefault(t, []).append(i)
+        # One lookup per type, so the (type, id) unique index is used: a row-value IN list is
+        # a full scan on SQLite, which made ingest slow down as the store grew.
+        lookups = [(t, chunk) for t, ids in by_type.items() for chunk in _chunks(ids, 500)]
+        for t, chunk in lookups:
             rows = conn.execute(
                 select(resource.c.type, resource.c.id, resource.c.pk, resource.c.version,
                        resource.c.deleted, resource.c.source_org)
-                .where(tuple_(resource.c.type, resource.c.id).in_(chunk))
+                .where(resource.c.type == t, resource.c.id.in_(chunk))
             )
             for t, i, pk, v, d, src in rows:
                 existing[(t, i)] = (pk, v, d)
@@ -532,18 +537,26 @@ class Store:
                               idx_reference.c.param == inc.param]
                 if inc.target_type:
                     conds.append(idx_reference.c.target_type == inc.target_type)
-                targets = select(idx_reference.c.target_type, idx_reference.c.target_id).where(*conds)
+                # A join on (type, id), which the unique index serves; a row-value IN over a
+                # subquery would scan the whole resource table on SQLite.
+                targets = (select(idx_reference.c.target_type, idx_reference.c.target_id)
+                           .where(*conds).distinct().subquery())
                 stmt = (select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
                                resource.c.last_updated, resource.c.content)
-                        .where(tuple_(resource.c.type, resource.c.id).in_(targets),
-                               resource.c.deleted == false(), *visible))
+                        .join(targets, and_(resource.c.type == targets.c.target_type,
+                                            resource.c.id == targets.c.target_id))
+                        .where(resource.c.deleted == false(), *visible))
                 found += [Stored(t, i, v, lu, c.encode(), False, pk)
                           for pk, t, i, v, lu, c in conn.execute(stmt)]
             for inc in req.revincludes:
                 if depth and not inc.iterate:
                     continue
-                keys = [(m.type, m.id) for m in frontier]
-                conds = [tuple_(idx_reference.c.target_type, idx_reference.c.target_id).in_(keys)]
+                ids_by_type: dict[str, list[str]] = {}
+                for m in frontier:
+                    ids_by_type.setdefault(m.type, []).append(m.id)
+                ref = idx_reference.c
+                conds = [or_(*[and_(ref.target_type == t, ref.target_id.in_(ids))
+                               for t, ids in ids_by_type.items()])]
                 if inc.param != "*":
                     conds += [idx_reference.c.type == inc.source_type,
                               idx_reference.c.param == inc.param]
