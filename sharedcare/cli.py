@@ -143,10 +143,16 @@ def demo(patients: int = typer.Option(2000, help="How many synthetic patients.")
         with console.status("building the demo care system") as status:
             load_demo(sc, cs, lambda what, n: status.update(f"loading {what}: {n:,}"))
         console.print(f"demo built in {time.perf_counter() - start:.0f}s")
-    t = Table("persona", "username", "password", "organisation", title="Sign in as")
+    t = Table(title="Sign in as")
+    for name in ("persona", "username", "password", "organisation"):
+        t.add_column(name, no_wrap=True)
     for p in cs.personas:
         t.add_row(p.role, p.username, p.password, p.org or "-")
-    Console().print(t)
+    Console(width=120).print(t)
+    featured = next((p for p in cs.personas if p.nhs_number), None)
+    if featured:
+        n = featured.nhs_number
+        print(f"Featured patient: NHS number {n[:3]} {n[3:6]} {n[6:]} (find them by it)")
     print(f"sharedcare demo ({cs.icb_name}, {patients:,} patients): http://{host}:{port}/")
     if serve_it:
         import uvicorn
