@@ -196,40 +196,9 @@ def patient_facts(path: Path, bundle: dict) -> PatientFacts | None:
 # --------------------------------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float | None:
-    """Percentile by linear interpolation (q in 0..100)."""
-    if not values:
-        return None
-    v = sorted(values)
-    if len(v) == 1:
-        return v[0]
-    k = (len(v) - 1) * q / 100.0
-    f = int(k)
-    c = min(f + 1, len(v) - 1)
-    return v[f] + (v[c] - v[f]) * (k - f)
-
-
-def latency_summary(ms: list[float]) -> dict[str, Any]:
-    return {
-        "n": len(ms),
-        "p50_ms": pct(ms, 50),
-        "p95_ms": pct(ms, 95),
-        "p99_ms": pct(ms, 99),
-        "mean_ms": statistics.fmean(ms) if ms else None,
-        "max_ms": max(ms) if ms else None,
-    }
-
-
-def rss_mb(pid: int | None) -> float | None:
-    if not pid:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
+# One implementation of the statistics and RSS sampling for every benchmark script.
+from _common import rss_mb  # noqa: E402
+from _common import summary as latency_summary  # noqa: E402
 
 
 def ref_id(location: str | None, resource_type: str) -> str | None:
