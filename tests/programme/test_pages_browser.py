@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import os
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -23,6 +24,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing in CI (.ci/run installs it)")
         pytest.skip("chromium is not installed")
     pytest.importorskip("playwright")
     import uvicorn
