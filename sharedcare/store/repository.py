@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import orjson
@@ -50,6 +50,7 @@ from .schema import (
 )
 from .search import SearchBuilder, SearchRequest
 
+SNAPSHOT_LIFETIME = timedelta(hours=1)
 INDEX_WRITE = (idx_token, idx_string, idx_date, idx_number, idx_reference, idx_uri, compartment)
 MAX_TEXT = 255
 
@@ -470,9 +471,13 @@ class Store:
             start, sid = 0, None
             if len(pks) > req.count:
                 sid = str(uuid.uuid4())
+                stamp = now_utc()
+                expired = (datetime.now(UTC) - SNAPSHOT_LIFETIME).strftime("%Y-%m-%dT%H:%M:%S")
                 with self.begin_write() as w, w.begin():
+                    # Snapshots live for a while, long enough to page through; older ones go.
+                    w.execute(delete(search_result).where(search_result.c.created < expired))
                     w.execute(insert(search_result), [
-                        {"search_id": sid, "rank": n, "resource_pk": pk, "created": now_utc()}
+                        {"search_id": sid, "rank": n, "resource_pk": pk, "created": stamp}
                         for n, pk in enumerate(pks)])
             pks = pks[: req.count + 1]
         page = pks[: req.count]
