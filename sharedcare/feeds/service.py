@@ -40,6 +40,7 @@ from ..fhir.codes import BASE, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SOURCE_ORG_SYSTEM,
 from ..fhir.outcome import FHIRError
 from ..identity import nhs_number
 from ..identity.service import IdentityService
+from ..logsafe import log_failure
 from ..store.repository import PermitAll, Store, WriteOp, instant, now_utc
 from ..store.schema import resource as resource_table
 from .hl7v2 import HL7Error, build_ack, to_fhir
@@ -319,8 +320,8 @@ class FeedService:
             # A mapped resource the store will not take; the location, never the values.
             where = next((i.expression for i in e.issues if i.expression), None) or "message"
             err = HL7Error("AE", "207", None, f"mapped data failed FHIR validation at {where}")
-        except Exception:
-            log.exception("HL7 v2 ingest failed")
+        except Exception as e:  # noqa: BLE001 - any failure is a NACK, never a crash
+            log_failure(log, "HL7 v2 ingest failed", e)
             return build_ack(raw, "AE", HL7Error("AE", "207", None,
                                                  "Application internal error")), None
         self._record_reject(feed, raw, err)
@@ -532,8 +533,8 @@ class FeedService:
         }
         try:
             self.store.write([WriteOp("POST", "OperationOutcome", str(uuid.uuid4()), outcome)])
-        except Exception:
-            log.warning("could not record a rejected message", exc_info=True)
+        except Exception as e:  # noqa: BLE001 - recording a reject must not fail the NACK
+            log_failure(log, "could not record a rejected message", e)
 
     # ================================================================== FHIR
     def ingest_fhir_bundle(self, bundle: dict, feed_id: str) -> dict:

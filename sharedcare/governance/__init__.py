@@ -85,7 +85,9 @@ class Governance:
         token = None
         if header.lower().startswith("bearer "):
             token = header[7:].strip()
-        elif request.cookies.get("sc_session"):
+        elif request.cookies.get("sc_session") and request.method in ("GET", "HEAD"):
+            # The browser session may read the API (the pages' JSON and CSV); anything that
+            # changes data needs a bearer token, so a cross-site form can never write with it.
             token = request.cookies["sc_session"]
         if not token:
             raise unauthorised("sign in first: this request has no access token")

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, select
 
 from ..fhir.codes import BASE, NHS_NUMBER_SYSTEM, SOURCE_ORG_SYSTEM
 from ..fhir.outcome import FHIRError
+from ..logsafe import log_failure
 from ..store.repository import PermitAll, Store, WriteOp, instant, now_utc
 from . import nhs_number as nhs
 from .matching import (
@@ -115,9 +116,9 @@ class IdentityService:
                     model = Linker()
                     model.train(records)
                     self._linker, self._trained_on = model, count
-                except Exception:  # tiny or degenerate populations cannot be trained
-                    log.warning("identity model could not be trained on %d patients", count,
-                                exc_info=True)
+                except Exception as e:  # noqa: BLE001 - tiny populations cannot be trained
+                    log_failure(log, f"identity model could not be trained on {count} patients",
+                                e)
             return self._linker
 
     def _patient_count(self) -> int:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from hl7.mllp import start_hl7_server
 from hl7.mllp.exceptions import InvalidBlockError
 
+from ...logsafe import log_failure
 from .ack import build_ack
 from .errors import HL7Error
 
@@ -31,9 +32,9 @@ async def _respond(raw: str, handle: Callable[[str], Awaitable[str]]) -> str:
         return await handle(raw)
     except HL7Error as exc:
         return build_ack(raw, exc.ack_code, exc)
-    except Exception:
-        # Details (which may hold patient data) stay in the server log, not in the NACK.
-        log.exception("HL7 v2 handler failed")
+    except Exception as e:  # noqa: BLE001 - any failure is a NACK, never a dropped connection
+        # Neither the NACK nor the log carries the details, which may hold patient data.
+        log_failure(log, "HL7 v2 handler failed", e)
         return build_ack(raw, "AE", HL7Error("AE", "207", None, "Application internal error"))
 
 
