@@ -18,7 +18,9 @@ def config(engine: Engine) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "heads") -> None:
+    # "heads": independent branches (each capability's own tables) all apply; a merge
+    # revision joins them when they must be ordered.
     command.upgrade(config(engine), revision)
 
 
