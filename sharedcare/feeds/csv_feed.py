@@ -78,7 +78,6 @@ class LoadReport:
     rejected: list[RowError] = field(default_factory=list)
     receipt: str | None = None
     duplicate: bool = False
-    identities: list = field(default_factory=list)
 
 
 class MappingError(ValueError):
@@ -345,7 +344,7 @@ def validate(csv_path, mapping: dict, ods: str = "VALIDATE", feed_id: str = "val
 
 
 def load(csv_path, mapping: dict, feed_id: str, *, service=None, sc=None,
-         all_or_nothing: bool = False, resolve_identities: bool = True) -> LoadReport:
+         all_or_nothing: bool = False) -> LoadReport:
     """Load the valid rows of a CSV file as one transaction with one Provenance (or nothing at
     all when ``all_or_nothing`` and any row is rejected). Re-sending an identical file changes
     nothing. Rows that repeat a key update the same resource (the later row wins)."""
@@ -389,13 +388,10 @@ def load(csv_path, mapping: dict, feed_id: str, *, service=None, sc=None,
                 return None
             ops, _, _ = plan_writes(service.store, parsed, conn)
             prov = service._provenance(feed, ops, f"{Path(csv_path).name} ({nrows} rows)", "csv")
-            person_ops = service.identity.nhs_link_ops(
-                conn, [(o.rid, o.resource) for o in ops if o.rtype == "Patient"]) \
-                if service.link_identities else []
+            # Person links: the store's identity hook, in this same transaction (patients
+            # without a valid NHS number are queued for the identity worker).
             service.store.write(ops + [WriteOp("PUT", "Provenance", rid, prov)], conn,
                                 source_org=feed.ods)
-            if person_ops:
-                service.store.write(person_ops, conn)
             return ops
 
     try:
@@ -408,10 +404,6 @@ def load(csv_path, mapping: dict, feed_id: str, *, service=None, sc=None,
         return report
     report.loaded_rows = len(built)
     report.resources = len(ops)
-    if resolve_identities and service.link_identities:
-        for o in ops:
-            if o.rtype == "Patient":
-                report.identities.append(service.identity.resolve(o.rid))
     return report
 
 

@@ -39,7 +39,6 @@ from ..fhir.bundle import parse_entries, plan_writes
 from ..fhir.codes import BASE, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SOURCE_ORG_SYSTEM, feed_source
 from ..fhir.outcome import FHIRError
 from ..identity import nhs_number
-from ..identity.service import IdentityService
 from ..logsafe import log_failure
 from ..store.repository import PermitAll, Store, WriteOp, instant, now_utc
 from ..store.schema import resource as resource_table
@@ -173,13 +172,12 @@ def _transient(exc: Exception) -> bool:
 
 
 class FeedService:
-    def __init__(self, sc, *, record_rejects: bool = True, link_identities: bool = True,
-                 cache_seconds: float = 1.0):
+    def __init__(self, sc, *, record_rejects: bool = True, cache_seconds: float = 1.0):
+        # Identity is not the feeds' business: the store's identity hook links every Patient
+        # written (sharedcare.identity.hook), whatever path wrote it.
         self.sc = sc
         self.store: Store = sc.store
-        self.identity = IdentityService.of(sc)
         self.record_rejects = record_rejects
-        self.link_identities = link_identities
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Feed | None]] = {}
         self._lock = threading.Lock()
@@ -372,13 +370,8 @@ class FeedService:
                                               survivor_key, retired_key))
             prov = next(o for o in keep if o.rtype == "Provenance")
             self._finish_receipt(prov.resource, keep, stale, mapped.warnings)
-            person_ops = []
-            if self.link_identities:
-                patients = [(o.rid, o.resource) for o in keep if o.rtype == "Patient"]
-                person_ops = self.identity.nhs_link_ops(conn, patients)
+            # Person links: the store's identity hook, in this same transaction.
             results = self.store.write(keep, conn, source_org=ods)
-            if person_ops:
-                self.store.write(person_ops, conn)
         return IngestResult("accepted", rid,
                             [f"{r.stored.type}/{r.stored.id}/_history/{r.stored.version}"
                              for r in results], stale, merges, list(mapped.warnings))
@@ -429,7 +422,8 @@ class FeedService:
         sid = survivor_op.rid
         q = (f"identifier={quote(r_sys, safe=':/')}|{quote(r_val, safe='')}"
              f"&_tag={quote(SOURCE_ORG_SYSTEM, safe=':/')}|{quote(feed.ods, safe='')}")
-        found = [i for i in self.store.match_ids("Patient", q, conn, limit=5) if i != sid]
+        found = [i for i in self.store.match_ids("Patient", q, conn, limit=5,
+                                                   policy=PermitAll()) if i != sid]
         retired_id = found[0] if found else str(uuid.uuid5(_NS, f"retired|{feed.ods}|{retired_key}"))
         if found:
             old = current.get(("Patient", retired_id)) or self.store.read(
@@ -561,14 +555,7 @@ class FeedService:
                 ops, op_entries, responses = plan_writes(self.store, entries, conn)
                 ops.append(WriteOp("PUT", "Provenance", rid,
                                    self._provenance(feed, ops, ident or "transaction", "bundle")))
-                person_ops = []
-                if self.link_identities:
-                    person_ops = self.identity.nhs_link_ops(
-                        conn, [(o.rid, o.resource) for o in ops if o.rtype == "Patient"
-                               and o.resource])
                 results = self.store.write(ops, conn, source_org=feed.ods)
-                if person_ops:
-                    self.store.write(person_ops, conn)
                 return op_entries, results[:-1], responses
 
         try:
@@ -648,13 +635,8 @@ class FeedService:
                 with self.store.begin_write() as conn, conn.begin():
                     if self.store.exists("Provenance", rid, conn):
                         return False
-                    person_ops = self.identity.nhs_link_ops(
-                        conn, [(o.rid, o.resource) for o in ops if o.rtype == "Patient"]) \
-                        if self.link_identities else []
                     self.store.write(ops + [WriteOp("PUT", "Provenance", rid, self._provenance(
                         feed, ops, message_id, "ndjson"))], conn, source_org=feed.ods)
-                    if person_ops:
-                        self.store.write(person_ops, conn)
                     return True
             try:
                 if self._retrying(commit):

@@ -659,3 +659,41 @@ class Linker:
             out.append((c, p, self.grade(p)))
         out.sort(key=lambda t: -t[1])
         return out
+
+    # ---------------------------------------------------------------- evidence
+
+    def explain(self, query: Demographics, candidate: Demographics) -> dict[str, Any]:
+        """Why the model scores a pair as it does, for a person reviewing it: the match weight
+        (log2 Bayes factor, prior included), the probability, and for each compared field the
+        level reached (``agree`` / ``partial`` / ``disagree`` / ``missing``), its label and its
+        partial match weight. Holds no names or values."""
+        model = self._require_model()
+        q, c = _row(query), _row(candidate)
+        q["record_id"], c["record_id"] = "__query__", "__candidate__"
+        settings = copy.deepcopy(model)
+        settings["retain_intermediate_calculation_columns"] = True
+        with self._lock:
+            rec = _splink_linker([q, c], settings).inference.score_pairs([q], [c]
+                                                                         ).as_record_list()[0]
+        fields: dict[str, dict[str, Any]] = {}
+        for comp in model["comparisons"]:
+            name = comp["output_column_name"]
+            levels = [lv for lv in comp["comparison_levels"] if not lv.get("is_null_level")]
+            gamma = rec.get(f"gamma_{name}")
+            if gamma is None or gamma < 0:
+                fields[name] = {"level": "missing", "label": "missing on one or both records",
+                                "weight": 0.0}
+                continue
+            index = len(levels) - 1 - int(gamma)
+            fields[name] = {
+                "level": "agree" if index == 0 else "disagree" if index == len(levels) - 1
+                else "partial",
+                "label": levels[index].get("label_for_charts") or f"level {gamma}",
+                "weight": round(float(rec.get(f"mw_{name}") or 0.0), 3),
+            }
+        p = self._capped(float(rec["match_probability"]), rec.get("gamma_given"))
+        weight = float(rec["match_weight"])
+        if p < float(rec["match_probability"]):
+            weight = math.log2(p / (1 - p))
+        return {"probability": p, "match_weight": round(weight, 3), "grade": self.grade(p),
+                "fields": fields}

@@ -3,11 +3,21 @@
 Every source ``Patient`` (one per partner record) is linked from exactly one ``Person``:
 
 * a Patient with a *valid* NHS number joins the Person of that number (id derived from the number,
-  so two writers cannot create two Persons for one number), ``assurance = level4``;
-* a Patient without one is scored against the store's other patients by the splink
-  :class:`~sharedcare.identity.matching.Linker` (trained on the store's own patients): a *certain*
-  match joins that patient's Person (``level3``); a *possible* one gets a Person of its own and a
-  review ``Task`` naming the candidate; anything else gets a Person of its own (``level1``).
+  so two writers cannot create two Persons for one number), ``assurance = level4`` -- done by the
+  store write hook (:mod:`sharedcare.identity.hook`) in the writer's own transaction;
+* a Patient without one is queued by that hook, and the worker the server runs
+  (:mod:`sharedcare.identity.worker`) calls :meth:`IdentityService.resolve`: it is scored against
+  the store's other patients by the splink :class:`~sharedcare.identity.matching.Linker` (trained
+  on the store's own patients): a *certain* match joins that patient's Person (``level3``); a
+  *possible* one gets a Person of its own and a review ``Task`` naming the candidate with the
+  evidence (fields that agreed, match weight); anything else gets a Person of its own
+  (``level1``).
+
+A person's decisions -- :meth:`IdentityService.link`, :meth:`~IdentityService.unlink`,
+:meth:`~IdentityService.confirm`, :meth:`~IdentityService.reject` -- are audited (one
+``AuditEvent`` in the same transaction as the change), carry their reason on the link, and are
+reversible. A partner's own merge (ADT A40) is the partner's record (``Patient.link``
+replaced-by); a link across partners is only ever a Person link.
 
 ``Patient/$match`` (FHIR R4 / IHE PDQm) is :meth:`IdentityService.match`; the HTTP handler the
 FHIR API wires is :func:`match_handler`.
@@ -18,7 +28,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from sqlalchemy import Connection, select
 
@@ -27,12 +38,23 @@ from ..fhir.outcome import FHIRError
 from ..logsafe import log_failure
 from ..store.repository import PermitAll, Store, WriteOp, instant, now_utc
 from . import nhs_number as nhs
+from .links import (
+    LinkPlan,
+    link_basis,
+    link_reason,
+    make_link,
+    person_id_for_nhs,
+    person_id_for_patient,
+    read_current,
+    valid_nhs_number,
+)
 from .matching import (
     MATCH_GRADE_EXTENSION_URL,
     Demographics,
     Linker,
     demographics_from_patient,
     normalise_name,
+    normalise_postcode,
 )
 
 log = logging.getLogger(__name__)
@@ -42,23 +64,8 @@ TASK_CODE_SYSTEM = f"{BASE}/CodeSystem/task-code"
 IDENTITY_REVIEW = "identity-review"
 GRADE_ORDER = {"certain": 3, "probable": 2, "possible": 1, "certainly-not": 0}
 MAX_CANDIDATES = 500
-
-
-def person_id_for_nhs(number: str) -> str:
-    return str(uuid.uuid5(_NS, f"nhs|{number}"))
-
-
-def person_id_for_patient(patient_id: str) -> str:
-    return str(uuid.uuid5(_NS, f"patient|{patient_id}"))
-
-
-def valid_nhs_number(patient: dict) -> str | None:
-    for ident in patient.get("identifier") or []:
-        if ident.get("system") == NHS_NUMBER_SYSTEM:
-            digits = nhs.normalise(ident.get("value"))
-            if digits and nhs.is_valid(digits):
-                return digits
-    return None
+MIN_REASON = 10
+FIELDS = ("given", "family", "birth_date", "sex", "postcode")
 
 
 def _source_of(res: dict) -> str:
@@ -71,17 +78,33 @@ def _source_of(res: dict) -> str:
 @dataclass
 class Resolution:
     patient_id: str
-    outcome: str  # nhs-number | link | review | new | already-linked
+    outcome: str  # nhs-number | link | review | new | already-linked | changed
     person_id: str
     probability: float | None = None
     candidate: str | None = None
     task_id: str | None = None
 
 
+@dataclass
+class Review:
+    """One open identity review: the records, and the evidence the model gave."""
+
+    task_id: str
+    patient_id: str
+    candidate_id: str
+    patient_source: str
+    candidate_source: str
+    probability: float | None
+    match_weight: float | None
+    grade: str | None
+    fields: dict[str, str] = field(default_factory=dict)  # field -> "agree: <label>"
+    authored: str | None = None
+
+
 class IdentityService:
     """Person links over the store. Thread-safe; one per :class:`SharedCare` (see :meth:`of`)."""
 
-    _instances: dict[int, IdentityService] = {}
+    _instances: ClassVar[dict[int, IdentityService]] = {}
 
     def __init__(self, sc, linker: Linker | None = None, retrain_growth: float = 1.5,
                  min_training_records: int = 10):
@@ -147,9 +170,38 @@ class IdentityService:
             out.sort(key=lambda t: -t[1])
         return out
 
-    # ------------------------------------------------------------------ linking
+    def explain(self, patient: dict, candidate: dict) -> dict:
+        """The evidence for a pair: match weight, probability, grade and, per field, whether it
+        agreed (see :meth:`Linker.explain`). Falls back to exact agreement before training."""
+        q = demographics_from_patient(patient, "q")
+        c = demographics_from_patient(candidate, "c")
+        model = self.linker()
+        if model is not None and model.trained:
+            return model.explain(q, c)
+        p = _fallback_probability(q, c)
+        fields = {}
+        for f in FIELDS:
+            a, b = _norm_field(q, f), _norm_field(c, f)
+            if not a or not b:
+                fields[f] = {"level": "missing", "label": "missing on one or both records",
+                             "weight": 0.0}
+            else:
+                fields[f] = {"level": "agree" if a == b else "disagree",
+                             "label": "exact match" if a == b else "different", "weight": 0.0}
+        import math
+
+        weight = math.log2(p / (1 - p)) if 0 < p < 1 else (99.0 if p >= 1 else -99.0)
+        return {"probability": p, "match_weight": round(weight, 3),
+                "grade": _fallback_grade(p), "fields": fields}
+
+    # ------------------------------------------------------------------ reading links
     def persons_linking(self, patient_id: str, conn: Connection | None = None) -> list[str]:
-        return self.store.match_ids("Person", f"link=Patient/{patient_id}", conn, limit=20)
+        from .links import persons_of
+
+        if conn is not None:
+            return persons_of(conn, [patient_id]).get(patient_id, [])
+        with self.store.engine.connect() as c:
+            return persons_of(c, [patient_id]).get(patient_id, [])
 
     def _read(self, rtype: str, rid: str, conn) -> dict | None:
         try:
@@ -157,157 +209,316 @@ class IdentityService:
         except FHIRError:
             return None
 
-    def link_ops(self, conn: Connection, patient_id: str, person_id: str, assurance: str,
-                 identifier: dict | None = None, pending: dict | None = None) -> list[WriteOp]:
-        """Write operations putting ``patient_id`` into Person ``person_id`` (created if need be)
-        and out of any other Person. ``pending`` holds Persons already changed in this unit of
-        work (id -> resource), so several patients of one message compose."""
-        pending = pending if pending is not None else {}
-        ops: list[WriteOp] = []
-        ref = f"Patient/{patient_id}"
-
-        def load(pid: str) -> dict | None:
-            if pid in pending:
-                return pending[pid]
-            return self._read("Person", pid, conn)
-
-        for other in self.persons_linking(patient_id, conn):
-            if other == person_id:
-                continue
-            res = load(other)
-            if res is None:
-                continue
-            links = [lk for lk in res.get("link") or []
-                     if (lk.get("target") or {}).get("reference") != ref]
-            if links:
-                res = {**res, "link": links}
-                pending[other] = res
-                ops.append(WriteOp("PUT", "Person", other, res))
-            else:
-                pending[other] = None
-                ops.append(WriteOp("DELETE", "Person", other, None))
-        person = load(person_id)
-        if person is None:
-            person = {"resourceType": "Person", "id": person_id, "active": True, "link": []}
-            if identifier:
-                person["identifier"] = [identifier]
-        person = dict(person)
-        links = list(person.get("link") or [])
-        existing = next((lk for lk in links if (lk.get("target") or {}).get("reference") == ref),
-                        None)
-        if existing is not None and existing.get("assurance") == assurance and not ops:
-            return []
-        if existing is not None:
-            links = [lk for lk in links if lk is not existing]
-        links.append({"target": {"reference": ref}, "assurance": assurance})
-        person["link"] = links
-        pending[person_id] = person
-        ops.append(WriteOp("PUT", "Person", person_id, person))
-        return ops
-
-    def nhs_link_ops(self, conn: Connection, patients: list[tuple[str, dict]],
-                     pending: dict | None = None) -> list[WriteOp]:
-        """Inside a feed's write transaction: each patient with a valid NHS number joins the
-        Person of that number. Patients without one are left for :meth:`resolve`."""
-        pending = {} if pending is None else pending
-        ops: list[WriteOp] = []
-        for pid, res in patients:
-            number = valid_nhs_number(res)
-            if number:
-                ops += self.link_ops(conn, pid, person_id_for_nhs(number), "level4",
-                                     {"system": NHS_NUMBER_SYSTEM, "value": number}, pending)
-        return _squash(ops)
-
-    def resolve(self, patient_id: str) -> Resolution:
-        """Give one patient its identity (see module doc). Idempotent."""
-        patient = self._read("Patient", patient_id, None)
-        if patient is None:
+    def _patient(self, patient_id: str, conn) -> dict:
+        res = self._read("Patient", patient_id, conn)
+        if res is None:
             raise FHIRError.of(404, "not-found", f"Patient/{patient_id} is not known")
+        return res
+
+    # ------------------------------------------------------------------ the model's decisions
+    def resolve(self, patient_id: str) -> Resolution:
+        """Give one patient its identity (see module doc). Idempotent: a patient already linked
+        (other than by an NHS number it no longer has) keeps its Person."""
+        patient = self._patient(patient_id, None)
+        version = (patient.get("meta") or {}).get("versionId")
         number = valid_nhs_number(patient)
         if number:
             person = person_id_for_nhs(number)
-            self._write_ops(lambda conn: self.link_ops(
-                conn, patient_id, person, "level4", {"system": NHS_NUMBER_SYSTEM, "value": number}))
+            self._write(lambda conn, plan: plan.move(
+                patient_id, person, make_link(patient_id, "level4", "nhs-number"),
+                {"system": NHS_NUMBER_SYSTEM, "value": number}) and None)
             return Resolution(patient_id, "nhs-number", person)
-        linked = self.persons_linking(patient_id)
-        if linked:
-            return Resolution(patient_id, "already-linked", linked[0])
-        candidates = [c for c in self.candidates(patient, PermitAll()) if c.get("id") != patient_id
-                      and c.get("active", True) is not False]
+        with self.store.engine.connect() as c:
+            plan = LinkPlan(c)
+            current = plan.person_of(patient_id)
+            link = plan.link_of(patient_id)
+        if current and link_basis(link) != "nhs-number":
+            return Resolution(patient_id, "already-linked", current)
+        rejected = self._rejected_pairs(patient_id)
+        candidates = [c for c in self.candidates(patient, PermitAll())
+                      if c.get("id") != patient_id and c.get("active", True) is not False
+                      and c.get("id") not in rejected]
         best = self.score(patient, candidates)[:1]
         own = person_id_for_patient(patient_id)
+
+        def unchanged(conn) -> bool:
+            # The patient may have been rewritten (an NHS number added) since it was scored:
+            # then the write hook has already placed it, and this decision is void.
+            now = self._read("Patient", patient_id, conn)
+            return now is not None and (now.get("meta") or {}).get("versionId") == version
+
         if best and best[0][2] == "certain":
             cand, p, _ = best[0]
-            target = self._person_of(cand)
-            self._write_ops(lambda conn: self.link_ops(conn, patient_id, target, "level3"))
+
+            def link_it(conn, plan):
+                if not unchanged(conn):
+                    return "changed"
+                target = self._person_for(plan, cand)
+                plan.move(patient_id, target, make_link(
+                    patient_id, "level3", "match", f"splink match probability {p:.4f} with "
+                    f"Patient/{cand['id']}"))
+                return target
+            target = self._write(link_it)
+            if target == "changed":
+                return Resolution(patient_id, "changed", "")
             return Resolution(patient_id, "link", target, p, cand["id"])
         if best and best[0][2] in ("probable", "possible"):
             cand, p, grade = best[0]
             task_id = str(uuid.uuid5(_NS, f"review|{patient_id}|{cand['id']}"))
-            task = review_task(task_id, patient, cand, p, grade)
+            task = review_task(task_id, patient, cand, p, grade, self.explain(patient, cand))
 
-            def ops(conn):
-                return self.link_ops(conn, patient_id, own, "level1") + [
-                    WriteOp("PUT", "Task", task_id, task)]
-            self._write_ops(ops)
+            def review_it(conn, plan):
+                if not unchanged(conn):
+                    return "changed"
+                plan.move(patient_id, own, make_link(patient_id, "level1", "own"))
+                existing = self._read("Task", task_id, conn)
+                if existing is None or existing.get("status") not in ("completed", "rejected"):
+                    return [WriteOp("PUT", "Task", task_id, task)]
+                return None
+            if self._write(review_it) == "changed":
+                return Resolution(patient_id, "changed", "")
             return Resolution(patient_id, "review", own, p, cand["id"], task_id)
-        self._write_ops(lambda conn: self.link_ops(conn, patient_id, own, "level1"))
+
+        def own_it(conn, plan):
+            if not unchanged(conn):
+                return "changed"
+            plan.move(patient_id, own, make_link(patient_id, "level1", "own"))
+            return None
+        if self._write(own_it) == "changed":
+            return Resolution(patient_id, "changed", "")
         return Resolution(patient_id, "new", own)
 
-    def _person_of(self, patient: dict) -> str:
-        """The Person of an existing patient, giving it one first if it has none."""
-        linked = self.persons_linking(patient["id"])
-        if linked:
-            return linked[0]
-        own = person_id_for_patient(patient["id"])
+    def _person_for(self, plan: LinkPlan, patient: dict) -> str:
+        """The Person of an existing patient, giving it one first (in the same plan) if none."""
+        current = plan.person_of(patient["id"])
+        if current:
+            return current
         number = valid_nhs_number(patient)
         if number:
             own = person_id_for_nhs(number)
-        self._write_ops(lambda conn: self.link_ops(conn, patient["id"], own,
-                                                   "level4" if number else "level1"))
+            plan.move(patient["id"], own, make_link(patient["id"], "level4", "nhs-number"),
+                      {"system": NHS_NUMBER_SYSTEM, "value": number})
+        else:
+            own = person_id_for_patient(patient["id"])
+            plan.move(patient["id"], own, make_link(patient["id"], "level1", "own"))
         return own
 
+    def _rejected_pairs(self, patient_id: str) -> set[str]:
+        """Candidates a person has already said are someone else (a rejected review)."""
+        out = set()
+        for task in self._review_tasks(patient_id, statuses=("completed",)):
+            if (task.get("businessStatus") or {}).get("text") == "different people":
+                a, b = _task_pair(task)
+                out.add(b if a == patient_id else a)
+        return out
+
     def unlinked_patients(self) -> list[str]:
-        linked: set[str] = set()
-        for s in self.store.iter_current(PermitAll(), ["Person"]):
-            for lk in s.json().get("link") or []:
-                ref = (lk.get("target") or {}).get("reference") or ""
-                if ref.startswith("Patient/"):
-                    linked.add(ref.split("/", 1)[1])
-        return [s.id for s in self.store.iter_current(PermitAll(), ["Patient"])
-                if s.id not in linked]
+        from .links import persons_of
+
+        out = []
+        batch: list[str] = []
+
+        def flush():
+            with self.store.engine.connect() as c:
+                found = persons_of(c, batch)
+            out.extend(p for p in batch if p not in found)
+            batch.clear()
+        for s in self.store.iter_current(PermitAll(), ["Patient"]):
+            batch.append(s.id)
+            if len(batch) >= 500:
+                flush()
+        if batch:
+            flush()
+        return out
 
     def resolve_pending(self) -> list[Resolution]:
-        """Resolve every patient that no Person links yet (after a feed load, or a crash)."""
+        """Resolve every patient that no Person links yet (an operator's catch-up)."""
         return [self.resolve(pid) for pid in self.unlinked_patients()]
 
-    def decide_review(self, task_id: str, same_person: bool) -> None:
-        """Close a review Task: link the two records (same person) or record that they differ."""
-        task = self._read("Task", task_id, None)
-        if task is None:
-            raise FHIRError.of(404, "not-found", f"Task/{task_id} is not known")
-        patient_id = task["for"]["reference"].split("/", 1)[1]
-        cand = next(i["valueReference"]["reference"].split("/", 1)[1]
-                    for i in task.get("input") or [] if "valueReference" in i)
-        done = {**task, "status": "completed",
-                "businessStatus": {"text": "same person" if same_person else "different people"}}
-
-        def ops(conn):
-            out = []
-            if same_person:
-                target = self.persons_linking(cand, conn)
-                target_id = target[0] if target else person_id_for_patient(cand)
-                if not target:
-                    out += self.link_ops(conn, cand, target_id, "level1")
-                out += self.link_ops(conn, patient_id, target_id, "level3")
-            return _squash(out) + [WriteOp("PUT", "Task", task_id, done)]
-        self._write_ops(ops)
-
-    def _write_ops(self, make) -> None:
+    def _write(self, make):
+        """One transaction: ``make(conn, plan)`` moves links in the plan and may return extra
+        write operations (a list) or a value to hand back."""
         with self.store.begin_write() as conn, conn.begin():
-            ops = make(conn)
+            plan = LinkPlan(conn)
+            out = make(conn, plan)
+            if out == "changed":
+                return out
+            extra = out if isinstance(out, list) else []
+            ops = plan.ops() + extra
             if ops:
-                self.store.write(_squash(ops), conn)
+                self.store.write(ops, conn)
+            return None if isinstance(out, list) else out
+
+    # ------------------------------------------------------------------ a person's decisions
+    def _audit(self, access, action: str, conn, patient_id: str, entity: str,
+               reason: str) -> None:
+        self.sc.governance.audit(access, action, "0", patient_id=patient_id, entity=entity,
+                                 reason=reason, conn=conn)
+
+    @staticmethod
+    def _reason(reason: str | None) -> str:
+        reason = (reason or "").strip()
+        if len(reason) < MIN_REASON:
+            raise FHIRError.of(400, "required", f"a reason is required (at least {MIN_REASON} "
+                               "characters): it is kept with the link and in the audit trail")
+        return reason
+
+    def link(self, access, patient_a: str, patient_b: str, reason: str) -> str:
+        """A person's decision that two records are one person: ``patient_b`` joins the Person of
+        ``patient_a`` (or the other way round when only ``patient_b`` has a valid NHS number).
+        Refused for two different valid NHS numbers. Returns the Person id."""
+        reason = self._reason(reason)
+        if patient_a == patient_b:
+            raise FHIRError.of(400, "invalid", "a patient cannot be linked to itself")
+        who = access.username or access.client_id or "operator"
+        with self.store.begin_write() as conn, conn.begin():
+            a, b = self._patient(patient_a, conn), self._patient(patient_b, conn)
+            na, nb = valid_nhs_number(a), valid_nhs_number(b)
+            if na and nb and na != nb:
+                raise FHIRError.of(409, "conflict", f"Patient/{patient_a} and Patient/{patient_b}"
+                                   " have different valid NHS numbers: they are different people "
+                                   "(correct the NHS number at its source if it is wrong)")
+            if nb and not na:
+                a, b, na, nb = b, a, nb, na
+            plan = LinkPlan(conn)
+            target = self._person_for(plan, a)
+            if plan.person_of(b["id"]) == target:
+                raise FHIRError.of(409, "duplicate", f"Patient/{patient_a} and Patient/"
+                                   f"{patient_b} are already one person (Person/{target})")
+            if nb:  # same valid NHS number: already in that number's Person
+                raise FHIRError.of(409, "duplicate", "both records carry the same NHS number")
+            plan.move(b["id"], target, make_link(b["id"], "level3", "operator",
+                                                 f"linked by {who} to Patient/{a['id']}: "
+                                                 f"{reason}"))
+            self.store.write(plan.ops(), conn)
+            self._audit(access, "identity-link", conn, b["id"], f"Person/{target}",
+                        f"linked to Patient/{a['id']}: {reason}")
+        return target
+
+    def unlink(self, access, patient_id: str, reason: str) -> str:
+        """A person's decision that a record is not the person it is linked to: it gets a Person
+        of its own (and the model will not put it back: it stays linked, by a person). Refused for
+        a record whose valid NHS number places it. Returns the new Person id."""
+        reason = self._reason(reason)
+        who = access.username or access.client_id or "operator"
+        with self.store.begin_write() as conn, conn.begin():
+            patient = self._patient(patient_id, conn)
+            if valid_nhs_number(patient):
+                raise FHIRError.of(409, "conflict", f"Patient/{patient_id} carries a valid NHS "
+                                   "number, which places it in that number's Person: correct the "
+                                   "NHS number at its source instead")
+            plan = LinkPlan(conn)
+            current = plan.person_of(patient_id)
+            if current is not None and plan.members(current) == [patient_id]:
+                raise FHIRError.of(409, "conflict", f"Patient/{patient_id} is not linked to any "
+                                   "other record: there is nothing to unlink")
+            own = person_id_for_patient(patient_id)
+            if own == current or plan.members(own):
+                own = str(uuid.uuid4())
+            plan.move(patient_id, own, make_link(
+                patient_id, "level1", "operator",
+                f"unlinked by {who} from Person/{current}: {reason}"))
+            self.store.write(plan.ops(), conn)
+            self._audit(access, "identity-unlink", conn, patient_id, f"Person/{current}",
+                        f"unlinked to Person/{own}: {reason}")
+        return own
+
+    def _review_tasks(self, patient_id: str, statuses: tuple[str, ...] = ("requested",)
+                      ) -> list[dict]:
+        """Identity reviews naming a patient (as the record or the candidate)."""
+        return [t for t in self._all_tasks([("code", f"{TASK_CODE_SYSTEM}|{IDENTITY_REVIEW}"),
+                                            ("status", ",".join(statuses)), ("_count", "1000")])
+                if patient_id in _task_pair(t)]
+
+    def _all_tasks(self, params) -> list[dict]:
+        out, cursor = [], None
+        while True:
+            page = self.store.search("Task", params + ([("_cursor", cursor)] if cursor else []),
+                                     PermitAll(), lenient=True)
+            out += [s.json() for s in page.matches]
+            cursor = page.next_cursor
+            if not cursor:
+                return out
+
+    def review_queue(self) -> list[Review]:
+        """Open reviews, oldest first, each with its evidence."""
+        out = []
+        for task in self._all_tasks([("code", f"{TASK_CODE_SYSTEM}|{IDENTITY_REVIEW}"),
+                                     ("status", "requested"), ("_count", "1000")]):
+            a, b = _task_pair(task)
+            values = {i["type"]["text"]: next((v for k, v in i.items() if k.startswith("value")),
+                                              None) for i in task.get("input") or []}
+            fields = {k.split(":", 1)[1]: v for k, v in values.items()
+                      if k.startswith("agreement:")}
+            srcs = read_current_sources(self.store, [a, b])
+            out.append(Review(task["id"], a, b, srcs.get(a, "?"), srcs.get(b, "?"),
+                              values.get("match-probability"), values.get("match-weight"),
+                              values.get("match-grade"), fields, task.get("authoredOn")))
+        return sorted(out, key=lambda r: (r.authored or "", r.task_id))
+
+    def _decide(self, access, task_id: str, same_person: bool, reason: str | None) -> str | None:
+        with self.store.begin_write() as conn, conn.begin():
+            task = self._read("Task", task_id, conn)
+            if task is None or (task.get("code") or {}).get("coding", [{}])[0].get("code") != \
+                    IDENTITY_REVIEW:
+                raise FHIRError.of(404, "not-found", f"Task/{task_id} is not an identity review")
+            if task.get("status") != "requested":
+                raise FHIRError.of(409, "conflict", f"Task/{task_id} was already decided "
+                                   f"({(task.get('businessStatus') or {}).get('text')})")
+            patient_id, cand = _task_pair(task)
+            who = access.username or access.client_id or "operator"
+            verdict = "same person" if same_person else "different people"
+            done = {**task, "status": "completed", "businessStatus": {"text": verdict},
+                    "lastModified": instant(now_utc())}
+            if reason:
+                done["note"] = [*(task.get("note") or []), {"text": f"{who}: {reason}"[:1000]}]
+            plan = LinkPlan(conn)
+            target = None
+            if same_person:
+                p, c = self._patient(patient_id, conn), self._patient(cand, conn)
+                np_, nc = valid_nhs_number(p), valid_nhs_number(c)
+                if np_ and nc and np_ != nc:
+                    raise FHIRError.of(409, "conflict", "the two records have different valid "
+                                       "NHS numbers: they are different people")
+                if np_ and not nc:
+                    p, c = c, p
+                target = self._person_for(plan, c)
+                plan.move(p["id"], target, make_link(
+                    p["id"], "level3", "review",
+                    f"confirmed by {who} (Task/{task_id})" + (f": {reason}" if reason else "")))
+            self.store.write(plan.ops() + [WriteOp("PUT", "Task", task_id, done)], conn)
+            self._audit(access, "identity-confirm" if same_person else "identity-reject", conn,
+                        patient_id, f"Task/{task_id}",
+                        f"{verdict} as Patient/{cand}" + (f": {reason}" if reason else ""))
+            return target
+
+    def confirm(self, access, task_id: str, reason: str | None = None) -> str:
+        """Close a review as *same person*: the records share one Person. Returns its id."""
+        return self._decide(access, task_id, True, reason)
+
+    def reject(self, access, task_id: str, reason: str | None = None) -> None:
+        """Close a review as *different people*: nothing is linked, and the model will not
+        propose the pair again."""
+        self._decide(access, task_id, False, reason)
+
+    def decide_review(self, task_id: str, same_person: bool, access=None) -> None:
+        """Close a review Task (the system's own decision unless ``access`` says whose)."""
+        from ..governance.policy import Access
+
+        access = access or self.sc.governance.prepare(Access("identity-service", None, "sysadmin"))
+        self._decide(access, task_id, same_person, None)
+
+    def explain_link(self, patient_id: str) -> dict:
+        """How a patient is linked: its Person, and each member with how and why it joined."""
+        with self.store.engine.connect() as c:
+            plan = LinkPlan(c)
+            person = plan.person_of(patient_id)
+            if person is None:
+                return {"patient": patient_id, "person": None, "members": []}
+            members = [{"patient": ref.split("/", 1)[1], "assurance": lk.get("assurance"),
+                        "basis": link_basis(lk), "reason": link_reason(lk)}
+                       for ref, lk in plan.links[person].items()]
+        return {"patient": patient_id, "person": person, "members": members}
 
     # ------------------------------------------------------------------ $match
     def candidates(self, patient: dict, policy) -> list[dict]:
@@ -371,8 +582,48 @@ class IdentityService:
         }
 
 
+def _task_pair(task: dict) -> tuple[str, str]:
+    patient = (task.get("for") or {}).get("reference", "").split("/", 1)[-1]
+    cand = next((i["valueReference"]["reference"].split("/", 1)[1]
+                 for i in task.get("input") or [] if "valueReference" in i), "")
+    return patient, cand
+
+
+def read_current_sources(store: Store, patient_ids) -> dict[str, str]:
+    with store.engine.connect() as c:
+        return {pid: _source_of(res) for pid, res in read_current(c, "Patient",
+                                                                    patient_ids).items()}
+
+
+def _person_resource(conn, patient_id: str) -> dict | None:
+    plan = LinkPlan(conn)
+    person = plan.person_of(patient_id)
+    return plan.persons.get(person) if person else None
+
+
+def _norm_field(d: Demographics, f: str) -> str | None:
+    v = getattr(d, f)
+    if f in ("given", "family"):
+        return normalise_name(v)
+    if f == "postcode":
+        return normalise_postcode(v)
+    return v or None
+
+
 def review_task(task_id: str, patient: dict, candidate: dict, probability: float,
-                grade: str) -> dict:
+                grade: str, evidence: dict | None = None) -> dict:
+    inputs = [
+        {"type": {"text": "candidate"},
+         "valueReference": {"reference": f"Patient/{candidate['id']}"}},
+        {"type": {"text": "match-probability"}, "valueDecimal": round(probability, 6)},
+        {"type": {"text": "match-grade"}, "valueCode": grade},
+    ]
+    if evidence:
+        inputs.append({"type": {"text": "match-weight"},
+                       "valueDecimal": round(float(evidence["match_weight"]), 3)})
+        for name, f in evidence["fields"].items():
+            inputs.append({"type": {"text": f"agreement:{name}"},
+                           "valueString": f"{f['level']}: {f['label']} (weight {f['weight']})"})
     return {
         "resourceType": "Task",
         "id": task_id,
@@ -386,22 +637,8 @@ def review_task(task_id: str, patient: dict, candidate: dict, probability: float
         "focus": {"reference": f"Patient/{patient['id']}"},
         "for": {"reference": f"Patient/{patient['id']}"},
         "authoredOn": instant(now_utc()),
-        "input": [
-            {"type": {"text": "candidate"},
-             "valueReference": {"reference": f"Patient/{candidate['id']}"}},
-            {"type": {"text": "match-probability"}, "valueDecimal": round(probability, 6)},
-            {"type": {"text": "match-grade"}, "valueCode": grade},
-        ],
+        "input": inputs,
     }
-
-
-def _squash(ops: list[WriteOp]) -> list[WriteOp]:
-    """Keep the last write per (type, id): a unit of work may touch one Person twice."""
-    last: dict[tuple[str, str], WriteOp] = {}
-    for op in ops:
-        last.pop((op.rtype, op.rid), None)
-        last[(op.rtype, op.rid)] = op
-    return list(last.values())
 
 
 def _fallback_probability(q: Demographics, c: Demographics) -> float:

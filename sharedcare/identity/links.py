@@ -1,0 +1,192 @@
+"""Person links, edited in bulk inside a write transaction.
+
+The identity of a person is a FHIR ``Person`` whose ``link[].target`` references each partner's
+``Patient``; each Patient is linked from at most one Person. :class:`LinkPlan` reads the Persons
+that a set of Patients touch in one query, changes their links in memory (a Person that gains
+6,000 links in one load is written once, not 6,000 times) and returns the write operations.
+
+Each link carries how it was made (``LINK_BASIS_EXT``: ``nhs-number``, ``match``,
+``review``, ``operator``, ``own``) and, for a person's decision, who made it and why
+(``LINK_REASON_EXT``), so every link can be explained and reversed.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+from sqlalchemy import Connection, false, select
+
+from ..fhir.codes import BASE, NHS_NUMBER_SYSTEM
+from ..store.repository import WriteOp
+from ..store.schema import idx_reference, resource
+from . import nhs_number as nhs
+
+_NS = uuid.UUID("6f0d2b8e-5d43-4f59-9a55-1f7a3c2b9e01")
+LINK_BASIS_EXT = f"{BASE}/StructureDefinition/identity-link-basis"
+LINK_REASON_EXT = f"{BASE}/StructureDefinition/identity-link-reason"
+CHUNK = 500
+
+
+def person_id_for_nhs(number: str) -> str:
+    return str(uuid.uuid5(_NS, f"nhs|{number}"))
+
+
+def person_id_for_patient(patient_id: str) -> str:
+    return str(uuid.uuid5(_NS, f"patient|{patient_id}"))
+
+
+def valid_nhs_number(patient: dict) -> str | None:
+    for ident in patient.get("identifier") or []:
+        if ident.get("system") == NHS_NUMBER_SYSTEM:
+            digits = nhs.normalise(ident.get("value"))
+            if digits and nhs.is_valid(digits):
+                return digits
+    return None
+
+
+def _chunks(seq, n=CHUNK):
+    seq = list(seq)
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+def persons_of(conn: Connection, patient_ids) -> dict[str, list[str]]:
+    """patient id -> ids of the current Persons linking it (normally one), one query per 500."""
+    out: dict[str, list[str]] = {}
+    for chunk in _chunks(set(patient_ids)):
+        rows = conn.execute(
+            select(idx_reference.c.target_id, resource.c.id)
+            .join(resource, resource.c.pk == idx_reference.c.resource_pk)
+            .where(idx_reference.c.target_id.in_(chunk), idx_reference.c.target_type == "Patient",
+                   idx_reference.c.type == "Person", idx_reference.c.param == "link",
+                   resource.c.deleted == false()))
+        for patient, person in rows:
+            lst = out.setdefault(patient, [])
+            if person not in lst:
+                lst.append(person)
+    return out
+
+
+def read_current(conn: Connection, rtype: str, ids) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for chunk in _chunks(set(ids)):
+        for rid, content in conn.execute(
+                select(resource.c.id, resource.c.content).where(
+                    resource.c.type == rtype, resource.c.id.in_(chunk),
+                    resource.c.deleted == false())):
+            out[rid] = orjson.loads(content)
+    return out
+
+
+def link_basis(link: dict) -> str | None:
+    return next((e.get("valueCode") for e in link.get("extension") or []
+                 if e.get("url") == LINK_BASIS_EXT), None)
+
+
+def link_reason(link: dict) -> str | None:
+    return next((e.get("valueString") for e in link.get("extension") or []
+                 if e.get("url") == LINK_REASON_EXT), None)
+
+
+def make_link(patient_id: str, assurance: str, basis: str, reason: str | None = None) -> dict:
+    ext = [{"url": LINK_BASIS_EXT, "valueCode": basis}]
+    if reason:
+        ext.append({"url": LINK_REASON_EXT, "valueString": reason[:1000]})
+    return {"extension": ext, "target": {"reference": f"Patient/{patient_id}"},
+            "assurance": assurance}
+
+
+class LinkPlan:
+    """Moves of Patients between Persons within one transaction; :meth:`ops` writes them."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.current: dict[str, list[str]] = {}  # patient -> persons linking it (as loaded)
+        self.persons: dict[str, dict | None] = {}  # person id -> resource (None: none yet)
+        self.links: dict[str, dict[str, dict]] = {}  # person id -> {patient ref: link}
+        self.changed: set[str] = set()
+
+    def load(self, patient_ids, person_ids=()) -> None:
+        """Read what the given patients' moves will touch, in bulk."""
+        patient_ids = [p for p in set(patient_ids) if p not in self.current]
+        found = persons_of(self.conn, patient_ids)
+        for p in patient_ids:
+            self.current[p] = found.get(p, [])
+        wanted = {q for p in patient_ids for q in self.current[p]} | set(person_ids)
+        wanted -= set(self.persons)
+        got = read_current(self.conn, "Person", wanted)
+        for pid in wanted:
+            res = got.get(pid)
+            self.persons[pid] = res
+            self.links[pid] = {(lk.get("target") or {}).get("reference"): lk
+                               for lk in (res or {}).get("link") or []}
+
+    def person_of(self, patient_id: str) -> str | None:
+        self.load([patient_id])
+        for person in self.current[patient_id]:
+            if f"Patient/{patient_id}" in self.links[person]:
+                return person
+        return None
+
+    def link_of(self, patient_id: str) -> dict | None:
+        person = self.person_of(patient_id)
+        return self.links[person].get(f"Patient/{patient_id}") if person else None
+
+    def members(self, person_id: str) -> list[str]:
+        self.load([], [person_id])
+        return [ref.split("/", 1)[1] for ref in self.links[person_id]
+                if ref and ref.startswith("Patient/")]
+
+    def move(self, patient_id: str, person_id: str, link: dict,
+             identifier: dict | None = None) -> bool:
+        """Put the patient in ``person_id`` (created if need be) and out of any other Person.
+        Returns False when nothing changes."""
+        self.load([patient_id], [person_id])
+        ref = f"Patient/{patient_id}"
+        changed = False
+        for other in self.current[patient_id]:
+            if other != person_id and ref in self.links[other]:
+                del self.links[other][ref]
+                self.changed.add(other)
+                changed = True
+        self.current[patient_id] = [person_id]
+        if self.persons[person_id] is None:
+            self.persons[person_id] = {"resourceType": "Person", "id": person_id, "active": True}
+            if identifier:
+                self.persons[person_id]["identifier"] = [identifier]
+        old = self.links[person_id].get(ref)
+        if old != link:
+            self.links[person_id][ref] = link
+            self.changed.add(person_id)
+            changed = True
+        return changed
+
+    def remove(self, patient_id: str) -> None:
+        """Take the patient out of every Person (a deleted Patient)."""
+        self.load([patient_id])
+        ref = f"Patient/{patient_id}"
+        for other in self.current[patient_id]:
+            if ref in self.links[other]:
+                del self.links[other][ref]
+                self.changed.add(other)
+        self.current[patient_id] = []
+
+    def ops(self) -> list[WriteOp]:
+        out = []
+        for pid in sorted(self.changed):
+            res, links = self.persons[pid], self.links[pid]
+            if not links:
+                if res is not None and "meta" in res:  # stored: retire it
+                    out.append(WriteOp("DELETE", "Person", pid, None))
+                continue
+            body = {k: v for k, v in (res or {}).items() if k not in ("meta", "link")}
+            meta = {k: v for k, v in ((res or {}).get("meta") or {}).items()
+                    if k not in ("versionId", "lastUpdated")}
+            if meta:
+                body["meta"] = meta
+            body["resourceType"], body["id"] = "Person", pid
+            body["link"] = list(links.values())
+            out.append(WriteOp("PUT", "Person", pid, body))
+        self.changed.clear()
+        return out
