@@ -13,6 +13,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from .governance import Governance
 from .governance.audit import AuditTrail, load_key
 from .governance.auth import TokenService, load_signing_key
+from .identity import hook as identity_hook
 from .programme import schema as _programme_schema  # noqa: F401  (tables in metadata)
 from .store import migrate
 from .store.db import data_dir, make_engine
@@ -37,6 +38,7 @@ class SharedCare:
         if upgrade:
             migrate.upgrade(engine)
         store = Store(engine, _indexer())
+        identity_hook.install(store)  # every Patient written gets its Person (or is queued)
         keys = folder / "keys"
         gov = Governance(engine, store, TokenService(load_signing_key(keys)),
                          AuditTrail(engine, load_key(keys)))
@@ -75,6 +77,9 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
     app = Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=2048),
                                                Middleware(CsrfMiddleware)])
     app.state.sc = sc
+    from .identity.worker import attach_identity_worker
+
+    attach_identity_worker(app, sc)  # queued patients get their Person within seconds
     return app
 
 
