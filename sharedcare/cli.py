@@ -61,6 +61,7 @@ def serve(database: str = DatabaseOpt, data_dir: Path = DataDirOpt,
     from .app import create_app
 
     sc = _open(database, data_dir)
+    _warn_audit_key(sc)
     console.print(f"sharedcare on http://{host}:{port}/  (FHIR base http://{host}:{port}/fhir)")
     if workers > 1:
         if mllp_port:
@@ -173,16 +174,91 @@ def db_upgrade(database: str = DatabaseOpt):
     print(f"database at revision {migrate.current(engine)}")
 
 
+def _warn_audit_key(sc) -> None:
+    """Say so when the audit key sits inside the data directory, beside the database."""
+    from .governance.audit import key_warning
+
+    trail = sc.governance.audit_trail
+    warning = trail.key_file and key_warning(trail.key_file, sc.data_dir)
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+
+
+def _checkpoints(paths: list[Path] | None):
+    """Checkpoints from --checkpoint, else from $SHAREDCARE_AUDIT_CHECKPOINT_DIR when it holds
+    any; an unreadable one stops the command (exit 2) naming the file and line."""
+    from .governance.audit import ENV_CHECKPOINT_DIR, CheckpointError, read_checkpoints
+
+    if not paths:
+        folder = os.environ.get(ENV_CHECKPOINT_DIR)
+        if not folder or not any(Path(folder).expanduser().glob("*.json*")):
+            return []
+        paths = [Path(folder).expanduser()]
+    try:
+        return read_checkpoints(paths)
+    except CheckpointError as e:
+        console.print(f"[red]error:[/red] checkpoint {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 @audit_app.command("verify")
-def audit_verify(database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
-    """Check the audit trail's hash chain: any edit, deletion, insertion or reordering shows."""
+def audit_verify(database: str = DatabaseOpt, data_dir: Path = DataDirOpt,
+                 checkpoint: list[Path] = typer.Option(
+                     None, "--checkpoint", "-c",
+                     help="A checkpoint file, or a directory of them, made by `audit checkpoint` "
+                          "or the server (repeatable; default $SHAREDCARE_AUDIT_CHECKPOINT_DIR).")):
+    """Check the audit trail's hash chain, and that it still holds everything each checkpoint
+    recorded: any edit, deletion, insertion, reordering, truncation or rollback shows."""
     sc = _open(database, data_dir)
-    problems = sc.governance.audit_trail.verify()
+    _warn_audit_key(sc)
+    report = sc.governance.audit_trail.report(_checkpoints(checkpoint))
+    if report.problems:
+        for p in report.problems:
+            print(f"TAMPERED {p}")
+        if not report.checkpoints:
+            print("(without a checkpoint kept outside the database, a rollback to an older copy "
+                  "cannot be seen and the number of lost events cannot be told: keep one with "
+                  "`sharedcare audit checkpoint --out FILE`)")
+        raise typer.Exit(1)
+    if report.newest:
+        print(f"audit trail intact up to checkpoint {report.newest.describe()} and "
+              f"{report.after_newest} events after it ({report.checkpoints} checkpoints checked)")
+    else:
+        print(f"audit trail intact: {report.events} events. No checkpoint was given, so this "
+              "shows only that the database agrees with itself; a rollback to an older copy "
+              "of the database would pass. Keep checkpoints outside it (`sharedcare audit "
+              "checkpoint --out FILE`, or SHAREDCARE_AUDIT_CHECKPOINT_DIR for the server) and "
+              "verify with --checkpoint.")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(out: Path = typer.Option(..., "--out", "-o",
+                                              help="File to append the checkpoint to (kept by "
+                                                   "the IG lead, away from the server); - "
+                                                   "prints it."),
+                     database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Sign the trail's head (newest event, its hash and time, the number of events) with the
+    audit key and write it outside the database, after checking the chain is intact."""
+    from .governance.audit import append_checkpoint
+
+    sc = _open(database, data_dir)
+    _warn_audit_key(sc)
+    trail = sc.governance.audit_trail
+    problems = trail.verify()
     if problems:
         for p in problems:
             print(f"TAMPERED {p}")
+        print("no checkpoint written: a checkpoint must not vouch for a tampered trail")
         raise typer.Exit(1)
-    print("audit trail intact")
+    cp = trail.checkpoint()
+    if str(out) == "-":
+        sys.stdout.write(cp.to_json().decode() + "\n")
+        return
+    try:
+        append_checkpoint(out, cp)
+    except OSError as e:
+        fail(f"cannot write the checkpoint to {out}: {e.strerror}")
+    print(f"checkpoint of {cp.count} events up to event {cp.seq} written to {out}")
 
 
 @admin_app.command("token")
