@@ -40,7 +40,7 @@ class SharedCare:
         store = Store(engine, _indexer())
         identity_hook.install(store)  # every Patient written gets its Person (or is queued)
         keys = folder / "keys"
-        gov = Governance(engine, store, TokenService(load_signing_key(keys)),
+        gov = Governance(engine, store, TokenService(load_signing_key(keys), engine=engine),
                          AuditTrail(engine, load_key(keys)))
         return cls(engine, store, gov, folder)
 
@@ -73,8 +73,10 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
               + population_pages.routes(sc) + smart.routes(sc)
               + bulk_export.routes(sc) + FhirApi(sc.store, sc.governance, sc).routes())
     from .web.core import CsrfMiddleware
+    from .web.security import SecurityMiddleware
 
-    app = Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=2048),
+    app = Starlette(routes=routes, middleware=[Middleware(SecurityMiddleware),
+                                               Middleware(GZipMiddleware, minimum_size=2048),
                                                Middleware(CsrfMiddleware)])
     app.state.sc = sc
     from .identity.worker import attach_identity_worker

@@ -14,13 +14,17 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from ..fhir.outcome import FHIRError, Issue
+from .schema import revoked_token
 
 TOKEN_LIFETIME = 3600
 ALG = "ES256"
@@ -62,9 +66,14 @@ def parse_scopes(scope: str) -> list[Scope]:
 
 
 class TokenService:
-    def __init__(self, key: ECKey, issuer: str = "sharedcare"):
+    """Issues and checks sharedcare's signed tokens. With an engine, a token can be revoked
+    (signing out): `verify` then looks its id up in `revoked_token` by primary key -- one
+    indexed read per request, shared by every server on the database, never cached."""
+
+    def __init__(self, key: ECKey, issuer: str = "sharedcare", engine=None):
         self.key = key
         self.issuer = issuer
+        self.engine = engine
 
     def issue(self, claims: dict, lifetime: int = TOKEN_LIFETIME) -> str:
         now = int(time.time())
@@ -83,10 +92,43 @@ class TokenService:
             raise unauthorised("the access token was not issued by this server")
         if int(claims.get("exp", 0)) < time.time():
             raise unauthorised("the access token has expired")
+        if self.engine is not None:
+            jti = claims.get("jti")
+            if not isinstance(jti, str) or not jti or self._revoked(jti):
+                raise unauthorised("the access token has been revoked (signed out)")
         return claims
+
+    def _revoked(self, jti: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(_revoked_row(jti)).first() is not None
+
+    def revoke(self, token: str) -> bool:
+        """Withdraw a token before it expires (signing out), on every server. A token that is
+        not valid anyway (bad signature, expired, already revoked) is left alone: False."""
+        if self.engine is None:
+            raise RuntimeError("token revocation needs the database (TokenService(engine=...))")
+        try:
+            claims = self.verify(token)
+        except FHIRError:
+            return False
+        now = int(time.time())
+        try:
+            with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+                # Rows for tokens that have expired anyway are no longer needed.
+                conn.execute(delete(revoked_token).where(revoked_token.c.expires < now))
+                conn.execute(insert(revoked_token), [{
+                    "jti": claims["jti"], "expires": int(claims["exp"]),
+                    "revoked": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")}])
+        except IntegrityError:  # revoked at the same moment by another request: done either way
+            pass
+        return True
 
     def public_jwks(self) -> dict:
         return {"keys": [self.key.as_dict(private=False)]}
+
+
+def _revoked_row(jti: str):
+    return select(revoked_token.c.jti).where(revoked_token.c.jti == jti)
 
 
 def unauthorised(diagnostics: str) -> FHIRError:
@@ -119,12 +161,29 @@ def hash_password(password: str) -> str:
     return password_hasher().hash(password)
 
 
+_dummy_hash: str | None = None
+
+
+def dummy_hash() -> str:
+    """A real argon2 hash of a random secret, made once per process with the same parameters
+    as every stored hash, so checking against it costs exactly what a real check costs."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = hash_password(secrets.token_urlsafe(32))
+    return _dummy_hash
+
+
 def check_password(stored: str | None, password: str) -> bool:
+    """True when the password matches the stored argon2 hash. With no stored hash (an unknown
+    username, an account without a local password) the same argon2 work is done against a
+    dummy hash and the answer is False: how long sign-in takes does not tell anyone which
+    usernames exist."""
     from argon2.exceptions import InvalidHashError, VerificationError
 
-    if not stored:
-        return False
     try:
+        if not stored:
+            password_hasher().verify(dummy_hash(), password)
+            return False
         return password_hasher().verify(stored, password)
     except (VerificationError, InvalidHashError):
         return False

@@ -12,8 +12,6 @@ review decision is audited in the same transaction as the change it records.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from datetime import date, timedelta
 from urllib.parse import urlencode
@@ -25,6 +23,7 @@ from starlette.routing import Route
 
 from ..programme.pages import api, csv_response
 from ..web.core import ROLE_LABELS, page, render
+from ..web.csvsafe import csv_text
 from .policy import Access, now_text
 from .schema import audit_event, break_glass, care_relationship, organisation
 
@@ -189,11 +188,7 @@ def audit_page(request: Request, access: Access) -> Response:
 
 
 def _csv_text(columns: list[str], rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
+    return csv_text(columns, rows, lineterminator="\n")  # formula-safe (web/csvsafe.py)
 
 
 @page(*AUDIT_ROLES)

@@ -183,3 +183,15 @@ feedback = Table(
 
 ORG_KINDS = ("gp-practice", "acute-trust", "community", "mental-health", "ambulance", "hospice",
              "social-care", "care-home")
+
+revoked_token = Table(
+    "revoked_token", metadata,
+    Column("jti", String(64), primary_key=True,
+           comment="The token's unique id (its jti claim); looked up by primary key on every "
+                   "request."),
+    Column("expires", BigInteger, nullable=False,
+           comment="When the token would have expired (Unix seconds); the row can go after."),
+    Column("revoked", String(32), nullable=False, comment="When it was revoked (UTC, ISO 8601)."),
+    comment="Access and session tokens withdrawn before they expire (signed out): no server "
+            "accepts them again.",
+)

@@ -29,8 +29,6 @@ planning agreement shares ``care-plans``/``mental-health``, panel 3 shows zeros,
 
 from __future__ import annotations
 
-import csv
-import io
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from pathlib import Path
 
 from ..governance.policy import Access
 from ..programme.charts import bar_chart
+from ..web.csvsafe import csv_text
 from . import viewdef
 from .extract import ExtractResult, run_extract
 from .pseudonym import postcode_district
@@ -193,13 +192,10 @@ def _label(result: ExtractResult) -> str:
 
 def _csv(title: str, result: ExtractResult, fieldnames: list, rows: list[dict],
          note: str) -> str:
-    buf = io.StringIO()
-    buf.write(f"# {title}\n# Purpose: {result.purpose}; agreement(s): "
-              f"{', '.join(result.agreements)}\n# {note}\n")
-    w = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
+    # formula-safe (web/csvsafe.py)
+    return csv_text(fieldnames, rows, lineterminator="\n",
+                    preamble=f"# {title}\n# Purpose: {result.purpose}; agreement(s): "
+                             f"{', '.join(result.agreements)}\n# {note}\n")
 
 
 def _num(v) -> float | None:

@@ -44,8 +44,6 @@ Adoption`` (``.tables``: name -> ``Table``), ``Table.csv()``, ``Table.as_dicts()
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -54,6 +52,7 @@ from sqlalchemy import Engine, and_, func, or_, select
 
 from ..governance.schema import audit_event, organisation, staff, staff_role
 from ..store.schema import resource
+from ..web.csvsafe import csv_text
 
 VIEW_ACTIONS = ("read", "everything", "search")
 BREAK_GLASS_ACTIONS = ("break-glass",)
@@ -121,12 +120,7 @@ class Table:
         return [dict(zip(self.columns, r)) for r in self.rows]
 
     def csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\r\n")
-        w.writerow(self.columns)
-        for r in self.rows:
-            w.writerow(["" if v is None else v for v in r])
-        return buf.getvalue()
+        return csv_text(self.columns, self.rows)  # formula-safe (web/csvsafe.py)
 
     def to_json(self) -> dict:
         return {"name": self.name, "title": self.title, "note": self.note,

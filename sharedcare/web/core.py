@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 from functools import wraps
@@ -24,6 +25,12 @@ HERE = Path(__file__).parent
 STATIC = HERE / "static"
 SESSION_COOKIE = "sc_session"
 PENDING_COOKIE = "sc_pending"  # signed-in person who has not yet chosen a role
+CSRF_COOKIE = "sc_csrf"
+SESSION_SECONDS = 8 * 3600
+# One answer for every failed sign-in -- unknown username, wrong password, locked account --
+# so the page never tells anyone which usernames exist.
+SIGN_IN_FAILED = ("The username or password is not right. After 5 failed attempts an account "
+                  "is locked for 15 minutes.")
 ROLE_LABELS = {
     "clinician": "Clinician", "nurse": "Nurse", "allied-health": "Allied health professional",
     "social-worker": "Social worker", "admin": "Admin and clerical", "ig-lead": "IG lead",
@@ -89,9 +96,20 @@ def render(request: Request, template: str, status: int = 200, **context) -> HTM
     html = env().get_template(template).render(request=request, access=access,
                                                 path=request.url.path, **context)
     response = HTMLResponse(html, status)
-    if request.cookies.get("sc_csrf") != request.state.csrf:
-        response.set_cookie("sc_csrf", request.state.csrf, httponly=True, samesite="strict")
+    if request.cookies.get(CSRF_COOKIE) != request.state.csrf:
+        response.set_cookie(CSRF_COOKIE, request.state.csrf, httponly=True, samesite="strict")
     return response
+
+
+def csrf_ok(request: Request, form) -> bool:
+    """The double-submit check: the form's token is this browser's CSRF cookie. Both must be
+    there -- a browser restarted mid-session has a session cookie but no CSRF cookie, and
+    "missing equals missing" must never pass."""
+    sent = form.get("csrf") if form is not None else None
+    cookie = request.cookies.get(CSRF_COOKIE)
+    if not isinstance(sent, str) or not sent or not cookie:
+        return False
+    return hmac.compare_digest(sent.encode(), cookie.encode())
 
 
 def signed_in(request: Request) -> Access | None:
@@ -123,7 +141,7 @@ def page(*roles: str):
             form = None
             if request.method == "POST":
                 form = await request.form()
-                if form.get("csrf") != request.cookies.get("sc_csrf"):
+                if not csrf_ok(request, form):
                     return render(request, "error.html", 400, access=access,
                                   title="Form expired", message="Please go back and try again.")
             try:
@@ -147,7 +165,10 @@ def _safe_next(url: str | None) -> str:
 
 
 def _session(response: Response, token: str) -> Response:
-    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax", max_age=8 * 3600)
+    # HttpOnly: no script can read it; SameSite=Lax: no cross-site form posts it; Secure is
+    # added behind HTTPS by web.security for every cookie.
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax",
+                        max_age=SESSION_SECONDS)
     response.delete_cookie(PENDING_COOKIE)
     return response
 
@@ -159,7 +180,7 @@ async def sign_in_page(request: Request) -> Response:
         return render(request, "signin.html", next=nxt,
                       oidc_enabled=bool(os.environ.get("SHAREDCARE_OIDC_ISSUER")))
     form = await request.form()
-    if not form.get("csrf") or form.get("csrf") != request.cookies.get("sc_csrf"):
+    if not csrf_ok(request, form):
         # Login CSRF: a sign-in form must come from this site's own page.
         return render(request, "signin.html", 400, next=nxt,
                       error="The sign-in form expired. Please try again.")
@@ -168,11 +189,8 @@ async def sign_in_page(request: Request) -> Response:
     nxt = _safe_next(form.get("next"))
     ok = await run_in_threadpool(sc.governance.sign_in, username, password)
     if not ok:
-        locked = await run_in_threadpool(sc.governance.is_locked, username)
-        msg = ("This account is locked after repeated failed sign-ins. Try again in 15 minutes "
-               "or ask your system administrator." if locked else
-               "The username or password is not right.")
-        return render(request, "signin.html", 401, next=nxt, error=msg, username=username)
+        return render(request, "signin.html", 401, next=nxt, error=SIGN_IN_FAILED,
+                      username=username)
     roles = await run_in_threadpool(sc.governance.roles_of, username)
     pending = sc.governance.tokens.issue({"sub": username, "kind": "pending"}, 600)
     if not roles:  # a patient's own account
@@ -217,7 +235,7 @@ async def choose_role_page(request: Request) -> Response:
     if request.method == "GET":
         return render(request, "roles.html", roles=roles, next=nxt, username=username)
     form = await request.form()
-    if form.get("csrf") != request.cookies.get("sc_csrf"):
+    if not csrf_ok(request, form):
         return RedirectResponse("/sign-in", 303)
     choice = form.get("role") or ""
     picked = next(((o, r) for o, _, r in roles if f"{o}:{r}" == choice), None)
@@ -229,8 +247,15 @@ async def choose_role_page(request: Request) -> Response:
 
 
 async def sign_out(request: Request) -> Response:
+    """Signing out withdraws the session token on the server (every server, the FHIR API
+    too), not just the browser's copy of it."""
+    tokens = request.app.state.sc.governance.tokens
+    for name in (SESSION_COOKIE, PENDING_COOKIE):
+        if request.cookies.get(name):
+            await run_in_threadpool(tokens.revoke, request.cookies[name])
     resp = RedirectResponse("/sign-in", 303)
     resp.delete_cookie(SESSION_COOKIE)
+    resp.delete_cookie(PENDING_COOKIE)
     return resp
 
 
@@ -269,7 +294,8 @@ class CsrfMiddleware:
             for k, v in scope.get("headers", []):
                 if k == b"cookie":
                     cookies.load(v.decode("latin-1"))
-            token = cookies["sc_csrf"].value if "sc_csrf" in cookies else secrets.token_urlsafe(24)
+            token = cookies[CSRF_COOKIE].value if CSRF_COOKIE in cookies and \
+                cookies[CSRF_COOKIE].value else secrets.token_urlsafe(24)
             scope.setdefault("state", {})["csrf"] = token
         await self.app(scope, receive, send)
 
