@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 
 from .governance import Governance
-from .governance.audit import AuditTrail, load_key
+from .governance.audit import AuditTrail
 from .governance.auth import TokenService, load_signing_key
 from .identity import hook as identity_hook
 from .programme import schema as _programme_schema  # noqa: F401  (tables in metadata)
@@ -41,7 +41,7 @@ class SharedCare:
         identity_hook.install(store)  # every Patient written gets its Person (or is queued)
         keys = folder / "keys"
         gov = Governance(engine, store, TokenService(load_signing_key(keys), engine=engine),
-                         AuditTrail(engine, load_key(keys)))
+                         AuditTrail.open(engine, keys))
         return cls(engine, store, gov, folder)
 
 
