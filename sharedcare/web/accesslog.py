@@ -17,20 +17,63 @@ from .patient import ago, nice_date
 
 LIMIT = 100  # per page; older accesses page back with ?before=seq
 
+# What happened, in words a patient understands: (when it was allowed, when it was refused).
 ACTIONS = {
-    "read": "Looked at part of your record",
-    "vread": "Looked at an earlier version of part of your record",
-    "search": "Searched for your record",
-    "everything": "Looked at your whole record",
-    "history": "Looked at the history of part of your record",
-    "break-glass": "Emergency access (broke glass)",
-    "declare-relationship": "Said they are caring for you",
-    "declared-relationship": "Said they are caring for you",
-    "create": "Added to your record",
-    "update": "Changed your record",
-    "delete": "Removed something from your record",
-    "locate": "Looked up your NHS number",
+    "read": ("Looked at part of your record", "Tried to look at part of your record"),
+    "vread": ("Looked at an earlier version of part of your record",
+              "Tried to look at an earlier version of part of your record"),
+    "search": ("Searched for your record", "Tried to search for your record"),
+    "everything": ("Looked at your whole record", "Tried to look at your whole record"),
+    "history": ("Looked at the history of part of your record",
+                "Tried to look at the history of part of your record"),
+    "break-glass": ("Broke glass: opened your record in an emergency",
+                    "Tried to open your record in an emergency"),
+    "declare-relationship": ("Said they are caring for you, so they can see your record",
+                             "Tried to say they are caring for you"),
+    "declared-relationship": ("Said they are caring for you, so they can see your record",
+                              "Tried to say they are caring for you"),
+    "create": ("Added to your record", "Tried to add to your record"),
+    "update": ("Changed part of your record", "Tried to change part of your record"),
+    "delete": ("Removed something from your record", "Tried to remove something from your record"),
+    "locate": ("Looked up your NHS number", "Tried to look up your NHS number"),
+    "match": ("Checked who you are against your record", "Tried to check who you are"),
+    "export": ("Included your record in a data export", "Tried to include your record in a data export"),
+    "identity-link": ("Joined records from different services as yours",
+                      "Tried to join records from different services as yours"),
+    "identity-unlink": ("Separated a record that was wrongly joined to yours",
+                        "Tried to separate a record from yours"),
+    "identity-confirm": ("Confirmed that two records are both yours",
+                         "Tried to confirm that two records are both yours"),
+    "identity-reject": ("Confirmed that a similar record is not yours",
+                        "Tried to confirm that a similar record is not yours"),
 }
+# Governance bookkeeping recorded against the patient: the entity says what it was about.
+REVIEWS = {
+    "break-glass/": "Reviewed an emergency (break glass) access to your record",
+    "care-relationship/": "Reviewed someone's claim to be caring for you",
+}
+
+
+def describe(action: str, outcome: str, entity: str | None, role: str | None,
+             glass: bool) -> str:
+    """What someone did, as the patient should read it -- never a write when it was a
+    review, never a look when they were refused."""
+    entity = entity or ""
+    if role == "patient" and entity == "access log":
+        return "You looked at this list"
+    refused = outcome != "0"
+    for prefix, words in REVIEWS.items():
+        if entity.startswith(prefix):
+            return words if not refused else "Tried to review an access to your record"
+    allowed, tried = ACTIONS.get(action, (f"Did something with your record ({action})",
+                                          f"Tried to do something with your record ({action})"))
+    if refused:
+        return f"{tried} and was refused"
+    if glass and action != "break-glass":
+        return f"{allowed}, using emergency (break glass) access"
+    return allowed
+
+
 PURPOSES = {"direct-care": "Your direct care", "planning": "Planning services",
             "research": "Research"}
 
@@ -56,7 +99,8 @@ def access_log(engine, patient_id: str, limit: int = LIMIT, before: int | None =
                                                           else "sharedcare")),
             "role": "You" if r["role"] == "patient" else ROLE_LABELS.get(r["role"] or "",
                                                                          r["role"] or ""),
-            "what": ACTIONS.get(r["action"], r["action"]),
+            "what": describe(r["action"], r["outcome"], r["entity"], r["role"],
+                             bool(r["break_glass"])),
             "purpose": PURPOSES.get(r["purpose"] or "", r["purpose"] or ""),
             "reason": r["reason"] or "",
             "glass": bool(r["break_glass"]) or r["action"] == "break-glass",

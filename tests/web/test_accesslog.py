@@ -1,0 +1,77 @@
+"""The patient's "who looked at my record": each line says what really happened -- a review is
+not a change, a refusal is not a look (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+from sharedcare.app import create_app
+from sharedcare.governance.policy import Access
+from sharedcare.web.accesslog import access_log
+
+ORG = "RTEST"
+PID = "pat-1"
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def log(sc):
+    gov = sc.governance
+    gov.add_staff("dr.one", "Dr One", [(ORG, "clinician")], PASSWORD)
+    gov.add_staff("ig.one", "IG One", [(ORG, "ig-lead")], PASSWORD)
+    gov.add_staff("me", "The Patient", [], PASSWORD, patient_id=PID)
+    doc = Access("dr.one", ORG, "clinician")
+    ig = Access("ig.one", ORG, "ig-lead")
+    seqs = {
+        "refused whole": gov.audit(doc, "everything", "4", patient_id=PID,
+                                   entity=f"Patient/{PID}", reason="no legitimate relationship"),
+        "refused part": gov.audit(doc, "read", "4", patient_id=PID, entity="Observation/o1"),
+        "glass": gov.audit(doc, "break-glass", "0", patient_id=PID,
+                           reason="Collapsed in A&E, no history", glass=True),
+        "look under glass": gov.audit(doc, "everything", "0", patient_id=PID,
+                                      entity=f"Patient/{PID}", glass=True),
+        "review glass": gov.audit(ig, "update", "0", patient_id=PID, entity="break-glass/1",
+                                  reason="reviewed break-glass by dr.one: appropriate"),
+        "review claim": gov.audit(ig, "update", "0", patient_id=PID,
+                                  entity="care-relationship/7",
+                                  reason="rejected relationship declared by dr.one"),
+        "look": gov.audit(doc, "everything", "0", patient_id=PID, entity=f"Patient/{PID}"),
+        "change": gov.audit(doc, "update", "0", patient_id=PID, entity="CarePlan/cp1"),
+    }
+    return sc, seqs
+
+
+def test_each_line_says_what_happened(log):
+    sc, seqs = log
+    what = {r["seq"]: r["what"] for r in access_log(sc.engine, PID)}
+    said = {k: what[s] for k, s in seqs.items()}
+    assert said["refused whole"] == "Tried to look at your whole record and was refused"
+    assert said["refused part"] == "Tried to look at part of your record and was refused"
+    assert said["glass"] == "Broke glass: opened your record in an emergency"
+    assert said["look under glass"] == ("Looked at your whole record, using emergency (break "
+                                        "glass) access")
+    assert said["review glass"] == "Reviewed an emergency (break glass) access to your record"
+    assert said["review claim"] == "Reviewed someone's claim to be caring for you"
+    assert said["look"] == "Looked at your whole record"
+    assert said["change"] == "Changed part of your record"
+    # A refusal never reads as a look, a review never as a change to the record.
+    for k in ("refused whole", "refused part", "review glass", "review claim"):
+        assert not said[k].startswith(("Looked", "Changed")), (k, said[k])
+
+
+def test_the_page_shows_the_words(log):
+    sc, seqs = log
+    with TestClient(create_app(sc)) as c:
+        c.get("/sign-in")
+        r = c.post("/sign-in", data={"username": "me", "password": PASSWORD, "next": "/",
+                                     "csrf": c.cookies.get("sc_csrf")}, follow_redirects=True)
+    assert r.status_code == 200 and "Who has looked at your record" in r.text
+    import re
+
+    rows = dict(re.findall(r'data-seq="(\d+)">(.*?)</tr>', r.text, re.S))
+    assert "Reviewed an emergency (break glass) access" in rows[str(seqs["review glass"])]
+    assert "Changed" not in rows[str(seqs["review glass"])]
+    refused = rows[str(seqs["refused whole"])]
+    assert "Tried to look at your whole record and was refused" in refused
+    assert "Looked at" not in refused
