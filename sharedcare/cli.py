@@ -88,7 +88,8 @@ def load(paths: list[Path] = typer.Argument(..., help="Bundle JSON, NDJSON, or f
          source_org: str = typer.Option(None, help="ODS code of the organisation that controls "
                                         "this data (stamped on resources without one)."),
          batch: int = typer.Option(500, help="Resources per transaction for NDJSON.")):
-    """Load FHIR data: each Bundle is one transaction; rejected files are reported, the rest load."""
+    """Load FHIR data: each Bundle is one transaction; rejected files are reported, the rest load.
+    Loading again (after it finished, or was killed part-way) adds nothing already loaded."""
     from .loader import Loader
 
     sc = _open(database, data_dir)
@@ -112,7 +113,8 @@ def load(paths: list[Path] = typer.Argument(..., help="Bundle JSON, NDJSON, or f
         console.print(f"[red]rejected[/red] {where}: {problem}")
     print(f"loaded {loader.loaded} resources from {len(files) - len(loader.rejected_files)} "
           f"files in {elapsed:.1f}s ({loader.loaded / max(elapsed, 1e-9):,.0f} resources/s); "
-          f"{len(loader.rejected)} rejected")
+          f"{len(loader.rejected)} rejected"
+          + (f"; {loader.skipped} already loaded (skipped)" if loader.skipped else ""))
     if loader.rejected:
         raise typer.Exit(1)
 

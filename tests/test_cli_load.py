@@ -110,3 +110,80 @@ def test_ndjson_schema_invalid_line_names_it_and_the_rest_loads(database_url, tm
     assert "gender" in out
     assert re.search(r"p\.ndjson:3\b", out), out
     assert _counts(database_url).get("Patient", 0) == 4
+
+
+def _bundles(folder, n: int, observations: int = 15) -> None:
+    """n Synthea-like transaction Bundles: POSTs with urn:uuid references, so every load of the
+    same file would mint new ids (what duplicated patients after a killed load)."""
+    folder.mkdir()
+    for i in range(n):
+        pid = f"urn:uuid:00000000-0000-4000-8000-{i:012d}"
+        entries = [{"fullUrl": pid, "resource": {
+            "resourceType": "Patient", "identifier": [{"system": "urn:test:mrn", "value": f"M{i}"}],
+            "name": [{"family": f"Family{i}"}], "birthDate": "1970-01-01"},
+            "request": {"method": "POST", "url": "Patient"}}]
+        for k in range(observations):
+            entries.append({"fullUrl": f"urn:uuid:00000000-0000-4000-9000-{i:06d}{k:06d}",
+                            "resource": {"resourceType": "Observation", "status": "final",
+                                         "code": {"text": f"obs {k}"}, "subject": {"reference": pid},
+                                         "valueQuantity": {"value": k}},
+                            "request": {"method": "POST", "url": "Observation"}})
+        (folder / f"b{i:04d}.json").write_text(json.dumps(
+            {"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+
+
+def test_load_killed_with_sigkill_then_run_again_adds_nothing_twice(database_url, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    n = 200
+    _bundles(tmp_path / "in", n)
+    args = [sys.executable, "-m", "sharedcare.cli", "load", str(tmp_path / "in"),
+            "--database", database_url, "--data-dir", str(tmp_path / "data")]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            try:
+                if _counts(database_url).get("Patient", 0) >= 10:
+                    break
+            except Exception:  # noqa: BLE001 - the schema is still being created
+                pass
+            time.sleep(0.05)
+        assert proc.poll() is None, "the load finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    partial = _counts(database_url)
+    assert 10 <= partial["Patient"] < n
+    assert partial.get("Observation", 0) == partial["Patient"] * 15  # whole Bundles only
+
+    code, out = _run(["load", str(tmp_path / "in"), "--database", database_url,
+                      "--data-dir", str(tmp_path / "data")])
+    assert code == 0, out
+    assert f"{partial['Patient'] * 16} already loaded" in out
+    counts = _counts(database_url)
+    assert counts["Patient"] == n and counts["Observation"] == n * 15
+    # and a third run adds nothing at all
+    code, out = _run(["load", str(tmp_path / "in"), "--database", database_url,
+                      "--data-dir", str(tmp_path / "data")])
+    assert code == 0 and "loaded 0 resources" in out and f"{n * 16} already loaded" in out
+    assert _counts(database_url) == counts
+
+
+def test_ndjson_without_ids_loads_once(database_url, tmp_path):
+    d = tmp_path / "nd"
+    d.mkdir()
+    lines = [json.dumps({"resourceType": "Patient", "name": [{"family": f"NoId{n}"}]})
+             for n in range(1, 8)]
+    (d / "p.ndjson").write_text("\n".join(lines) + "\n")
+    for _ in range(2):
+        code, out = _run(["load", str(d), "--database", database_url,
+                          "--data-dir", str(tmp_path / "data")])
+        assert code == 0, out
+    assert "7 already loaded" in out
+    assert _counts(database_url)["Patient"] == 7
