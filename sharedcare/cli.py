@@ -211,6 +211,8 @@ def audit_verify(database: str = DatabaseOpt, data_dir: Path = DataDirOpt,
                           "or the server (repeatable; default $SHAREDCARE_AUDIT_CHECKPOINT_DIR).")):
     """Check the audit trail's hash chain, and that it still holds everything each checkpoint
     recorded: any edit, deletion, insertion, reordering, truncation or rollback shows."""
+    from .governance.audit import events
+
     sc = _open(database, data_dir)
     _warn_audit_key(sc)
     report = sc.governance.audit_trail.report(_checkpoints(checkpoint))
@@ -218,15 +220,15 @@ def audit_verify(database: str = DatabaseOpt, data_dir: Path = DataDirOpt,
         for p in report.problems:
             print(f"TAMPERED {p}")
         if not report.checkpoints:
-            print("(without a checkpoint kept outside the database, a rollback to an older copy "
-                  "cannot be seen and the number of lost events cannot be told: keep one with "
-                  "`sharedcare audit checkpoint --out FILE`)")
+            print("(no checkpoint kept outside the database was checked: without one, a rollback "
+                  "to an older copy cannot be seen and the number of lost events cannot be told; "
+                  "keep them with `sharedcare audit checkpoint --out FILE`)")
         raise typer.Exit(1)
     if report.newest:
         print(f"audit trail intact up to checkpoint {report.newest.describe()} and "
-              f"{report.after_newest} events after it ({report.checkpoints} checkpoints checked)")
+              f"{events(report.after_newest)} after it ({report.checkpoints} checkpoints checked)")
     else:
-        print(f"audit trail intact: {report.events} events. No checkpoint was given, so this "
+        print(f"audit trail intact: {events(report.events)}. No checkpoint was given, so this "
               "shows only that the database agrees with itself; a rollback to an older copy "
               "of the database would pass. Keep checkpoints outside it (`sharedcare audit "
               "checkpoint --out FILE`, or SHAREDCARE_AUDIT_CHECKPOINT_DIR for the server) and "
@@ -241,7 +243,7 @@ def audit_checkpoint(out: Path = typer.Option(..., "--out", "-o",
                      database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
     """Sign the trail's head (newest event, its hash and time, the number of events) with the
     audit key and write it outside the database, after checking the chain is intact."""
-    from .governance.audit import append_checkpoint
+    from .governance.audit import append_checkpoint, events
 
     sc = _open(database, data_dir)
     _warn_audit_key(sc)
@@ -260,7 +262,7 @@ def audit_checkpoint(out: Path = typer.Option(..., "--out", "-o",
         append_checkpoint(out, cp)
     except OSError as e:
         fail(f"cannot write the checkpoint to {out}: {e.strerror}")
-    print(f"checkpoint of {cp.count} events up to event {cp.seq} written to {out}")
+    print(f"checkpoint of {events(cp.count)} up to event {cp.seq} written to {out}")
 
 
 @admin_app.command("token")

@@ -2,6 +2,11 @@
 written durably -- in the same transaction as the write it records, or in its own transaction
 before a read's answer leaves the server -- and chained with a keyed hash so that editing,
 deleting, reordering or inserting a row is detected by `sharedcare audit verify`.
+
+The database cannot vouch for itself against being rolled back to an older copy or emptied, so
+the head of the chain is also signed into checkpoints kept outside it (`audit checkpoint`, and
+the server's checkpoint directory), which `audit verify --checkpoint` holds the trail to. The
+key comes from $SHAREDCARE_AUDIT_KEY_FILE, ideally somewhere the database's users cannot read.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -97,10 +102,10 @@ def key_warning(key_file: Path, data_dir: Path) -> str | None:
     that directory -- with its database file -- has the key too, and can rewrite the trail and
     recompute every hash and checkpoint signature."""
     try:
-        inside = Path(key_file).resolve().is_relative_to(Path(data_dir).resolve())
+        key_file, data_dir = Path(key_file).resolve(), Path(data_dir).resolve()
     except OSError:
         return None
-    if not inside:
+    if not key_file.is_relative_to(data_dir):
         return None
     return (f"the audit key {key_file} is inside the data directory {data_dir}: anyone with a "
             "copy of that directory (the database file included) also has the key, and could "
@@ -206,7 +211,7 @@ class Checkpoint:
 
     @classmethod
     def sign(cls, key: bytes, seq: int, head: str, count: int, recorded: str | None,
-             created: str | None = None) -> "Checkpoint":
+             created: str | None = None) -> Checkpoint:
         created = created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         mac = hmac.new(key, cls.payload(seq, head, count, recorded, created),
                        hashlib.sha256).hexdigest()
@@ -223,7 +228,7 @@ class Checkpoint:
                              "created": self.created, "mac": self.mac})
 
     @classmethod
-    def from_json(cls, line: bytes | str, source: str) -> "Checkpoint":
+    def from_json(cls, line: bytes | str, source: str) -> Checkpoint:
         try:
             d = orjson.loads(line)
         except orjson.JSONDecodeError as e:
@@ -246,7 +251,7 @@ class Checkpoint:
 
     def describe(self) -> str:
         at = f", {self.recorded[:19]}Z" if self.recorded else ""
-        return (f"{self.source or 'checkpoint'} (made {self.created}: {self.count} events, "
+        return (f"{self.source or 'checkpoint'} (made {self.created}: {events(self.count)}, "
                 f"up to event {self.seq}{at})")
 
 
@@ -295,6 +300,10 @@ def append_checkpoint(path: Path, cp: Checkpoint) -> None:
         os.close(fd)
 
 
+def events(n: int) -> str:
+    return f"{n} event" if n == 1 else f"{n} events"
+
+
 @dataclass
 class Report:
     """What `verify` found: problems (empty when intact), the trail's size and newest event,
@@ -337,7 +346,7 @@ class AuditTrail:
     _last_checkpoint: Checkpoint | None = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, engine: Engine, keys: Path) -> "AuditTrail":
+    def open(cls, engine: Engine, keys: Path) -> AuditTrail:
         """The trail as the application uses it: key from $SHAREDCARE_AUDIT_KEY_FILE (else
         keys/audit.key), checkpoints to $SHAREDCARE_AUDIT_CHECKPOINT_DIR every
         $SHAREDCARE_AUDIT_CHECKPOINT_MINUTES (5) or $SHAREDCARE_AUDIT_CHECKPOINT_EVENTS (1000)
@@ -554,8 +563,7 @@ class AuditTrail:
         wanted = sorted({cp.seq for cp in good if cp.seq > 0})
         hash_at: dict[int, str] = {}
         count_at: dict[int, int] = {}
-        i = 0
-        n = 0
+        i = n = changed = 0
         prev_hash, prev_seq = GENESIS, 0
         with self.engine.connect() as conn:
             cols = [audit_event.c[c] for c in CHAINED] + [audit_event.c.hash]
@@ -575,6 +583,7 @@ class AuditTrail:
                     problems.append(f"event {row['seq']}: does not follow the event before it "
                                     "(deleted, inserted or reordered)")
                 if row_hash(self.key, row) != row["hash"]:
+                    changed += 1
                     problems.append(f"event {row['seq']}: its contents were changed after it "
                                     "was recorded")
                 prev_hash, prev_seq = row["hash"], row["seq"]
@@ -591,7 +600,14 @@ class AuditTrail:
                                 "database holds records: every event and the anchor were "
                                 "deleted")
         elif anchor.mac != self._anchor_mac(anchor.seq, anchor.hash):
-            problems.append("the chain's anchor was changed")
+            if n and changed == n:  # nothing matches: most likely the wrong key, say so once
+                problems = [p for p in problems if "contents were changed" not in p]
+                problems.append(f"none of the {events(n)} nor the anchor match their keyed "
+                                f"hashes: the audit key in use ({self.key_file or 'given'}) is "
+                                "not the one this trail was written with -- or every event "
+                                "was rewritten")
+            else:
+                problems.append("the chain's anchor was changed")
         elif (anchor.seq, anchor.hash) != (prev_seq, prev_hash):
             if anchor.seq > prev_seq:
                 problems.append(f"the newest events are missing: the trail ends at event "
@@ -606,24 +622,30 @@ class AuditTrail:
         return Report(problems, n, prev_seq, len(good), newest)
 
     @staticmethod
+    @staticmethod
     def _against(cp: Checkpoint, last_seq: int, n: int, hash_at: dict, count_at: dict
                  ) -> list[str]:
         if cp.seq == 0:
             return []
         if cp.seq > last_seq:
             if n == 0:
-                return [f"every event was deleted: checkpoint {cp.describe()}; the database "
-                        "holds none"]
-            return [f"events {last_seq + 1}..{cp.seq} are missing: checkpoint {cp.describe()}, "
-                    f"but the trail ends at event {last_seq} -- truncated, or rolled back to an "
-                    "older copy of the database"]
-        if cp.seq not in hash_at:
-            return [f"event {cp.seq} is missing (deleted): checkpoint {cp.describe()}"]
-        if hash_at[cp.seq] != cp.hash:
-            return [f"event {cp.seq} no longer has the hash recorded by checkpoint "
-                    f"{cp.describe()}: the trail was rolled back to an older copy of the "
-                    "database, or rewritten"]
-        if count_at[cp.seq] != cp.count:
-            return [f"checkpoint {cp.describe()}, but the database holds {count_at[cp.seq]} "
-                    f"events up to event {cp.seq}"]
-        return []
+                problem = (f"every event was deleted: checkpoint {cp.describe()}; the database "
+                           "holds none")
+            else:
+                lost = (f"event {cp.seq} is" if cp.seq == last_seq + 1
+                        else f"events {last_seq + 1}..{cp.seq} are")
+                problem = (f"{lost} missing: checkpoint {cp.describe()}, but the trail ends at "
+                           f"event {last_seq} -- truncated, or rolled back to an older copy of "
+                           "the database")
+        elif cp.seq not in hash_at:
+            problem = f"event {cp.seq} is missing (deleted): checkpoint {cp.describe()}"
+        elif hash_at[cp.seq] != cp.hash:
+            problem = (f"event {cp.seq} no longer has the hash recorded by checkpoint "
+                       f"{cp.describe()}: the trail was rolled back to an older copy of the "
+                       "database, or rewritten")
+        elif count_at[cp.seq] != cp.count:
+            problem = (f"checkpoint {cp.describe()}, but the database holds "
+                       f"{events(count_at[cp.seq])} up to event {cp.seq}")
+        else:
+            return []
+        return [problem]

@@ -472,6 +472,7 @@ def test_key_file_from_the_environment(database_url, tmp_path, monkeypatch):
         monkeypatch.delenv(ENV_KEY_FILE)  # without it, the CLI uses (makes) the default key
         result = _cli_verify(sc)
         assert result.exit_code == 1, result.output
+        assert "not the one this trail was written with" in result.output
         assert "inside the data directory" in result.output and ENV_KEY_FILE in result.output
     finally:
         sc.engine.dispose()
