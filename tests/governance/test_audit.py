@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -494,3 +495,22 @@ def test_a_new_database_gets_an_anchor_an_old_one_is_not_given_one(world):
     with sc.engine.connect() as c:
         assert c.execute(select(audit_anchor)).first() is None
     assert sc.governance.audit_trail.verify()
+
+
+def test_serve_warns_when_the_key_is_beside_the_database(world, monkeypatch, tmp_path):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)  # start-up only, no server
+    url = world.engine.url.render_as_string(hide_password=False)
+    args = ["serve", "--database", url, "--data-dir", str(world.data_dir)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "inside the data directory" in result.output and ENV_KEY_FILE in result.output
+
+    outside = tmp_path / "elsewhere" / "audit.key"
+    outside.parent.mkdir()
+    shutil.copy(world.governance.audit_trail.key_file, outside)
+    monkeypatch.setenv(ENV_KEY_FILE, str(outside))
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "inside the data directory" not in result.output
