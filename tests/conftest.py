@@ -7,8 +7,12 @@ under CI=true, where the run fails.
 
 from __future__ import annotations
 
+import hashlib
+import lzma
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -18,21 +22,60 @@ import pytest
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# Test data nobody on the project wrote, kept in the repository with its licences (tests/data/
+# README.md). Folders of *.xz files are decompressed once into a cache outside the checkout.
+DATA = ROOT / "tests" / "data"
+DATA_CACHE = Path(os.environ.get("SHAREDCARE_TEST_DATA_CACHE")
+                  or Path(tempfile.gettempdir()) / f"sharedcare-test-data-{os.getuid()}")
 PG_ADMIN_URL = os.environ.get("SHAREDCARE_TEST_PG",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI") == "true"
 TEST_ORG = "RTEST"
 
 
-def shared_dir(*parts: str) -> Path:
-    """A folder of ../shared; skip when absent, but fail under CI (it must be there)."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        if IN_CI:
-            pytest.fail(f"{path} is missing in CI")
-        pytest.skip(f"{path} is not available")
-    return path
+def _plain_folder(folder: Path) -> Path:
+    """`folder` itself, or -- when it holds *.xz files -- a cached copy with them decompressed
+    (same names without .xz). The cache is keyed by the compressed bytes, so changed data gets
+    a fresh copy; parallel workers race harmlessly (the first complete copy wins)."""
+    packed = sorted(folder.glob("*.xz"))
+    if not packed:
+        return folder
+    digest = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    target = DATA_CACHE / f"{folder.relative_to(DATA).as_posix().replace('/', '__')}-" \
+                          f"{digest.hexdigest()[:16]}"
+    if target.is_dir():
+        return target
+    DATA_CACHE.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=DATA_CACHE))
+    for f in folder.iterdir():
+        if f.suffix == ".xz":
+            (work / f.stem).write_bytes(lzma.decompress(f.read_bytes()))
+        elif f.is_file():
+            shutil.copyfile(f, work / f.name)
+    try:
+        work.rename(target)
+    except OSError:  # another worker finished first
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def data_dir(*parts: str) -> Path:
+    """A file or folder of tests/data (e.g. ``data_dir("fhir", "synthea")``), with compressed
+    folders presented decompressed. Missing test data is an error, never a skip."""
+    for i in range(len(parts), -1, -1):
+        folder = DATA.joinpath(*parts[:i])
+        if folder.is_dir():
+            path = _plain_folder(folder).joinpath(*parts[i:])
+            if not path.exists():
+                pytest.fail(f"test data {DATA.joinpath(*parts)} is missing")
+            return path
+    pytest.fail(f"test data {DATA.joinpath(*parts)} is missing")
+
+
+shared_dir = data_dir  # the old name (the data used to be read from ../shared)
 
 
 _pg_state: dict = {}

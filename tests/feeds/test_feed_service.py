@@ -15,7 +15,7 @@ from sharedcare.feeds.hl7v2 import mllp_send, serve_mllp
 from sharedcare.feeds.service import MESSAGE_TIME_EXT, FeedService, mllp_handler
 from sharedcare.store.repository import PermitAll
 from sharedcare.store.schema import resource, resource_version
-from tests.conftest import shared_dir
+from tests.conftest import data_dir
 
 ODS = "RTEST"
 FEED = "pas-adt"
@@ -82,7 +82,7 @@ def mllp(feeds):
 
 
 def samples() -> list[Path]:
-    folder = shared_dir("hl7v2")
+    folder = data_dir("hl7v2")
     out = []
     for p in sorted(folder.glob("*.hl7")):
         msh = segs(read(p), "MSH")[0]
@@ -116,7 +116,7 @@ def test_every_sample_is_acked_and_stored(sc, feeds, mllp):
 
 
 def test_fields_match_source_segments(sc, feeds, mllp):
-    folder = shared_dir("hl7v2")
+    folder = data_dir("hl7v2")
     a01, oru, mdm = (read(folder / n) for n in ("ADT-A01-01.hl7", "ORU-R01-01.hl7",
                                                   "MDM-T02-01.hl7"))
     assert [msa(a)[1] for a in mllp(a01)] == ["AA"]

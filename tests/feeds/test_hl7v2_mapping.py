@@ -27,8 +27,7 @@ from sharedcare.fhir.codes import (
     local_identifier_system,
 )
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-SAMPLES = SHARED / "hl7v2"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "hl7v2"
 SCHEMA = Path(__file__).resolve().parents[2] / "sharedcare/fhir/definitions/fhir.schema.json"
 ORG, FEED = "RXX", "pas-adt"
 LONDON = ZoneInfo("Europe/London")

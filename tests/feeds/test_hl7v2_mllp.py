@@ -14,8 +14,7 @@ import pytest
 
 from sharedcare.feeds.hl7v2 import HL7Error, build_ack, mllp_send, serve_mllp, to_fhir
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-SAMPLES = SHARED / "hl7v2"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "hl7v2"
 
 if not SAMPLES.is_dir():
     if os.environ.get("CI") == "true":

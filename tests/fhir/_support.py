@@ -1,7 +1,7 @@
 """Helpers for the FHIR store and API tests.
 
 Everything here computes expectations INDEPENDENTLY of the server: from the source files in
-../shared, with plain Python (no sharedcare.store code), so a wrong index cannot make a wrong
+tests/data, with plain Python (no sharedcare.store code), so a wrong index cannot make a wrong
 answer look right.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,21 +16,18 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-import pytest
+from tests.conftest import ROOT, data_dir
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 FHIR_JSON = "application/fhir+json"
 SYNTHEA_ID = "https://github.com/synthetichealth/synthea"
 
 
 def shared(*parts: str) -> Path:
-    """A path in ../shared; skip when absent, fail under CI=true."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is missing in CI")
-        pytest.skip(f"{path} is not available")
-    return path
+    """A path in the test data (tests/data, laid out as ../shared was). The official R4
+    definitions are the unchanged copies the product ships in sharedcare/fhir/definitions."""
+    if parts[:2] == ("fhir", "definitions"):
+        return ROOT.joinpath("sharedcare", *parts)
+    return data_dir(*parts)
 
 
 @cache

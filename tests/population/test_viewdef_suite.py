@@ -13,8 +13,7 @@ import pytest
 
 from sharedcare.population.viewdef import ViewDefinitionError, compile_view, evaluate
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-SUITE = SHARED / "sql-on-fhir" / "tests"
+SUITE = Path(__file__).resolve().parents[1] / "data" / "sql-on-fhir" / "tests"
 
 # Tests needing optional features this runner does not support: (file, title) -> reason.
 # Empty: every test in the suite, shareable and experimental, is expected to pass.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -18,9 +17,9 @@ from sharedcare.population.viewdef import (
     materialise_duckdb,
     ready_views,
 )
+from tests.conftest import data_dir
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-SYNTHEA = SHARED / "fhir" / "synthea"
+SYNTHEA = data_dir("fhir", "synthea")
 
 EXPECTED_VIEWS = {
     "patient_demographics",

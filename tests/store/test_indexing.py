@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import decimal
 import json
-import os
 import random
 import re
 import threading
@@ -23,17 +22,17 @@ from sharedcare.store.indexing import (
     normalize_string,
     number_range,
 )
-
-SHARED = Path(__file__).parents[2].parent / "shared"
+from tests.conftest import data_dir
 
 
 @pytest.fixture(scope="module")
-def shared() -> Path:
-    if not (SHARED / "fhir").is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"shared test data missing at {SHARED} (required when CI=true)")
-        pytest.skip(f"shared test data not present at {SHARED}")
-    return SHARED
+def shared(tmp_path_factory) -> Path:
+    """The test data laid out as ../shared was: fhir/examples and fhir/synthea (decompressed)."""
+    root = tmp_path_factory.mktemp("shared")
+    (root / "fhir").mkdir()
+    for name in ("examples", "synthea"):
+        (root / "fhir" / name).symlink_to(data_dir("fhir", name), target_is_directory=True)
+    return root
 
 
 @pytest.fixture(scope="module")
