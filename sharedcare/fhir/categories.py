@@ -58,5 +58,25 @@ DIRECTORY_TYPES = frozenset({
 })
 
 
+# Medicines, problems, allergies and results stay what they are whatever a partner's tag says:
+# a feed that tags a discharge medicine or an admission's diagnosis "encounters" (it arrived with
+# the admission) must not show it to a role without medication or the problem list (a social
+# worker, an admin). For these types a tag may name only the type's own category or the
+# narrower mental-health one. A tag that is not a known category is kept: no role has it, so
+# the record is withheld (fail closed).
+TAG_BOUNDS = {
+    "gp-summary": frozenset({"gp-summary", "mental-health"}),
+    "results": frozenset({"results", "mental-health"}),
+}
+
+
 def category_of(rtype: str, tagged: str | None) -> str:
-    return tagged or DEFAULT_CATEGORY.get(rtype, "other")
+    """A resource's data category: its DATA_CATEGORY_SYSTEM tag within the bounds of its type
+    (TAG_BOUNDS), else the type's default."""
+    default = DEFAULT_CATEGORY.get(rtype, "other")
+    if not tagged:
+        return default
+    bounds = TAG_BOUNDS.get(default)
+    if bounds is not None and tagged in CATEGORIES and tagged not in bounds:
+        return default
+    return tagged

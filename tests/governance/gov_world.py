@@ -24,7 +24,7 @@ from oracle import (
     World,
 )
 
-from sharedcare.fhir.categories import DEFAULT_CATEGORY
+from sharedcare.fhir.categories import category_of
 from sharedcare.fhir.codes import DATA_CATEGORY_SYSTEM, ODS_SYSTEM, SENSITIVITY_SYSTEM
 from sharedcare.fhir.outcome import FHIRError
 from sharedcare.governance import Access
@@ -132,7 +132,7 @@ def worlds(draw, n_viewers=(6, 10), n_patients=(2, 3)):
         m = meta(tagged, labels)
         if m:
             body["meta"] = m
-        category = tagged or DEFAULT_CATEGORY.get(rtype, "other")
+        category = category_of(rtype, tagged)  # a tag cannot move medicines out of gp-summary
         res.append(Res(rtype, rid, body, source, category, labels,
                        pid if rtype in COMPARTMENT else None))
 
