@@ -90,16 +90,29 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def plan_meta(prior: dict | None, access: Access) -> dict:
+    """An edit keeps what governs the plan: its sensitivity labels (meta.security), its tags
+    (controller, data category, any other) and profiles stay exactly as they were; only what
+    the server manages (versionId, lastUpdated) is left to the server. A new plan is the
+    author's organisation's, in the care-plans category."""
+    old = {k: v for k, v in ((prior or {}).get("meta") or {}).items()
+           if k not in ("versionId", "lastUpdated")}
+    tags = [dict(t) for t in old.get("tag") or []]
+    systems = {t.get("system") for t in tags}
+    if DATA_CATEGORY_SYSTEM not in systems:
+        tags.insert(0, {"system": DATA_CATEGORY_SYSTEM, "code": "care-plans"})
+    if SOURCE_ORG_SYSTEM not in systems:
+        tags.append({"system": SOURCE_ORG_SYSTEM, "code": access.ods})
+    return {**old, "source": WEB_SOURCE, "tag": tags}
+
+
 def build_resource(kind: str, values: dict, patient_id: str, patient_name: str, access: Access,
                    org_name: str, prior: dict | None = None) -> dict:
     label = KINDS[kind]
     who = {"display": f"{access.display_name or access.username}, {org_name}"}
-    meta_tags = [{"system": DATA_CATEGORY_SYSTEM, "code": "care-plans"}]
-    src = tag(prior, SOURCE_ORG_SYSTEM) if prior else None
-    meta_tags.append({"system": SOURCE_ORG_SYSTEM, "code": src or access.ods})
     res = {
         "resourceType": "CarePlan",
-        "meta": {"source": WEB_SOURCE, "tag": meta_tags},
+        "meta": plan_meta(prior, access),
         "status": "active",
         "intent": "plan",
         "category": [{"coding": [{"system": KIND_SYSTEM, "code": kind, "display": label}],
