@@ -342,6 +342,7 @@ class AuditTrail:
     _start: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _checkpointer: threading.Thread | None = field(default=None, repr=False)
     _wake: threading.Event = field(default_factory=threading.Event, repr=False)
+    _stopping: bool = field(default=False, repr=False)
     _since: int = field(default=0, repr=False)
     _last_checkpoint: Checkpoint | None = field(default=None, repr=False)
 
@@ -399,17 +400,19 @@ class AuditTrail:
         transaction. Otherwise it is handed to the audit writer and this call returns only once
         the event is committed: durable before the answer leaves, never a lossy queue."""
         args = (access, action, outcome, patient_id, entity, reason, glass, recorded)
+        if conn is not None:
+            seq = self._append(conn, *args)
+        else:
+            job = _Job(args)
+            self._ensure_writer()
+            self._queue.put(job)
+            job.done.wait()
+            if job.error is not None:
+                raise job.error
+            seq = job.seq
         if self.checkpoint_dir is not None:
             self._count_for_checkpoint()
-        if conn is not None:
-            return self._append(conn, *args)
-        job = _Job(args)
-        self._ensure_writer()
-        self._queue.put(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.seq
+        return seq
 
     def _ensure_writer(self) -> None:
         if self._writer is None or not self._writer.is_alive():
@@ -526,7 +529,7 @@ class AuditTrail:
 
     def _write_checkpoints(self) -> None:
         self._last_checkpoint = self._newest_in_dir()
-        while True:
+        while not self._stopping:
             try:
                 self.checkpoint_to_dir()
             except Exception as e:  # noqa: BLE001 - logged without data; retried next time
@@ -534,6 +537,14 @@ class AuditTrail:
             self._wake.wait(self.checkpoint_minutes * 60)
             self._wake.clear()
             time.sleep(0.05)  # let a burst's events commit before reading the head
+
+    def stop_checkpoints(self) -> None:
+        """Stop the checkpoint thread (tests; a server process simply exits)."""
+        thread = self._checkpointer
+        if thread is not None and thread.is_alive():
+            self._stopping = True
+            self._wake.set()
+            thread.join(10)
 
     def _newest_in_dir(self) -> Checkpoint | None:
         """The newest checkpoint already in the directory (its newest file only), so a

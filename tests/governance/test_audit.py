@@ -421,12 +421,12 @@ def test_server_appends_checkpoints_to_a_directory(database_url, tmp_path, monke
 
     folder = tmp_path / "checkpoints"
     monkeypatch.setenv(ENV_CHECKPOINT_DIR, str(folder))
-    monkeypatch.setenv(ENV_CHECKPOINT_EVENTS, "3")
+    monkeypatch.setenv(ENV_CHECKPOINT_EVENTS, "1")
     sc = SharedCare.open(database_url, tmp_path / "data")
     try:
         build(sc)
         trail = sc.governance.audit_trail
-        _reads(sc, 7)  # the checkpointer starts with the first event and wakes every 3
+        _reads(sc, 5)  # the checkpointer starts with the first event and wakes after each
         deadline = time.time() + 10
         while time.time() < deadline:
             cps = read_checkpoints([folder]) if folder.exists() else []
@@ -444,10 +444,12 @@ def test_server_appends_checkpoints_to_a_directory(database_url, tmp_path, monke
             c.execute(audit_event.delete().where(audit_event.c.seq > 2))
             c.execute(audit_anchor.update().values(seq=2, hash=snap[-1]["hash"],
                                                    mac=trail._anchor_mac(2, snap[-1]["hash"])))
+        trail.stop_checkpoints()
         assert trail.checkpoint_to_dir() is None
         result = _cli_verify(sc, folder)
         assert result.exit_code == 1 and "are missing" in result.output, result.output
     finally:
+        sc.governance.audit_trail.stop_checkpoints()
         sc.engine.dispose()
 
 
