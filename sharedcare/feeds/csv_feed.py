@@ -40,6 +40,7 @@ resource of that ``name`` in the same row), ``type`` ("integer" | "decimal" | "b
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -48,6 +49,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+import orjson
 
 from ..fhir.codes import LOCAL_ID_BASE
 from ..fhir.outcome import FHIRError
@@ -129,9 +132,17 @@ def _columns(mapping: dict) -> set[str]:
     return cols
 
 
+MAX_FIELD = 131_072  # characters in one cell; longer is a row error, never a crash
+
+
 def _rows(csv_path, mapping: dict):
     """(line, row dict) for each data row; line is the physical line the row starts on."""
     text = Path(csv_path).read_bytes().decode(mapping.get("encoding", "utf-8-sig"))
+    # The csv module's own limit (128 KB) raises mid-file; read any size, and report an
+    # oversized cell as its row's error (see _parse). A stray quote that swallows the rest of
+    # the file becomes one row with the wrong number of fields, also reported.
+    if csv.field_size_limit() < len(text) + 1:
+        csv.field_size_limit(max(len(text) + 1, MAX_FIELD))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=mapping.get("delimiter", ","))
     header = None
     start = 1
@@ -147,12 +158,16 @@ def _rows(csv_path, mapping: dict):
         yield line, raw
 
 
-def _set(res: dict, path: str, value) -> None:
+@functools.lru_cache(maxsize=1024)
+def _steps(path: str) -> tuple[tuple[str, str | None, bool], ...]:
     parts = path.split(".")
+    return tuple((*_PATH.match(part).groups(), n == len(parts) - 1)
+                 for n, part in enumerate(parts))
+
+
+def _set(res: dict, path: str, value) -> None:
     node = res
-    for n, part in enumerate(parts):
-        key, index = _PATH.match(part).groups()
-        last = n == len(parts) - 1
+    for key, index, last in _steps(path):
         if index is None:
             if last:
                 node[key] = value
@@ -241,7 +256,7 @@ def _key_system(r: dict, ods: str) -> str:
 
 def _build_row(line: int, row: dict, mapping: dict, ods: str, feed_id: str
                ) -> tuple[list[tuple[str, dict, str, str | None]], list[RowError]]:
-    """Resources of one row as (fullUrl, resource, type, conditional query) + errors."""
+    """Resources of one row as (fullUrl, resource, type, key (system, value) or None) + errors."""
     errors: list[RowError] = []
     for col in mapping.get("required") or []:
         if not (row.get(col) or "").strip():
@@ -287,20 +302,17 @@ def _build_row(line: int, row: dict, mapping: dict, ods: str, feed_id: str
                 errors.append(RowError(line, column, str(e)))
                 continue
             _set(res, path, value)
-        query = None
-        if keys.get(name):
-            system, value = keys[name]
+        key = keys.get(name)
+        if key:
+            system, value = key
             ident = {"system": system, "value": value}
             if ident not in (res.get("identifier") or []):
                 res.setdefault("identifier", []).insert(0, ident)
-            from urllib.parse import quote
-
-            query = f"identifier={quote(system, safe=':/')}|{quote(value, safe='')}"
         res = _prune(res)
         for issue in problems(res):
             errors.append(RowError(line, None, f"{issue.expression or r['resourceType']}: "
                                                f"{_safe(issue.diagnostics)}"))
-        out.append((urls[name], res, r["resourceType"], query))
+        out.append((urls[name], res, r["resourceType"], key))
     return out, errors
 
 
@@ -328,6 +340,11 @@ def _parse(csv_path, mapping: dict, ods: str, feed_id: str):
             errors.append(RowError(line, None, f"has {len(raw)} fields, the header has "
                                                f"{len(header)}"))
             continue
+        long = [c for c, v in zip(header, raw, strict=True) if len(v) > MAX_FIELD]
+        if long:
+            errors.extend(RowError(line, c, f"value is longer than {MAX_FIELD:,} characters")
+                          for c in long)
+            continue
         row = dict(zip(header, raw, strict=True))
         resources, row_errors = _build_row(line, row, mapping, ods, feed_id)
         if row_errors:
@@ -348,7 +365,6 @@ def load(csv_path, mapping: dict, feed_id: str, *, service=None, sc=None,
     """Load the valid rows of a CSV file as one transaction with one Provenance (or nothing at
     all when ``all_or_nothing`` and any row is rejected). Re-sending an identical file changes
     nothing. Rows that repeat a key update the same resource (the later row wins)."""
-    from ..fhir.bundle import parse_entries, plan_writes
     from ..store.repository import WriteOp
     from .service import FeedService, receipt_id, stamp
 
@@ -366,27 +382,20 @@ def load(csv_path, mapping: dict, feed_id: str, *, service=None, sc=None,
                                "csv")
     if not built or (all_or_nothing and errors):
         return report
-    entries: dict[str, dict] = {}
+    items: dict[str, tuple[str, dict, tuple[str, str] | None]] = {}
     for _, resources in built:
-        for url, res, rtype, query in resources:
-            res = stamp(res, feed.ods, feed.feed_id)
-            tag = f"&_tag={service_tag(feed.ods)}"
-            entries.pop(url, None)  # the later row wins, in row order
-            entries[url] = {"fullUrl": url, "resource": res,
-                            "request": {"method": "PUT",
-                                        "url": f"{rtype}?{query}{tag}" if query
-                                        else f"{rtype}/{url.rsplit(':', 1)[1]}"}}
+        for url, res, rtype, key in resources:
+            items.pop(url, None)  # the later row wins, in row order
+            items[url] = (rtype, stamp(res, feed.ods, feed.feed_id), key)
     digest = hashlib.sha256(Path(csv_path).read_bytes()).hexdigest()[:32]
     rid = receipt_id(feed.ods, feed.feed_id, f"csv|{Path(csv_path).name}|{digest}")
     report.receipt = rid
-    parsed = parse_entries({"resourceType": "Bundle", "type": "transaction",
-                            "entry": list(entries.values())})
 
     def commit():
         with service.store.begin_write() as conn, conn.begin():
             if service.store.exists("Provenance", rid, conn):
                 return None
-            ops, _, _ = plan_writes(service.store, parsed, conn)
+            ops = _plan(conn, items, feed.ods, feed.feed_id)
             prov = service._provenance(feed, ops, f"{Path(csv_path).name} ({nrows} rows)", "csv")
             # Person links: the store's identity hook, in this same transaction (patients
             # without a valid NHS number are queued for the identity worker).
@@ -405,6 +414,66 @@ def load(csv_path, mapping: dict, feed_id: str, *, service=None, sc=None,
     report.loaded_rows = len(built)
     report.resources = len(ops)
     return report
+
+
+def _existing(conn, rtype: str, system: str, values: list[str], ods: str
+              ) -> dict[str, list[str]]:
+    """value -> ids of this organisation's current ``rtype`` with identifier system|value, in
+    one query per 500 values (a conditional update per row was most of a large file's time)."""
+    from sqlalchemy import false, select
+
+    from ..store.schema import idx_token, resource
+
+    out: dict[str, list[str]] = {}
+    for i in range(0, len(values), 500):
+        rows = conn.execute(
+            select(idx_token.c.code, resource.c.id)
+            .join(resource, resource.c.pk == idx_token.c.resource_pk)
+            .where(idx_token.c.type == rtype, idx_token.c.param == "identifier",
+                   idx_token.c.system == system, idx_token.c.code.in_(values[i:i + 500]),
+                   resource.c.deleted == false(), resource.c.source_org == ods))
+        for code, rid in rows:
+            lst = out.setdefault(code, [])
+            if rid not in lst:
+                lst.append(rid)
+    return out
+
+
+def _plan(conn, items: dict, ods: str, feed_id: str) -> list:
+    """Write operations for the mapped resources: a keyed resource updates this organisation's
+    record with that identifier (or creates one at an id derived from the key); references
+    between a row's resources point at the ids chosen."""
+    from ..store.repository import WriteOp
+
+    wanted: dict[tuple[str, str], set[str]] = {}
+    for rtype, _, key in items.values():
+        if key:
+            wanted.setdefault((rtype, key[0]), set()).add(key[1])
+    found = {k: _existing(conn, k[0], k[1], sorted(v), ods) for k, v in wanted.items()}
+    target: dict[str, str] = {}
+    for url, (rtype, _, key) in items.items():
+        if key:
+            ids = found[(rtype, key[0])].get(key[1], [])
+            if len(ids) > 1:
+                raise FHIRError.of(412, "multiple-matches", f"{len(ids)} existing {rtype} "
+                                   f"records of {ods} carry one key of this file")
+            rid = ids[0] if ids else str(uuid.uuid5(_NS, f"{ods}|{feed_id}|{rtype}|{key[0]}|"
+                                                         f"{key[1]}"))
+        else:
+            rid = url.rsplit(":", 1)[1]
+        target[url] = f"{rtype}/{rid}"
+
+    def swap(node):
+        if isinstance(node, dict):
+            return {k: (target.get(v, v) if k == "reference" and isinstance(v, str) else swap(v))
+                    for k, v in node.items()}
+        if isinstance(node, list):
+            return [swap(v) for v in node]
+        return node
+
+    return [WriteOp("PUT", rtype, target[url].split("/", 1)[1],
+                    swap(res) if b"urn:uuid:" in orjson.dumps(res) else res)
+            for url, (rtype, res, _) in items.items()]
 
 
 def service_tag(ods: str) -> str:

@@ -110,11 +110,14 @@ class LinkPlan:
     def load(self, patient_ids, person_ids=()) -> None:
         """Read what the given patients' moves will touch, in bulk."""
         patient_ids = [p for p in set(patient_ids) if p not in self.current]
-        found = persons_of(self.conn, patient_ids)
-        for p in patient_ids:
-            self.current[p] = found.get(p, [])
-        wanted = {q for p in patient_ids for q in self.current[p]} | set(person_ids)
-        wanted -= set(self.persons)
+        if patient_ids:
+            found = persons_of(self.conn, patient_ids)
+            for p in patient_ids:
+                self.current[p] = found.get(p, [])
+        wanted = {q for q in (*(q for p in patient_ids for q in self.current[p]), *person_ids)
+                  if q not in self.persons}
+        if not wanted:
+            return
         got = read_current(self.conn, "Person", wanted)
         for pid in wanted:
             res = got.get(pid)
