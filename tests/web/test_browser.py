@@ -50,6 +50,11 @@ def page(browser):
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     pg = ctx.new_page()
     pg.set_default_timeout(15000)
+    # Anything the Content-Security-Policy blocks is reported on the console: collected here,
+    # and check() fails on it, so the policy can never silently break a page.
+    pg.csp_violations = []
+    pg.on("console", lambda m: pg.csp_violations.append(m.text)
+          if "Content Security Policy" in m.text else None)
     yield pg
     ctx.close()
 
@@ -59,10 +64,16 @@ def slug(text: str) -> str:
 
 
 def check(page, name: str) -> None:
-    """Screenshot, then axe-core: no serious or critical violations."""
+    """Nothing blocked by the Content-Security-Policy and the page's scripts ran; screenshot,
+    then axe-core: no serious or critical violations."""
     page.evaluate("document.fonts.ready.then(() => true)")
+    assert not page.csp_violations, f"{name}: {page.csp_violations}"
+    body = page.evaluate("document.body.className")
+    assert "js-enabled" in body and "nhsuk-frontend-supported" in body, f"{name}: {body}"
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-    page.add_script_tag(path=str(AXE))
+    # Evaluated through the DevTools protocol, not added as an inline <script>, which the
+    # page's policy (scripts from the server only) rightly refuses.
+    page.evaluate(AXE.read_text())
     result = page.evaluate("""async () => {
         const r = await axe.run(document, {resultTypes: ['violations']});
         return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
