@@ -315,6 +315,8 @@ class OidcLogin:
         return resp
 
     async def sign_out(self, request: Request) -> Response:
+        if request.cookies.get(SESSION_COOKIE):  # withdrawn on the server, not just forgotten
+            await run_in_threadpool(self.gov.tokens.revoke, request.cookies[SESSION_COOKIE])
         resp = RedirectResponse("/", 303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp

@@ -304,3 +304,13 @@ def test_feedback_csv_neutralises_formulas(world):
     for r in rows:
         for v in r.values():
             assert not (v or "").startswith(("=", "+", "-", "@", "\t", "\r")), v
+
+
+def test_the_openid_connect_sign_out_revokes_too(world):
+    sc = world
+    token = sc.governance.issue_token("dr.one", ORG, "clinician")
+    with browser(create_app(sc)) as c:
+        c.cookies.set("sc_session", token)
+        assert c.get("/auth/sign-out").status_code == 303
+        r = c.get("/fhir/Patient", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401
