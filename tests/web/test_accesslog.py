@@ -69,7 +69,7 @@ def test_the_page_shows_the_words(log):
     assert r.status_code == 200 and "Who has looked at your record" in r.text
     import re
 
-    rows = dict(re.findall(r'data-seq="(\d+)">(.*?)</tr>', r.text, re.S))
+    rows = dict(re.findall(r'data-seq="(\d+)">(.*?)</tr>', r.text, re.DOTALL))
     assert "Reviewed an emergency (break glass) access" in rows[str(seqs["review glass"])]
     assert "Changed" not in rows[str(seqs["review glass"])]
     refused = rows[str(seqs["refused whole"])]

@@ -202,7 +202,7 @@ def test_pages_have_no_inline_script(world):
 
     with browser(create_app(world)) as c:
         html = c.get("/sign-in").text
-    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, re.S)
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, re.DOTALL)
     assert scripts, "the base page loads the design system's script"
     for attrs, body in scripts:
         assert "src=" in attrs and not body.strip(), attrs
