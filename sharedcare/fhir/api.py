@@ -6,6 +6,7 @@ Every handler reads straight through: who is asking (governance.authenticate) ->
 
 from __future__ import annotations
 
+import logging
 import uuid
 from urllib.parse import parse_qsl, urlencode
 
@@ -16,13 +17,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..governance import Access, Governance
+from ..governance.request_audit import current_request
+from ..logsafe import log_failure
 from ..store.repository import Store, Stored, WriteOp, instant
 from . import bundle as bundles
 from .capability import capability_statement
-from .outcome import FHIRError, operation_outcome
-from .validation import resource_types
+from .outcome import FHIRError, Issue, operation_outcome
+from .validation import ID_RE, problems, resource_types
 
 FHIR_JSON = "application/fhir+json"
+log = logging.getLogger(__name__)
+# Longest query parameter value taken: longer ones are refused, not run (a 60,000-character
+# :contains would otherwise be a pattern the database cannot compile).
+MAX_PARAM = 2048
+MAX_INT = 2**63 - 1
 
 
 def fhir_response(body, status: int = 200, headers: dict | None = None) -> Response:
@@ -53,7 +61,42 @@ def _body(raw: bytes) -> dict:
         raise FHIRError.of(400, "structure", f"the body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise FHIRError.of(400, "structure", "the body must be a JSON object")
+    if b"\\u0000" in raw and _has_nul(body):
+        raise FHIRError.of(400, "invalid", "the body contains a NUL character (\\u0000), which "
+                           "FHIR strings may not hold")
     return body
+
+
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _check_request(request: Request) -> None:
+    """What no handler can take, refused before any of them runs: malformed ids in the path,
+    NUL characters, overlong parameters, integers past 64 bits."""
+    for key in ("id", "vid"):
+        value = request.path_params.get(key)
+        if value is not None and not ID_RE.match(value):
+            raise FHIRError.of(400, "invalid", f"'{value[:80]}' is not a valid FHIR {key} "
+                               "(1-64 of A-Z a-z 0-9 - .)")
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise FHIRError.of(400, "invalid", "a search parameter contains a NUL character", name)
+        if len(value) > MAX_PARAM:
+            raise FHIRError.of(400, "too-long", f"the value of {name[:60]} is longer than "
+                               f"{MAX_PARAM} characters", name[:60])
+        if name in ("_count", "_before_seq", "_cursor") and value.isdigit() and \
+                int(value) > MAX_INT:
+            raise FHIRError.of(400, "invalid", f"{name} is out of range", name)
+    vid = request.path_params.get("vid")
+    if vid is not None and vid.isdigit() and int(vid) > MAX_INT:
+        raise FHIRError.of(404, "not-found", "no such version")
 
 
 def _since(value: str | None) -> str | None:
@@ -101,14 +144,30 @@ class FhirApi:
 
     def handle(self, fn):
         """Read the body on the event loop, then run the (blocking, database-bound) handler in
-        the thread pool so one slow query never stalls other requests."""
+        the thread pool so one slow query never stalls other requests.
+
+        The one place a surprise becomes an answer: a FHIRError is its OperationOutcome, and
+        anything else a 500 OperationOutcome (the connection kept), logged by type and place
+        only -- an exception's message can quote patient data. The request's audit record
+        (governance/request_audit.py) learns the reason."""
 
         async def endpoint(request: Request) -> Response:
+            record = current_request.get()
             try:
                 body = await request.body()
+                _check_request(request)
                 return await run_in_threadpool(fn, request, body)
             except FHIRError as e:
+                if record is not None:
+                    record.reason = str(e)[:1000]
                 return error_response(e)
+            except Exception as e:  # noqa: BLE001 - the last line of defence, see docstring
+                log_failure(log, f"{request.method} {fn.__name__}", e)
+                if record is not None:
+                    record.reason = f"unexpected {type(e).__name__}"
+                return error_response(FHIRError(500, [Issue(
+                    "exception", "the server could not complete this request; it has been "
+                    "logged (without its data) for the operators")]))
 
         return endpoint
 
@@ -121,28 +180,25 @@ class FhirApi:
         body = _body(raw)
         if body.get("resourceType") != "Bundle":
             raise FHIRError.of(400, "invalid", "POST to the base URL takes a batch or transaction Bundle")
-        types = {(e.get("request") or {}).get("url", "").split("/")[0].split("?")[0]
-                 for e in body.get("entry") or [] if isinstance(e, dict)}
-        self.gov.require_write(access, types)
-        outcome = "0"
-        try:
-            if body.get("type") == "batch":
-                result = bundles.batch(self.store, body, self.base(request),
-                                       reader=lambda url: self._batch_read(access, url),
-                                       source_org=access.ods)
-            else:
-                result = bundles.process(self.store, body, self.base(request), access.ods)
-            return fhir_response(result)
-        except FHIRError:
-            outcome = "4"
-            raise
-        finally:
-            self.gov.audit(access, "transaction", outcome,
-                           entity=f"Bundle ({len(body.get('entry') or [])} entries)")
+        writer = bundles.GovernedWriter(self.gov, access)
+        btype = body.get("type")
+        if btype == "batch":
+            result = bundles.batch(writer, body, self.base(request),
+                                   reader=lambda url: self._batch_read(access, url))
+        elif btype == "transaction":
+            result = bundles.transaction(writer, body, self.base(request))
+        else:
+            raise FHIRError.of(400, "invalid", f"Bundle.type must be transaction or batch, not "
+                               f"{str(btype)[:40]}", "Bundle.type")
+        return fhir_response(result)
 
     def _batch_read(self, access: Access, url: str) -> dict:
         path, _, query = url.partition("?")
         parts = [p for p in path.split("/") if p]
+        if not parts or len(parts) > 2 or parts[0] not in resource_types() or (
+                len(parts) == 2 and not ID_RE.match(parts[1])):
+            raise FHIRError.of(400, "not-supported", f"a batch GET takes Type/id or Type?query, "
+                               f"not '{url[:80]}'")
         if len(parts) == 2:
             s = self.gov.read(access, parts[0], parts[1])
             return s.json()
@@ -155,17 +211,22 @@ class FhirApi:
         if request.method == "GET":
             return self._search(request, rtype, list(request.query_params.multi_items()))
         access = self.gov.authenticate(request)
-        self.gov.require_write(access, {rtype})
         query = request.url.query
+        # Conditional writes match under the caller's policy (Governance.match), inside the
+        # write's own transaction: what the caller may not see is no match.
         if request.method == "DELETE":
             if not query:
                 raise FHIRError.of(400, "invalid", "conditional delete needs search parameters")
-            ids = self.store.match_ids(rtype, query, limit=2)
-            if len(ids) > 1:
-                raise FHIRError.of(412, "multiple-matches", "the conditions match several resources")
-            if ids:
-                self.store.write([WriteOp("DELETE", rtype, ids[0], None)], source_org=access.ods)
-            self.gov.audit(access, "delete", entity=f"{rtype}?{query}")
+            with self.store.begin_write() as conn, conn.begin():
+                ids = self.gov.match(access, rtype, query, conn)
+                if len(ids) > 1:
+                    raise FHIRError.of(412, "multiple-matches",
+                                       "the conditions match several resources")
+                if ids:
+                    self.gov.write(access, [WriteOp("DELETE", rtype, ids[0], None)], conn)
+                else:
+                    self.gov.audit(access, "delete", "0", entity=f"{rtype} (conditional: no match)",
+                                   conn=conn)
             return Response(status_code=204)
         body = _body(raw)
         if body.get("resourceType") != rtype:
@@ -174,28 +235,31 @@ class FhirApi:
             # Conditional update: PUT Type?query.
             if not query:
                 raise FHIRError.of(400, "invalid", "PUT needs an id or search parameters")
-            ids = self.store.match_ids(rtype, query, limit=2)
-            if len(ids) > 1:
-                raise FHIRError.of(412, "multiple-matches", "the conditions match several resources")
-            rid = ids[0] if ids else (body.get("id") or str(uuid.uuid4()))
-            result = self.store.write([WriteOp("PUT", rtype, rid, body,
-                                               _version(request.headers.get("if-match")))],
-                                      source_org=access.ods)[0]
-            self.gov.audit(access, "update", entity=f"{rtype}/{rid}")
+            with self.store.begin_write() as conn, conn.begin():
+                ids = self.gov.match(access, rtype, query, conn)
+                if len(ids) > 1:
+                    raise FHIRError.of(412, "multiple-matches",
+                                       "the conditions match several resources")
+                rid = ids[0] if ids else (body.get("id") or str(uuid.uuid4()))
+                result = self.gov.write(access, [WriteOp(
+                    "PUT", rtype, rid, body, _version(request.headers.get("if-match")))], conn)[0]
             return fhir_response(result.stored.content, 201 if result.created else 200,
                                  _resource_headers(result.stored))
         # POST: create, or conditional create with If-None-Exist.
         cond = request.headers.get("if-none-exist")
-        if cond:
-            ids = self.store.match_ids(rtype, cond.lstrip("?"), limit=2)
-            if len(ids) > 1:
-                raise FHIRError.of(412, "multiple-matches", "If-None-Exist matches several resources")
-            if ids:
-                s = self.store.read(rtype, ids[0], access.policy)
-                return fhir_response(s.content, 200, _resource_headers(s))
-        result = self.store.write([WriteOp("POST", rtype, str(uuid.uuid4()), body)],
-                                  source_org=access.ods)[0]
-        self.gov.audit(access, "create", entity=f"{rtype}/{result.stored.id}")
+        with self.store.begin_write() as conn, conn.begin():
+            if cond:
+                ids = self.gov.match(access, rtype, cond.lstrip("?"), conn)
+                if len(ids) > 1:
+                    raise FHIRError.of(412, "multiple-matches",
+                                       "If-None-Exist matches several resources")
+                if ids:
+                    s = self.store.read(rtype, ids[0], access.policy, conn)
+                    self.gov.audit(access, "read", "0", entity=f"{rtype}/{s.id}",
+                                   reason="If-None-Exist matched an existing resource", conn=conn)
+                    return fhir_response(s.content, 200, _resource_headers(s))
+            result = self.gov.write(access, [WriteOp("POST", rtype, str(uuid.uuid4()), body)],
+                                    conn)[0]
         return fhir_response(result.stored.content, 201, _resource_headers(result.stored))
 
     def search_post(self, request: Request, raw: bytes) -> Response:
@@ -250,21 +314,16 @@ class FhirApi:
             if if_none and if_none.strip() == s.etag:
                 return Response(status_code=304, headers={"ETag": s.etag})
             return fhir_response(s.content, 200, _resource_headers(s))
-        self.gov.require_write(access, {rtype})
         if request.method == "DELETE":
-            result = self.store.write([WriteOp("DELETE", rtype, rid, None)],
-                                      source_org=access.ods)[0]
-            self.gov.audit(access, "delete", entity=f"{rtype}/{rid}")
+            result = self.gov.write(access, [WriteOp("DELETE", rtype, rid, None)])[0]
             return Response(status_code=204, headers={"ETag": result.stored.etag})
         body = _body(raw)
         if body.get("resourceType") != rtype:
             raise FHIRError.of(400, "invalid", f"resourceType must be {rtype}", "resourceType")
         if body.get("id") != rid:
             raise FHIRError.of(400, "invalid", f"the resource id must be '{rid}' (the URL's id)", "id")
-        result = self.store.write([WriteOp("PUT", rtype, rid, body,
-                                           _version(request.headers.get("if-match")))],
-                                  source_org=access.ods)[0]
-        self.gov.audit(access, "update", entity=f"{rtype}/{rid}")
+        result = self.gov.write(access, [WriteOp("PUT", rtype, rid, body,
+                                                 _version(request.headers.get("if-match")))])[0]
         return fhir_response(result.stored.content, 201 if result.created else 200,
                              _resource_headers(result.stored))
 
@@ -275,7 +334,12 @@ class FhirApi:
         if self.sc is None:
             raise FHIRError.of(501, "not-supported", "$match is not available here")
         access = self.gov.authenticate(request)
-        return fhir_response(match_handler(self.sc, access, _body(raw)))
+        body = _body(raw)
+        found = problems(body, "Parameters") if body.get("resourceType") == "Parameters" else \
+            [Issue("invalid", "Patient/$match takes a Parameters resource", "resourceType")]
+        if found:
+            raise FHIRError(400, found)
+        return fhir_response(match_handler(self.sc, access, body))
 
     def vread(self, request: Request, raw: bytes) -> Response:
         rtype, rid, vid = (request.path_params[k] for k in ("type", "id", "vid"))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from ..store.repository import Store, WriteOp, WriteResult, instant
+from ..store.repository import PermitAll, Store, WriteOp, WriteResult, instant
 from .outcome import FHIRError, Issue, operation_outcome
 from .validation import resource_types
 
@@ -38,7 +38,10 @@ class Entry:
 
 def parse_entries(bundle: dict) -> list[Entry]:
     out = []
-    for n, e in enumerate(bundle.get("entry") or []):
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise FHIRError.of(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
+    for n, e in enumerate(entries):
         where = f"Bundle.entry[{n}]"
         if not isinstance(e, dict):
             raise FHIRError.of(400, "structure", "entry must be an object", where)
@@ -106,36 +109,77 @@ def resolve_references(resource: dict, mapping: dict[str, str], unresolved: list
     return orjson.loads(REFERENCE.sub(swap, raw))
 
 
+class Writer:
+    """How a Bundle's entries are matched and written. The system's own (`sharedcare load`,
+    feeds' mapped messages) sees and writes everything as the source organisation; the FHIR
+    API passes a `GovernedWriter`, so a person's Bundle goes through the governance decision."""
+
+    def __init__(self, store: Store, source_org: str | None = None):
+        self.store = store
+        self.source_org = source_org
+
+    def match(self, rtype: str, query: str, conn, limit: int = 2) -> list[str]:
+        return self.store.match_ids(rtype, query, conn, limit=limit, policy=PermitAll())
+
+    def write(self, ops: list[WriteOp], conn, entity: str | None = None) -> list[WriteResult]:
+        return self.store.write(ops, conn, self.source_org)
+
+    def refused(self, entry: "Entry", err: FHIRError) -> None:
+        """A batch entry that failed on its own (its transaction already rolled back)."""
+
+
+class GovernedWriter(Writer):
+    def __init__(self, gov, access):
+        super().__init__(gov.store, access.ods)
+        self.gov = gov
+        self.access = access
+
+    def match(self, rtype: str, query: str, conn, limit: int = 2) -> list[str]:
+        return self.gov.match(self.access, rtype, query, conn, limit)
+
+    def write(self, ops: list[WriteOp], conn, entity: str | None = None) -> list[WriteResult]:
+        return self.gov.write(self.access, ops, conn, entity=entity)
+
+    def refused(self, entry: "Entry", err: FHIRError) -> None:
+        self.gov.audit(self.access, {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(
+            entry.method, "read"), "4", entity=f"{entry.where} {entry.url.split('?')[0]}"[:400],
+            reason=str(err)[:1000])
+
+
 def process(store: Store, bundle: dict, base_url: str, source_org: str | None = None) -> dict:
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise FHIRError.of(400, "invalid", "expected a Bundle")
     btype = bundle.get("type")
+    writer = Writer(store, source_org)
     if btype == "transaction":
-        return transaction(store, bundle, base_url, source_org)
+        return transaction(writer, bundle, base_url)
     if btype == "batch":
-        return batch(store, bundle, base_url, source_org=source_org)
+        return batch(writer, bundle, base_url)
     raise FHIRError.of(400, "invalid", f"Bundle.type must be transaction or batch, not {btype}",
                        "Bundle.type")
 
 
-def transaction(store: Store, bundle: dict, base_url: str, source_org: str | None = None) -> dict:
+def transaction(writer: Writer, bundle: dict, base_url: str) -> dict:
     entries = parse_entries(bundle)
-    with store.begin_write() as conn, conn.begin():
-        ops, op_entries, responses = plan_writes(store, entries, conn)
-        results = store.write(ops, conn, source_org)
+    with writer.store.begin_write() as conn, conn.begin():
+        ops, op_entries, responses = plan_writes(writer.store, entries, conn, writer.match)
+        results = writer.write(ops, conn, f"Bundle ({len(entries)} entries)") if ops else []
     for index, result in zip(op_entries, results, strict=True):
         responses[index] = _response_entry(result, base_url)
     return {"resourceType": "Bundle", "type": "transaction-response",
             "entry": [responses[e.index] for e in entries]}
 
 
-def plan_writes(store: Store, entries: list[Entry], conn
+def plan_writes(store: Store, entries: list[Entry], conn, match=None
                 ) -> tuple[list[WriteOp], list[int], dict[int, dict]]:
     """Turn entries into write operations: ids assigned, references resolved, conditions met.
 
+    `match(rtype, query, conn, limit)` finds conditional matches (the caller's view of the store;
+    the system's own view when not given).
     Returns the operations, the entry index of each, and the ready responses of entries that
     need no write (a conditional create that matched, a delete of nothing).
     """
+    match = match or Writer(store).match
     mapping: dict[str, str] = {}
     ops: list[WriteOp] = []
     op_entries: list[int] = []
@@ -153,7 +197,7 @@ def plan_writes(store: Store, entries: list[Entry], conn
                                f"resourceType {e.resource.get('resourceType')!r} does not match "
                                f"request.url {e.url!r}", f"{e.where}.resource.resourceType")
         if e.method == "POST":
-            existing = store.match_ids(rtype, e.if_none_exist, conn) if e.if_none_exist else []
+            existing = match(rtype, e.if_none_exist, conn) if e.if_none_exist else []
             if len(existing) > 1:
                 raise FHIRError.of(412, "multiple-matches",
                                    f"ifNoneExist '{e.if_none_exist}' matches several {rtype}",
@@ -164,7 +208,7 @@ def plan_writes(store: Store, entries: list[Entry], conn
                 targets[e.index] = ("POST", rtype, str(uuid.uuid4()))
         elif e.method == "PUT":
             if query:
-                found = store.match_ids(rtype, query, conn)
+                found = match(rtype, query, conn)
                 if len(found) > 1:
                     raise FHIRError.of(412, "multiple-matches",
                                        f"conditional update '{e.url}' matches several resources",
@@ -179,7 +223,7 @@ def plan_writes(store: Store, entries: list[Entry], conn
             targets[e.index] = ("PUT", rtype, rid)
         elif e.method == "DELETE":
             if query:
-                found = store.match_ids(rtype, query, conn)
+                found = match(rtype, query, conn)
                 if len(found) > 1:
                     raise FHIRError.of(412, "multiple-matches",
                                        f"conditional delete '{e.url}' matches several resources",
@@ -214,7 +258,7 @@ def plan_writes(store: Store, entries: list[Entry], conn
                 cmap = {}
                 for ref in conditional:
                     ctype, _, cq = ref.partition("?")
-                    found = store.match_ids(ctype, cq, conn)
+                    found = match(ctype, cq, conn)
                     if len(found) != 1:
                         raise FHIRError.of(
                             412 if found else 400, "invalid",
@@ -244,8 +288,7 @@ def _response_entry(r: WriteResult, base_url: str) -> dict:
     }
 
 
-def batch(store: Store, bundle: dict, base_url: str, reader=None,
-          source_org: str | None = None) -> dict:
+def batch(writer: Writer, bundle: dict, base_url: str, reader=None) -> dict:
     """Each entry on its own: a failure becomes that entry's OperationOutcome, not the Bundle's."""
     entries = parse_entries(bundle)
     out = []
@@ -256,11 +299,12 @@ def batch(store: Store, bundle: dict, base_url: str, reader=None,
                     raise FHIRError.of(400, "not-supported", "GET entries are not supported here")
                 out.append({"resource": reader(e.url), "response": {"status": "200 OK"}})
                 continue
-            with store.begin_write() as conn, conn.begin():
-                ops, _, responses = plan_writes(store, [e], conn)
-                results = store.write(ops, conn, source_org)
+            with writer.store.begin_write() as conn, conn.begin():
+                ops, _, responses = plan_writes(writer.store, [e], conn, writer.match)
+                results = writer.write(ops, conn) if ops else []
             out.append(_response_entry(results[0], base_url) if results else responses[e.index])
         except FHIRError as err:
+            writer.refused(e, err)
             issues = [Issue(i.code, i.diagnostics, i.expression) for i in err.issues]
             out.append({"response": {"status": str(err.status),
                                      "outcome": operation_outcome(issues)}})

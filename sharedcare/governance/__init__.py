@@ -18,7 +18,7 @@ from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from ..fhir.categories import DIRECTORY_TYPES
 from ..fhir.compartment import patient_compartment_types
 from ..fhir.outcome import FHIRError, Issue
-from ..store.repository import SearchPage, Store, Stored, governance_columns
+from ..store.repository import SearchPage, Store, Stored, WriteOp, WriteResult, governance_columns
 from ..store.schema import compartment, resource
 from .audit import AuditTrail
 from .auth import (
@@ -43,6 +43,8 @@ from .policy import (
     now_text,
 )
 from .relationships import derive_relationships
+from .request_audit import current_request
+from .writes import check_role, check_scopes, governed_match, governed_write
 from .schema import (
     agreement,
     agreement_party,
@@ -80,18 +82,24 @@ class Governance:
         store.after_write.append(derive_relationships)
 
     # ------------------------------------------------------------------ who is asking
-    def authenticate(self, request) -> Access:
+    def authenticate(self, request, cookie: bool = True) -> Access:
+        """Who is asking. `cookie=False` for requests with effects (a bulk export kick-off is
+        a GET that starts work): those need a bearer token."""
         header = request.headers.get("authorization") or ""
         token = None
         if header.lower().startswith("bearer "):
             token = header[7:].strip()
-        elif request.cookies.get("sc_session") and request.method in ("GET", "HEAD"):
+        elif cookie and request.cookies.get("sc_session") and request.method in ("GET", "HEAD"):
             # The browser session may read the API (the pages' JSON and CSV); anything that
             # changes data needs a bearer token, so a cross-site form can never write with it.
             token = request.cookies["sc_session"]
         if not token:
             raise unauthorised("sign in first: this request has no access token")
-        return self.access_from_claims(self.tokens.verify(token))
+        access = self.access_from_claims(self.tokens.verify(token))
+        record = current_request.get()
+        if record is not None:
+            record.access = access
+        return access
 
     def access_from_claims(self, claims: dict) -> Access:
         access = Access(
@@ -197,14 +205,6 @@ class Governance:
             if action:
                 self.audit(access, action, "4", entity=entity or rtype, reason=reason)
             raise forbidden(reason)
-
-    def require_write(self, access: Access, types) -> None:
-        for t in types:
-            if t:
-                self.require(access, t, "c")
-        if access.kind != "system" and access.role not in ("clinician", "nurse", "allied-health",
-                                                           "social-worker", "sysadmin"):
-            raise forbidden(f"the {access.role} role cannot write to the record")
 
     def _scope_patient(self, access: Access) -> str | None:
         """With only patient/ scopes, a token is confined to its launch patient."""
@@ -371,8 +371,38 @@ class Governance:
                 resource, resource.c.pk == compartment.c.resource_pk).where(
                 resource.c.type == rtype, resource.c.id == rid).limit(1)).scalar()
 
+    # ------------------------------------------------------------------ governed writes
+    def write(self, access: Access, ops: list[WriteOp], conn=None, *, action: str | None = None,
+              entity: str | None = None, joint: bool = False) -> list[WriteResult]:
+        """The one door for writes asked for by a person or partner system: scopes, role,
+        targets the caller may see, legitimate relationship, controller rule, and one audit
+        event committed with the write (governance/writes.py). `joint` is for records
+        maintained jointly (care plans written in sharedcare): any partner who may see and
+        write them may update them, and they keep their authoring organisation."""
+        if action is None:
+            action = {"POST": "create", "PUT": "update", "DELETE": "delete"}[ops[0].method] \
+                if len(ops) == 1 else "transaction"
+        if conn is not None:
+            return governed_write(self, access, ops, conn, action, entity, joint)
+        with self.store.begin_write() as c, c.begin():
+            return governed_write(self, access, ops, c, action, entity, joint)
+
+    def require_write(self, access: Access, rtype: str) -> None:
+        """May this caller create `rtype` at all (scopes and role)? For forms, before the
+        write itself is decided by `write`."""
+        check_scopes(access, [WriteOp("POST", rtype, "", None)])
+        check_role(access)
+
+    def match(self, access: Access, rtype: str, query: str, conn=None, limit: int = 2
+              ) -> list[str]:
+        """Conditional matches as the caller sees the store (never a hidden record)."""
+        return governed_match(self.store, access, rtype, query, conn, limit)
+
     # ------------------------------------------------------------------ audit
     def audit(self, access: Access, action: str, outcome: str = "0", **kw) -> int:
+        record = current_request.get()
+        if record is not None:
+            record.audited = True
         return self.audit_trail.record(access, action, outcome, **kw)
 
     # ------------------------------------------------------------------ emergency and declared
@@ -391,7 +421,7 @@ class Governance:
                 "patient_id": patient_id, "reason": reason,
                 "started": start.strftime("%Y-%m-%dT%H:%M:%S.%f"),
                 "expires": (start + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%f")}])
-            return self.audit_trail.record(access, "break-glass", "0", patient_id=patient_id,
+            return self.audit(access, "break-glass", "0", patient_id=patient_id,
                                            reason=reason, glass=True, conn=conn)
 
     def declare_relationship(self, access: Access, patient_id: str, reason: str,
@@ -409,7 +439,7 @@ class Governance:
                 "username": access.username, "reason": reason, "review_status": "pending",
                 "created": now.strftime("%Y-%m-%dT%H:%M:%S.%f"),
                 "expires": (now + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%f")}])
-            self.audit_trail.record(access, "declare-relationship", "0", patient_id=patient_id,
+            self.audit(access, "declare-relationship", "0", patient_id=patient_id,
                                     reason=reason, conn=conn)
 
     # ------------------------------------------------------------------ administration

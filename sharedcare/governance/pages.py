@@ -244,7 +244,7 @@ def declared_relationships(engine, status: str | None = "pending",
     q = (select(c.id, c.username, c.ods, organisation.c.name.label("organisation"),
                 c.patient_id, c.reason, c.created, c.expires, c.review_status)
          .select_from(care_relationship.outerjoin(organisation, organisation.c.ods == c.ods))
-         .where(c.kind == "declared").order_by(c.created.desc()))
+         .where(c.username.isnot(None)).order_by(c.created.desc()))
     if status:
         q = q.where(c.review_status == status)
     if org:

@@ -191,7 +191,7 @@ class ResourcePolicy:
             c.c.resource_pk == resource.c.pk, r.c.patient_id == c.c.patient_id,
             r.c.ods == a.ods,
             or_(r.c.expires.is_(None), r.c.expires > now_text()),
-            or_(r.c.kind != "declared", r.c.username == a.username))
+            *counted_relationship(r, a))
         return or_(related, self._glass_exists())
 
     def _glass_exists(self) -> ColumnElement:
@@ -203,10 +203,28 @@ class ResourcePolicy:
             g.c.username == a.username, g.c.ods == a.ods, g.c.role == a.role,
             g.c.expires > now_text())
 
+    def scope_rule(self) -> ColumnElement | None:
+        """SMART scopes narrow what may be read to the types they name: included, revincluded,
+        $everything and exported resources alike. None when the scopes name every type."""
+        if self.access.scopes is None:
+            return None
+        from .auth import parse_scopes
+
+        types: set[str] = set()
+        for s in parse_scopes(" ".join(self.access.scopes)):
+            if "r" in s.perms or "s" in s.perms:
+                if s.rtype == "*":
+                    return None
+                types.add(s.rtype)
+        return resource.c.type.in_(sorted(types)) if types else false()
+
     def resource_filter(self) -> ColumnElement:
         # Built once per request: every query of the request reuses the same expression.
         if self._filter is None:
             self._filter = self._build()
+            scoped = self.scope_rule()
+            if scoped is not None:
+                self._filter = and_(scoped, self._filter)
         return self._filter
 
     _filter: ColumnElement | None = None
@@ -246,6 +264,9 @@ class PatientPolicy:
             self._filter = or_(resource.c.type.in_(sorted(DIRECTORY_TYPES)),
                                and_(b.agreement_rule(), b.category_rule(), sensitive_ok,
                                     b.objection_rule()))
+            scoped = b.scope_rule()
+            if scoped is not None:
+                self._filter = and_(scoped, self._filter)
         return self._filter
 
     def withheld_filter(self) -> ColumnElement:
@@ -254,7 +275,8 @@ class PatientPolicy:
             b = self.base
             self._withheld = false() if self.glass else and_(
                 resource.c.type.not_in(sorted(DIRECTORY_TYPES)), b.agreement_rule(),
-                b.category_rule(), b.objection_rule(), not_(b.sensitivity_rule(glass=False)))
+                b.category_rule(), b.objection_rule(), not_(b.sensitivity_rule(glass=False)),
+                *([s] if (s := b.scope_rule()) is not None else []))
         return self._withheld
 
 
@@ -289,7 +311,9 @@ def decide(conn: Connection, access: Access, row: dict, patient_id: str | None) 
                         "(registration, open encounter, episode, referral, care team or a "
                         "declared relationship)")
     labels = [s for s in (row.get("sensitivity") or "").split() if s]
-    if labels and src != access.ods and not glass:
+    # Sensitivity is only mentioned to someone who could otherwise see the entry: telling a
+    # stranger that an entry is sensitive is itself a disclosure.
+    if labels and src != access.ods and not glass and not deny:
         hidden = [s for s in labels if s not in ROLE_SENSITIVITY.get(access.role, frozenset())]
         if hidden:
             # Say that it is sensitive, never which kind: the label itself discloses.
@@ -307,17 +331,26 @@ def decide(conn: Connection, access: Access, row: dict, patient_id: str | None) 
     return Decision("permit", reasons)
 
 
+def counted_relationship(r, access: Access) -> list[ColumnElement]:
+    """Which care_relationship rows count for this viewer: those derived from partner systems'
+    records count for the whole organisation; one a person declared, or derived from their own
+    write, counts only for that person (and the IG lead reviews it); a rejected one not at all."""
+    return [or_(r.c.username.is_(None), r.c.username == access.username),
+            or_(r.c.review_status.is_(None), r.c.review_status != "rejected")]
+
+
 def explain_relationship(conn: Connection, access: Access, patient_id: str) -> list[str]:
     """The legitimate relationships that let `access` see this patient, in words."""
     out = []
     now = now_text()
-    for kind, source, username, reason in conn.execute(
+    for kind, source, username, reason, review in conn.execute(
             select(care_relationship.c.kind, care_relationship.c.source,
-                   care_relationship.c.username, care_relationship.c.reason)
+                   care_relationship.c.username, care_relationship.c.reason,
+                   care_relationship.c.review_status)
             .where(care_relationship.c.patient_id == patient_id,
                    care_relationship.c.ods == access.ods,
                    or_(care_relationship.c.expires.is_(None), care_relationship.c.expires > now))):
-        if kind == "declared" and username != access.username:
+        if username and username != access.username or review == "rejected":
             continue
         out.append({
             "registered": f"the patient is registered with {access.ods}",

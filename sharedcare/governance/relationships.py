@@ -4,6 +4,11 @@ A named hook on the store's write path: when a Patient, Encounter, EpisodeOfCare
 or CareTeam is written, the relationships it implies (registered with a practice, an open
 encounter, an active episode, a referral, care-team membership) are replaced in the same
 transaction, so the policy is a cheap indexed lookup at read time.
+
+Who wrote it matters. A partner system's feed describes care that happened; its relationships
+count for the organisation at once. A person writing through the API or the pages could
+otherwise grant themselves access by recording an encounter, so what their write implies counts
+only for them and waits for the IG lead's review, like a declared relationship.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from ..fhir.codes import ODS_SYSTEM
 from ..store.repository import WriteResult
 from ..store.schema import idx_token, resource
 from .policy import now_text
+from .writes import current_writer
 from .schema import care_relationship
 
 # Only care that is happening now is a legitimate relationship: not a planned encounter, not a
@@ -85,6 +91,8 @@ def derive_relationships(conn: Connection, results: list[WriteResult]) -> None:
     ods_of = OdsResolver(conn)
     rows = []
     stamp = now_text()
+    writer = current_writer.get()
+    person = writer.username if writer is not None and writer.needs_relationship else None
     for s in touched:
         if s.deleted or not s.content:
             continue
@@ -96,6 +104,10 @@ def derive_relationships(conn: Connection, results: list[WriteResult]) -> None:
             ods = ods_of(ref) if isinstance(ref, dict) else None
             if ods:
                 rows.append({"patient_id": patient, "ods": ods, "kind": kind,
-                             "source": f"{s.type}/{s.id}", "created": stamp})
+                             "source": f"{s.type}/{s.id}", "created": stamp,
+                             "username": person,
+                             "review_status": "pending" if person else None,
+                             "reason": f"derived from {s.type}/{s.id} written by {person}"
+                             if person else None})
     if rows:
         conn.execute(insert(care_relationship), rows)

@@ -140,6 +140,16 @@ def stamp_source(res: dict, ods: str) -> dict:
     return {**res, "meta": {**meta, "tag": [*tags, {"system": SOURCE_ORG_SYSTEM, "code": ods}]}}
 
 
+def keep_labels(security: list, prior: str) -> list:
+    """An update keeps the sensitivity labels the current version carries: a client that
+    rebuilds a resource without them (an edit form, a partner's full replace) must not make a
+    sensitive record readable. Labels come off only by an explicit operation, never by omission."""
+    have = {s.get("code") for s in security if isinstance(s, dict)
+            and s.get("system") == SENSITIVITY_SYSTEM}
+    missing = [code for code in prior.split() if code not in have]
+    return list(security) + [{"system": SENSITIVITY_SYSTEM, "code": c} for c in missing]
+
+
 def governance_columns(res: dict) -> tuple[str | None, str | None, str]:
     meta = res.get("meta") or {}
     source = category = None
@@ -172,6 +182,14 @@ class Store:
               source_org: str | None = None) -> list[WriteResult]:
         """Write in one transaction. `source_org` stamps resources that arrive without a
         source-organisation tag: whoever writes a record is its controller."""
+        # Validate before anything reads the resource (its meta, its tags): a malformed
+        # resource is a 400 naming the field, never a crash further in.
+        issues: list[Issue] = []
+        for op in ops:
+            if op.resource is not None:
+                issues.extend(problems(op.resource, op.where or None))
+        if issues:
+            raise FHIRError(400, issues)
         if source_org:
             for op in ops:
                 if op.resource is not None:
@@ -192,15 +210,9 @@ class Store:
 
     def _write(self, conn: Connection, ops: list[WriteOp], writer: str | None = None
                ) -> list[WriteResult]:
-        issues: list[Issue] = []
-        for op in ops:
-            if op.resource is not None:
-                found = problems(op.resource, op.where or None)
-                issues.extend(found)
-        if issues:
-            raise FHIRError(400, issues)
         keys = list({(op.rtype, op.rid) for op in ops})
         existing: dict[tuple[str, str], tuple[int, int, bool]] = {}
+        labels_of: dict[tuple[str, str], str] = {}
         by_type: dict[str, list[str]] = {}
         for t, i in keys:
             by_type.setdefault(t, []).append(i)
@@ -210,11 +222,13 @@ class Store:
         for t, chunk in lookups:
             rows = conn.execute(
                 select(resource.c.type, resource.c.id, resource.c.pk, resource.c.version,
-                       resource.c.deleted, resource.c.source_org)
+                       resource.c.deleted, resource.c.source_org, resource.c.sensitivity)
                 .where(resource.c.type == t, resource.c.id.in_(chunk))
             )
-            for t, i, pk, v, d, src in rows:
+            for t, i, pk, v, d, src, sens in rows:
                 existing[(t, i)] = (pk, v, d)
+                if sens and not d:
+                    labels_of[(t, i)] = sens
                 # Each organisation stays controller of its own records: only it may change
                 # or delete them (writes by the system itself carry no writer).
                 if writer and not d and src not in (None, writer):
@@ -255,6 +269,8 @@ class Store:
             res["id"] = op.rid
             version = (prior[1] + 1) if prior else 1
             meta = dict(res.get("meta") or {})
+            if key in labels_of:
+                meta["security"] = keep_labels(meta.get("security") or [], labels_of[key])
             meta["versionId"] = str(version)
             meta["lastUpdated"] = instant(stamp)
             res["meta"] = meta
@@ -627,16 +643,19 @@ class Store:
 
     # ------------------------------------------------------------------ conditional helpers
     def match_ids(self, rtype: str, query: str, conn: Connection | None = None,
-                  limit: int = 2) -> list[str]:
-        """Ids matching a conditional query ('identifier=sys|val'), system view, at most limit."""
+                  limit: int = 2, *, policy: AccessPolicy) -> list[str]:
+        """Ids matching a conditional query ('identifier=sys|val') as `policy` sees the store,
+        at most `limit`. There is no default policy: every caller says whose view it is
+        (`PermitAll()` only for the system's own bookkeeping)."""
         from urllib.parse import parse_qsl
 
         params = parse_qsl(query, keep_blank_values=True)
         if not params:
             raise FHIRError.of(400, "invalid", f"empty conditional query for {rtype}")
-        req = self.search_builder.parse(rtype, params)
+        visible = self._visible(policy)
+        req = self.search_builder.parse(rtype, params, False, visible[0] if visible else None)
         stmt = (select(resource.c.id).where(resource.c.type == rtype, resource.c.deleted == false(),
-                                            *req.clauses).limit(limit))
+                                            *req.clauses, *visible).limit(limit))
         if conn is not None:
             return list(conn.execute(stmt).scalars())
         with self.engine.connect() as c:

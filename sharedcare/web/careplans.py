@@ -191,7 +191,7 @@ def new_plan(request: Request, access: Access, form=None) -> Response:
     if kind not in KINDS:
         kind = "crisis"
     try:
-        gov.require_write(access, {"CarePlan"})
+        gov.require_write(access, "CarePlan")
         patient = _patient(gov, access, pid)
     except FHIRError as e:
         if e.status == 403 and access.role in BREAK_GLASS_ROLES and "relationship" in str(e):
@@ -208,8 +208,7 @@ def new_plan(request: Request, access: Access, form=None) -> Response:
     org = org_names(sc).get(access.ods or "", access.ods or "")
     res = build_resource(kind, values, pid, name, access, org)
     rid = str(uuid.uuid4())
-    sc.store.write([WriteOp("POST", "CarePlan", rid, res)], source_org=access.ods)
-    gov.audit(access, "create", patient_id=pid, entity=f"CarePlan/{rid}")
+    gov.write(access, [WriteOp("POST", "CarePlan", rid, res)])
     return RedirectResponse(f"/care-plans/{quote(rid)}?notice=created", 303)
 
 
@@ -249,7 +248,7 @@ def edit_plan(request: Request, access: Access, form=None) -> Response:
         return render(request, "error.html", 400, title="This plan cannot be edited here",
                       message="This care plan came from a partner's own system; change it there. "
                               "Only plans written in sharedcare can be edited in sharedcare.")
-    gov.require_write(access, {"CarePlan"})
+    gov.require_write(access, "CarePlan")
     patient = _patient(gov, access, pid)
     name = human_name(patient)
     if form is None:
@@ -270,7 +269,8 @@ def edit_plan(request: Request, access: Access, form=None) -> Response:
         # (the governed read above) and write care plans may update it, and it stays under the
         # authoring organisation's agreements (build_resource keeps its source tag). So this is
         # not the controller-only write path that partners' own records take.
-        sc.store.write([WriteOp("PUT", "CarePlan", plan_id, new, if_match=version)])
+        gov.write(access, [WriteOp("PUT", "CarePlan", plan_id, new, if_match=version)],
+                  joint=True)
     except FHIRError as e:
         if e.status != 412:
             raise
@@ -278,7 +278,6 @@ def edit_plan(request: Request, access: Access, form=None) -> Response:
                      patient_name=name, plan_id=plan_id, version=stored.version, status=409,
                      conflict={"yours": version, "current": stored.version},
                      latest=values_of(res))
-    gov.audit(access, "update", patient_id=pid, entity=f"CarePlan/{plan_id}")
     return RedirectResponse(f"/care-plans/{quote(plan_id)}?notice=updated", 303)
 
 
