@@ -174,6 +174,8 @@ class Governance:
                 check_password(None, password)
                 return False
             if row.locked_until and row.locked_until > now.isoformat():
+                # The same work as a wrong password, so a locked account can't be told apart.
+                check_password(row.password_hash, password)
                 return False
             if check_password(row.password_hash, password):
                 conn.execute(update(staff).where(staff.c.username == username)
