@@ -72,17 +72,39 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
     routes = (web.routes(sc) + programme_pages.routes(sc) + governance_pages.routes(sc)
               + population_pages.routes(sc) + smart.routes(sc)
               + bulk_export.routes(sc) + FhirApi(sc.store, sc.governance, sc).routes())
+    from .governance.request_audit import AuditEveryRequest
     from .web.core import CsrfMiddleware
     from .web.security import SecurityMiddleware
 
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityMiddleware),
+    from starlette.exceptions import HTTPException
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, middleware=[Middleware(SecurityMiddleware),
                                                Middleware(GZipMiddleware, minimum_size=2048),
-                                               Middleware(CsrfMiddleware)])
+                                               Middleware(CsrfMiddleware),
+                                               Middleware(AuditEveryRequest,
+                                                          audit=sc.governance.audit)])
     app.state.sc = sc
     from .identity.worker import attach_identity_worker
 
     attach_identity_worker(app, sc)  # queued patients get their Person within seconds
     return app
+
+
+async def _http_error(request, exc):
+    """Unrouted paths and wrong methods: an OperationOutcome under /fhir, as every FHIR
+    answer is; Starlette's plain text elsewhere."""
+    from starlette.responses import PlainTextResponse
+
+    from .fhir.api import error_response
+    from .fhir.outcome import FHIRError
+
+    if request.url.path.startswith("/fhir"):
+        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        detail = {404: f"there is no FHIR interaction at {request.url.path[:200]}",
+                  405: f"{request.method} is not supported at {request.url.path[:200]}"
+                  }.get(exc.status_code, str(exc.detail))
+        return error_response(FHIRError.of(exc.status_code, code, detail))
+    return PlainTextResponse(str(exc.detail), exc.status_code, headers=exc.headers)
 
 
 def app_from_env() -> Starlette:

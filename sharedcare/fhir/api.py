@@ -240,9 +240,13 @@ class FhirApi:
                 if len(ids) > 1:
                     raise FHIRError.of(412, "multiple-matches",
                                        "the conditions match several resources")
+                if_match = _version(request.headers.get("if-match"))
+                if not ids and if_match is not None:
+                    raise FHIRError.of(412, "conflict", "no resource matches the conditions, so "
+                                       "there is no version for If-Match to check")
                 rid = ids[0] if ids else (body.get("id") or str(uuid.uuid4()))
-                result = self.gov.write(access, [WriteOp(
-                    "PUT", rtype, rid, body, _version(request.headers.get("if-match")))], conn)[0]
+                result = self.gov.write(access, [WriteOp("PUT", rtype, rid, body, if_match)],
+                                        conn)[0]
             return fhir_response(result.stored.content, 201 if result.created else 200,
                                  _resource_headers(result.stored))
         # POST: create, or conditional create with If-None-Exist.

@@ -254,7 +254,7 @@ class Governance:
         self.require(access, rtype, "r", "vread", f"{rtype}/{rid}")
         s = self.store.vread(rtype, rid, version, access.policy)
         patient = self._first_patient(rtype, rid)
-        decision = self._version_decision(access, s, patient)
+        decision = self._version_decision(access, s)
         if not decision.permitted:
             self.audit(access, "vread", "4", entity=f"{rtype}/{rid}/_history/{version}",
                        patient_id=patient, reason="; ".join(decision.reasons))
@@ -270,16 +270,22 @@ class Governance:
         # The store filters on each resource's current labels; an older version carries its
         # own (it may have been more sensitive), so each is checked on what it was.
         rows = [(m, s, t) for m, s, t in rows if s.deleted or self._version_decision(
-            access, s, self._first_patient(t, s.id)).permitted]
+            access, s).permitted]
         self.audit(access, "history", "0", entity="/".join(x for x in (rtype, rid) if x) or "*",
                    patient_id=self._first_patient(rtype, rid) if rid else None)
         return rows, nxt
 
-    def _version_decision(self, access: Access, s: Stored, patient_id: str | None) -> Decision:
-        src, cat, sens = governance_columns(s.json())
+    def _version_decision(self, access: Access, s: Stored) -> Decision:
+        """A version is governed by what it was: its own labels, and the patients it belonged
+        to then (a result moved to another patient stays with the first in its history)."""
+        res = s.json()
+        src, cat, sens = governance_columns(res)
         row = {"type": s.type, "source_org": src, "category": cat, "sensitivity": sens}
+        patients = [s.id] if s.type == "Patient" else sorted(
+            self.store.indexer.index(res).compartments)
         with self.engine.connect() as conn:
-            return decide(conn, access, row, patient_id)
+            decisions = [decide(conn, access, row, p) for p in patients or [None]]
+        return next((d for d in decisions if d.permitted), decisions[0])
 
     def search(self, access: Access, rtype: str | None, params, lenient: bool = False,
                compartment: str | None = None) -> SearchPage:

@@ -385,6 +385,8 @@ class SearchBuilder:
         if len(parts) != 4 or rtype is None:
             raise _bad("expected _has:Type:reference-parameter:search-parameter", name)
         _, src_type, ref_param, rest = parts
+        if src_type not in self.indexer.supported_types():
+            raise _bad(f"'{src_type[:60]}' is not a resource type that can be searched", name)
         ref_sp = self.indexer.params_for(src_type).get(ref_param)
         if ref_sp is None or ref_sp.type != "reference":
             raise _bad(f"{src_type} has no reference parameter '{ref_param}'", name)
