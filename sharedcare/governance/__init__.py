@@ -30,6 +30,7 @@ from .auth import (
     unauthorised,
 )
 from .policy import (
+    one_person,
     BREAK_GLASS_MINUTES,
     BREAK_GLASS_ROLES,
     DIRECT_CARE,
@@ -355,11 +356,31 @@ class Governance:
             raise forbidden("you have no legitimate relationship with this patient", [reason])
         return reasons
 
+    def locate_patient(self, access: Access, nhs_number: str) -> str | None:
+        """The id of a Patient record with this NHS number, for someone who may not (yet) see
+        it, so they can declare a relationship or break glass. Only an id leaves -- nothing of
+        the record -- only for roles that may do either, and the lookup is audited."""
+        from ..fhir.codes import NHS_NUMBER_SYSTEM
+        from ..identity import nhs_number as nhs
+        from ..store.repository import PermitAll
+
+        digits = nhs.normalise(nhs_number)
+        if access.role not in BREAK_GLASS_ROLES or access.kind != "user" or not digits \
+                or not nhs.is_valid(digits):
+            return None
+        ids = self.store.match_ids("Patient", f"identifier={NHS_NUMBER_SYSTEM}|{digits}",
+                                   limit=1, policy=PermitAll())
+        self.audit(access, "locate", "0", patient_id=ids[0] if ids else None,
+                   entity="Patient?identifier (NHS number)",
+                   reason="located to declare a relationship or break glass")
+        return ids[0] if ids else None
+
     def has_glass(self, access: Access, patient_id: str) -> bool:
         with self.engine.connect() as conn:
             return conn.execute(select(break_glass.c.id).where(
                 break_glass.c.username == access.username, break_glass.c.ods == access.ods,
-                break_glass.c.role == access.role, break_glass.c.patient_id == patient_id,
+                break_glass.c.role == access.role,
+                one_person(break_glass.c.patient_id, patient_id),
                 break_glass.c.expires > now_text())).first() is not None
 
     def _patients_of(self, pk: int | None) -> list[str]:

@@ -27,6 +27,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import DIRECTORY_TYPES
 from ..fhir.compartment import patient_compartment_types
+from ..store.persons import same_person
 from ..store.schema import compartment, resource
 from .schema import agreement, agreement_party, break_glass, care_relationship, patient_choice
 
@@ -172,7 +173,7 @@ class ResourcePolicy:
             kinds.append(o.c.kind == "national-opt-out")
         # NOT EXISTS correlated on the row: an index probe per row, not a re-sorted subquery.
         objected = exists().where(c.c.resource_pk == resource.c.pk,
-                                  o.c.patient_id == c.c.patient_id, or_(*kinds))
+                                  one_person(o.c.patient_id, c.c.patient_id), or_(*kinds))
         own = resource.c.source_org == a.ods if a.ods else false()
         return or_(own, not_(objected))
 
@@ -188,7 +189,7 @@ class ResourcePolicy:
         c = compartment.alias("rc")
         r = care_relationship.alias("rr")
         related = exists().where(
-            c.c.resource_pk == resource.c.pk, r.c.patient_id == c.c.patient_id,
+            c.c.resource_pk == resource.c.pk, one_person(r.c.patient_id, c.c.patient_id),
             r.c.ods == a.ods,
             or_(r.c.expires.is_(None), r.c.expires > now_text()),
             *counted_relationship(r, a))
@@ -199,7 +200,7 @@ class ResourcePolicy:
         c = compartment.alias("gc")
         g = break_glass.alias("gg")
         return exists().where(
-            c.c.resource_pk == resource.c.pk, g.c.patient_id == c.c.patient_id,
+            c.c.resource_pk == resource.c.pk, one_person(g.c.patient_id, c.c.patient_id),
             g.c.username == a.username, g.c.ods == a.ods, g.c.role == a.role,
             g.c.expires > now_text())
 
@@ -322,13 +323,20 @@ def decide(conn: Connection, access: Access, row: dict, patient_id: str | None) 
                         "emergency")
     if patient_id is not None and src != access.ods:
         for kind, ods in conn.execute(select(patient_choice.c.kind, patient_choice.c.ods)
-                                      .where(patient_choice.c.patient_id == patient_id)):
+                                      .where(one_person(patient_choice.c.patient_id,
+                                                         patient_id))):
             if kind == "objection-all" or (kind == "objection-from" and ods == src) or (
                     kind == "objection-to" and ods == access.ods):
                 deny.append("the patient has objected to this sharing")
     if deny:
         return Decision("deny", deny)
     return Decision("permit", reasons)
+
+
+def one_person(recorded_for, patient) -> ColumnElement:
+    """A relationship, choice or break-glass recorded against any of the person's Patient
+    records covers all of them (store/persons.py keeps who is the same person)."""
+    return or_(recorded_for == patient, recorded_for.in_(same_person(patient)))
 
 
 def counted_relationship(r, access: Access) -> list[ColumnElement]:
@@ -347,7 +355,7 @@ def explain_relationship(conn: Connection, access: Access, patient_id: str) -> l
             select(care_relationship.c.kind, care_relationship.c.source,
                    care_relationship.c.username, care_relationship.c.reason,
                    care_relationship.c.review_status)
-            .where(care_relationship.c.patient_id == patient_id,
+            .where(one_person(care_relationship.c.patient_id, patient_id),
                    care_relationship.c.ods == access.ods,
                    or_(care_relationship.c.expires.is_(None), care_relationship.c.expires > now))):
         if username and username != access.username or review == "rejected":
@@ -361,7 +369,8 @@ def explain_relationship(conn: Connection, access: Access, patient_id: str) -> l
             "declared": f"you declared a relationship: {reason}",
         }.get(kind, kind))
     for (reason,) in conn.execute(select(break_glass.c.reason).where(
-            break_glass.c.username == access.username, break_glass.c.patient_id == patient_id,
+            break_glass.c.username == access.username,
+            one_person(break_glass.c.patient_id, patient_id),
             break_glass.c.ods == access.ods, break_glass.c.role == access.role,
             break_glass.c.expires > now)):
         out.append(f"you broke glass: {reason}")

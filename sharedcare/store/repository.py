@@ -37,6 +37,7 @@ from ..fhir.compartment import patient_compartment_types
 from ..fhir.outcome import FHIRError, Issue, not_found
 from ..fhir.validation import problems
 from .indexing import Indexer, IndexRows
+from .persons import patients_of_person
 from .schema import (
     compartment,
     idx_date,
@@ -171,7 +172,9 @@ class Store:
         self.search_builder = SearchBuilder(self.indexer)
         # Named hook point: called inside every write transaction with what was written
         # (governance keeps care relationships current here).
-        self.after_write: list = []
+        from .persons import maintain_person_links
+
+        self.after_write: list = [maintain_person_links]
 
     # ------------------------------------------------------------------ writes
     def begin_write(self):
@@ -430,10 +433,11 @@ class Store:
         where = [resource.c.deleted == false(), *req.clauses, *visible]
         if rtype:
             where.insert(0, resource.c.type == rtype)
-        if compartment_of is not None:
-            where.append(resource.c.pk.in_(
-                select(compartment.c.resource_pk).where(compartment.c.patient_id == compartment_of)))
         with self.engine.connect() as conn:
+            if compartment_of is not None:
+                # The compartment follows the person: every partner's record of them.
+                where.append(resource.c.pk.in_(select(compartment.c.resource_pk).where(
+                    compartment.c.patient_id.in_(patients_of_person(conn, compartment_of)))))
             total = None
             if req.total != "none" and req.cursor is None:
                 total = conn.execute(select(func.count()).select_from(resource).where(*where)
@@ -541,8 +545,8 @@ class Store:
             # A search confined to one patient's record stays confined in what it includes.
             visible.append(or_(
                 resource.c.type.not_in(sorted(patient_compartment_types())),
-                resource.c.pk.in_(select(compartment.c.resource_pk)
-                                  .where(compartment.c.patient_id == compartment_of))))
+                resource.c.pk.in_(select(compartment.c.resource_pk).where(
+                    compartment.c.patient_id.in_(patients_of_person(conn, compartment_of))))))
         seen = {(m.type, m.id) for m in matches}
         out: list[Stored] = []
         frontier = matches
@@ -603,19 +607,17 @@ class Store:
                    cursor: str | None = None, since: str | None = None,
                    types: list[str] | None = None, withheld: ColumnElement | None = None
                    ) -> tuple[list[Stored], int | None, str | None, int]:
-        """Every resource in the patient's compartment (and the Patient), paged by row key.
+        """Everything about the person: every resource in the compartments of each partner's
+        Patient record of them (and those Patients), paged by row key.
 
         Returns the page, the total (first page only), the next cursor, and -- when a
-        `withheld` predicate is given -- how many of the patient's resources it matches,
+        `withheld` predicate is given -- how many of the person's resources it matches,
         counted in the same pass as the total."""
         visible = self._visible(policy)
-        scope = [resource.c.deleted == false(),
-                 resource.c.pk.in_(select(compartment.c.resource_pk)
-                                   .where(compartment.c.patient_id == patient_id))]
         if since:
-            scope.append(resource.c.last_updated >= since)
-        if types:
-            scope.append(resource.c.type.in_(types))
+            since_clause = [resource.c.last_updated >= since]
+        else:
+            since_clause = []
         if cursor is not None and not cursor.isdigit():
             raise FHIRError.of(400, "invalid", "the paging cursor is not valid", "_cursor")
         with self.engine.connect() as conn:
@@ -624,6 +626,12 @@ class Store:
                 resource.c.deleted == false(), *visible)).first()
             if pat is None:
                 raise not_found("Patient", patient_id)
+            scope = [resource.c.deleted == false(),
+                     resource.c.pk.in_(select(compartment.c.resource_pk).where(
+                         compartment.c.patient_id.in_(patients_of_person(conn, patient_id)))),
+                     *since_clause]
+            if types:
+                scope.append(resource.c.type.in_(types))
             total, hidden = None, 0
             if cursor is None:
                 shown = and_(*visible) if visible else true()

@@ -75,6 +75,20 @@ compartment = Table(
 Index("ix_compartment_patient", compartment.c.patient_id, compartment.c.resource_pk)
 Index("ix_compartment_resource", compartment.c.resource_pk)
 
+person_link = Table(
+    "person_link",
+    metadata,
+    Column("patient_id", String(64), primary_key=True,
+           comment="A Patient resource's id: one partner's record of a person."),
+    Column("person_key", String(64), nullable=False,
+           comment="The Person linking it (Person.link.target), or the patient's own id while "
+                   "no Person does: patients with the same key are one person."),
+    comment="One person across partners: which partners' Patient records are the same person. "
+            "Derived from Person resources as they are written (store/persons.py), so reads, "
+            "rules and counts can follow the person; unlinking takes effect on the next query.",
+)
+Index("ix_person_link_key", person_link.c.person_key, person_link.c.patient_id)
+
 
 def _index_table(name: str, comment: str, *columns: Column) -> Table:
     t = Table(

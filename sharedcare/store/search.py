@@ -16,6 +16,7 @@ from sqlalchemy.sql.util import ClauseAdapter
 
 from ..fhir.outcome import FHIRError, Issue
 from .indexing import Indexer, SearchParam, date_range, normalize_string, number_range
+from .persons import same_person
 from .schema import INDEX_TABLES, idx_reference, idx_token, resource
 
 # Parameters of the search itself, not of the resource.
@@ -225,7 +226,10 @@ class SearchBuilder:
                 raise _bad(":missing takes true or false", name)
             present = self._present(sp)
             return not_(present) if raw == "true" else present
-        if sp.type == "reference" and modifier:
+        if sp.type == "reference" and modifier == "mdm":
+            if "Patient" not in sp.targets:
+                raise _bad(f":mdm follows a person; '{code}' does not refer to a Patient", name)
+        elif sp.type == "reference" and modifier:
             if modifier not in sp.targets and modifier not in _all_types():
                 raise _bad(f"unknown modifier :{modifier}", name)
         elif modifier and modifier not in MODIFIERS.get(sp.type, set()):
@@ -334,6 +338,13 @@ class SearchBuilder:
 
     def _reference(self, sp: SearchParam, modifier: str, value: str) -> ColumnElement:
         t = idx_reference
+        if modifier == "mdm":
+            # HAPI FHIR's MDM expansion: any Patient record of the same person.
+            rid = value.rsplit("/", 1)[-1]
+            if "/" in value and value.split("/")[-2] != "Patient":
+                raise _bad(":mdm takes a Patient reference", sp.code)
+            return and_(t.c.target_type == "Patient",
+                        or_(t.c.target_id == rid, t.c.target_id.in_(same_person(rid))))
         if "/" in value and not value.startswith(("http://", "https://", "urn:")):
             parts = value.split("/")
             if len(parts) >= 2:

@@ -1,0 +1,67 @@
+"""One person across partners: which Patient records are the same person.
+
+Each partner keeps its own `Patient` for a person; identity (sharedcare/identity) joins them
+under one FHIR `Person` whose `link[].target` names each. This module keeps `person_link` -- one
+row per Patient, the key of its Person (or its own id while none links it) -- current as Persons
+and Patients are written, in the same transaction. Every rule and read that follows the person
+(legitimate relationships, patient choices, break-glass, $everything, `:mdm` searches) goes
+through `same_person` (SQL) or `patients_of_person` (Python), so unlinking takes effect on the
+very next query.
+"""
+
+from __future__ import annotations
+
+import orjson
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from .schema import person_link
+
+
+def same_person(patient: ColumnElement):
+    """SELECT of every patient id that is the same person as `patient` (a column or value);
+    empty for a patient id no Patient resource has (callers also match the id directly)."""
+    mine = person_link.alias("pl_mine")
+    theirs = person_link.alias("pl_theirs")
+    return (select(theirs.c.patient_id)
+            .join(mine, mine.c.person_key == theirs.c.person_key)
+            .where(mine.c.patient_id == patient))
+
+
+def patients_of_person(conn: Connection, patient_id: str) -> list[str]:
+    """The patient itself first, then the person's other Patient records."""
+    others = conn.execute(same_person(patient_id)).scalars().all()
+    return [patient_id] + sorted(p for p in others if p != patient_id)
+
+
+def _targets(person: dict) -> set[str]:
+    out = set()
+    for link in person.get("link") or []:
+        ref = ((link or {}).get("target") or {}).get("reference") or ""
+        if ref.startswith("Patient/"):
+            out.add(ref.split("/", 1)[1])
+    return out
+
+
+def maintain_person_links(conn: Connection, results) -> None:
+    """Store hook: Patients get their own row; a Person's links set their key; patients a
+    Person no longer links (or a deleted Person's) go back to being their own person."""
+    patients = [r.stored.id for r in results if r.stored.type == "Patient" and not r.stored.deleted]
+    persons = [r.stored for r in results if r.stored.type == "Person"]
+    if patients:
+        have = set(conn.execute(select(person_link.c.patient_id)
+                                .where(person_link.c.patient_id.in_(patients))).scalars())
+        new = [{"patient_id": p, "person_key": p} for p in dict.fromkeys(patients) if p not in have]
+        if new:
+            conn.execute(insert(person_link), new)
+    for s in persons:
+        linked = set() if s.deleted or not s.content else _targets(orjson.loads(s.content))
+        # Patients this Person linked before and no longer does become their own person again.
+        conn.execute(update(person_link)
+                     .where(person_link.c.person_key == s.id,
+                            person_link.c.patient_id.not_in(sorted(linked) or [""]))
+                     .values(person_key=person_link.c.patient_id))
+        if linked:
+            conn.execute(delete(person_link).where(person_link.c.patient_id.in_(sorted(linked))))
+            conn.execute(insert(person_link), [{"patient_id": p, "person_key": s.id}
+                                               for p in sorted(linked)])
