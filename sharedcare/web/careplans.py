@@ -143,6 +143,15 @@ def build_resource(kind: str, values: dict, patient_id: str, patient_name: str, 
     return res
 
 
+def in_sentence(label: str) -> str:
+    """A label inside a sentence: 'Preferred place of care' -> 'preferred place of care', but
+    acronyms and names keep their capitals ('CPR recommendation', '... ReSPECT preferences')."""
+    first, _, rest = label.partition(" ")
+    if len(first) > 1 and any(c.isupper() for c in first[1:]):
+        return label
+    return label[:1].lower() + label[1:]
+
+
 def validate(kind: str, form) -> tuple[dict, dict]:
     values = {k: (form.get(k) or "").strip() for k, *_ in FIELDS[kind]}
     values["title"] = (form.get("title") or "").strip()[:200]
@@ -151,10 +160,10 @@ def validate(kind: str, form) -> tuple[dict, dict]:
     for key, label, required, widget, options, _ in FIELDS[kind]:
         v = values[key]
         if required and not v:
-            errors[key] = (f"Select the {label.lower()}" if widget == "radio"
-                           else f"Enter {label[0].lower() + label[1:]}")
+            errors[key] = (f"Select the {in_sentence(label)}" if widget == "radio"
+                           else f"Enter {in_sentence(label)}")
         elif options and v and v not in options:
-            errors[key] = f"Select one of the options for {label.lower()}"
+            errors[key] = f"Select one of the options for {in_sentence(label)}"
         elif len(v) > 4000:
             errors[key] = f"{label} must be 4,000 characters or fewer"
     return values, errors
@@ -170,7 +179,8 @@ def _form(request, access, *, kind, values, errors, patient_id, patient_name, pl
           version=None, status=200, conflict=None, latest=None):
     return render(request, "careplan_form.html", status, access=access,
                   title=("Error: " if errors or conflict else "") + (
-                      f"Edit {KINDS[kind].lower()}" if plan_id else f"New {KINDS[kind].lower()}"),
+                      f"Edit {in_sentence(KINDS[kind])}" if plan_id
+                      else f"New {in_sentence(KINDS[kind])}"),
                   kind=kind, kind_label=KINDS[kind], fields=FIELDS[kind], values=values,
                   errors=errors, patient_id=patient_id, patient_name=patient_name,
                   plan_id=plan_id, version=version, conflict=conflict, latest=latest)

@@ -11,6 +11,7 @@ from urllib.parse import quote, urlparse
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import insert
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -20,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 from ..fhir.outcome import FHIRError
 from ..governance.policy import Access, now_text
 from ..governance.schema import feedback
+from .names import column_label, humanise, org_html, org_names, sentence
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -58,6 +60,8 @@ def env() -> Environment:
         _env.globals["role_label"] = lambda r: ROLE_LABELS.get(r, r)
         _env.globals["nav_links"] = nav_links
         _env.globals["current_link"] = current_link
+        _env.globals["column_label"] = column_label
+        _env.filters["sentence"] = sentence
     return _env
 
 
@@ -71,19 +75,28 @@ def current_link(path: str, links: list[tuple[str, str]]) -> str | None:
 
 
 def nav_links(access: Access) -> list[tuple[str, str]]:
-    """The menu: what this role comes here to do."""
+    """The menu: what this role comes here to do. One menu (the header's); what does not fit
+    the bar goes under the design system's "More"."""
     role = access.role
     links: list[tuple[str, str]] = []
     if role in CLINICAL_ROLES:
         links.append(("/patients", "Find a patient"))
     if role == "ig-lead":
-        links += [("/governance/audit", "Audit"), ("/governance/break-glass", "Break-glass review"),
-                  ("/programme/agreements", "Sharing agreements")]
-    if role == "programme-lead":
-        links += [("/programme", "Overview"), ("/programme/adoption", "Adoption"), ("/programme/map", "Partner map"),
+        links += [("/governance/audit", "Audit trail"),
+                  ("/governance/break-glass", "Break-glass review"),
                   ("/programme/agreements", "Sharing agreements"),
-                  ("/programme/feedback", "Feedback inbox"), ("/programme/readiness", "Readiness"),
-                  ("/programme/case-studies", "Case studies"), ("/population", "Population health")]
+                  ("/population", "Population health")]
+    if role == "programme-lead":
+        links += [("/programme", "Overview"), ("/programme/adoption", "Adoption"),
+                  ("/programme/map", "Partner map"), ("/programme/agreements", "Agreements"),
+                  ("/programme/feedback", "Feedback"), ("/programme/readiness", "Readiness"),
+                  ("/population", "Population health"), ("/programme/champions", "Champions"),
+                  ("/programme/case-studies", "Case studies"),
+                  ("/transparency", "Transparency notice")]
+    if role == "sysadmin":
+        links += [("/admin", "System status"), ("/admin/organisations", "Organisations"),
+                  ("/admin/staff", "Staff"), ("/admin/feeds", "Feeds"),
+                  ("/admin/agreements", "Agreements"), ("/governance/audit", "Audit trail")]
     if role == "patient":
         links.append(("/my-record/access-log", "Who looked at my record"))
     else:
@@ -93,12 +106,25 @@ def nav_links(access: Access) -> list[tuple[str, str]]:
 
 def render(request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
     access = context.pop("access", None) or getattr(request.state, "access", None)
-    html = env().get_template(template).render(request=request, access=access,
-                                                path=request.url.path, **context)
+    names = _names(request)
+    html = env().get_template(template).render(
+        request=request, access=access, path=request.url.path, org_names=names,
+        orgname=lambda code: org_html(code, names), humane=lambda text: humanise(text, names),
+        **context)
     response = HTMLResponse(html, status)
     if request.cookies.get(CSRF_COOKIE) != request.state.csrf:
         response.set_cookie(CSRF_COOKIE, request.state.csrf, httponly=True, samesite="strict")
     return response
+
+
+def _names(request: Request) -> dict[str, str]:
+    sc = getattr(request.app.state, "sc", None)
+    if sc is None:
+        return {}
+    try:
+        return org_names(sc.engine)
+    except SQLAlchemyError:  # a page about a broken database must still render
+        return {}
 
 
 def csrf_ok(request: Request, form) -> bool:

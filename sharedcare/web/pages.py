@@ -6,7 +6,7 @@ from starlette.routing import Route
 
 
 def routes(sc) -> list:
-    from . import accesslog, careplans, patient
+    from . import accesslog, admin, careplans, patient
 
     return [
         Route("/patients", patient.find_patient, methods=["GET", "POST"]),
@@ -19,4 +19,5 @@ def routes(sc) -> list:
         Route("/care-plans/{plan_id}/edit", careplans.edit_plan, methods=["GET", "POST"]),
         Route("/care-plans/{plan_id}/history", careplans.plan_history),
         Route("/my-record/access-log", accesslog.my_access_log),
+        *admin.routes(sc),
     ]

@@ -229,7 +229,7 @@ def test_care_plan_create_update_history_conflict(demo, signed_in, items_of):
     r = c.post(f"/patients/{demo.pid}/care-plans/new",
                data=_plan_form(c.csrf, **{"what-matters": "", "cpr": ""}))
     assert r.status_code == 400
-    assert "Enter what matters to the person" in r.text and "Select the cpr recommendation" in r.text
+    assert "Enter what matters to the person" in r.text and "Select the CPR recommendation" in r.text
     # create
     r = c.post(f"/patients/{demo.pid}/care-plans/new", data=_plan_form(c.csrf),
                follow_redirects=False)
