@@ -38,6 +38,7 @@ from ..fhir.outcome import FHIRError
 from ..logsafe import log_failure
 from ..store.repository import PermitAll, Store, WriteOp, instant, now_utc
 from . import nhs_number as nhs
+from .hook import dequeue
 from .links import (
     LinkPlan,
     link_basis,
@@ -264,17 +265,17 @@ class IdentityService:
             return Resolution(patient_id, "link", target, p, cand["id"])
         if best and best[0][2] in ("probable", "possible"):
             cand, p, grade = best[0]
-            task_id = str(uuid.uuid5(_NS, f"review|{patient_id}|{cand['id']}"))
+            # One review per pair, whichever record was resolved first.
+            task_id = str(uuid.uuid5(_NS, "review|" + "|".join(sorted((patient_id, cand["id"])))))
             task = review_task(task_id, patient, cand, p, grade, self.explain(patient, cand))
 
             def review_it(conn, plan):
                 if not unchanged(conn):
                     return "changed"
                 plan.move(patient_id, own, make_link(patient_id, "level1", "own"))
-                existing = self._read("Task", task_id, conn)
-                if existing is None or existing.get("status") not in ("completed", "rejected"):
+                if self._read("Task", task_id, conn) is None:
                     return [WriteOp("PUT", "Task", task_id, task)]
-                return None
+                return None  # already proposed (or decided): never reopened by the model
             if self._write(review_it) == "changed":
                 return Resolution(patient_id, "changed", "")
             return Resolution(patient_id, "review", own, p, cand["id"], task_id)
@@ -347,6 +348,8 @@ class IdentityService:
             ops = plan.ops() + extra
             if ops:
                 self.store.write(ops, conn)
+            # Whoever placed them, these patients no longer wait for the worker.
+            dequeue(conn, list(plan.current))
             return None if isinstance(out, list) else out
 
     # ------------------------------------------------------------------ a person's decisions
