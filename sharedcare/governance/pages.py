@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from urllib.parse import urlencode
 
-from sqlalchemy import func, select, true, update
+from sqlalchemy import false, func, select, true, update
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -30,6 +30,8 @@ from .schema import audit_event, break_glass, care_relationship, organisation
 AUDIT_ROLES = ("ig-lead", "sysadmin")
 IG = ("ig-lead",)
 PER_PAGE = 100
+GLASS_PER_PAGE = 20
+MAX_PATIENT_IDS = 200  # Patient records that may carry one NHS number (one per partner)
 OUTCOMES = {"permitted": "Permitted", "refused": "Refused"}
 AUDIT_COLUMNS = ["seq", "recorded", "username", "client_id", "role", "ods", "organisation",
                  "purpose", "action", "outcome", "patient_id", "entity", "reason", "break_glass"]
@@ -61,6 +63,9 @@ class AuditFilters:
     since: str = ""  # YYYY-MM-DD, inclusive
     until: str = ""  # YYYY-MM-DD, inclusive
     page: int = 1
+    # The Patient ids the patient filter stands for: an NHS number is looked up (there may be
+    # a record per partner); anything else is taken as a record id. None: no patient filter.
+    patient_ids: list[str] | None = None
 
     @classmethod
     def parse(cls, q) -> AuditFilters:
@@ -83,7 +88,8 @@ class AuditFilters:
                 try:
                     date.fromisoformat(value)
                 except ValueError:
-                    raise FilterError(f"{label} date must be a date like 2026-03-31.") from None
+                    raise FilterError(f"{label} date must be a real date, like 31 March 2026 "
+                                      "(written 2026-03-31 in a link or the API).") from None
         if self.since and self.until and self.since > self.until:
             raise FilterError("The from date must be on or before the to date.")
 
@@ -101,10 +107,33 @@ class AuditFilters:
     def query(self, page: int | None = None) -> str:
         return urlencode(self.params(page))
 
+    def resolve(self, store) -> None:
+        """Turn the patient filter into Patient ids: an NHS number (spaces allowed) finds every
+        Patient record carrying it; anything else is a record id."""
+        from ..fhir.codes import NHS_NUMBER_SYSTEM
+        from ..identity import nhs_number as nhs
+        from ..store.repository import PermitAll
+
+        if not self.patient:
+            self.patient_ids = None
+            return
+        digits = nhs.normalise(self.patient)
+        if digits is None:
+            self.patient_ids = [self.patient]
+            return
+        if not nhs.is_valid(digits):
+            raise FilterError(f"{self.patient} is not a valid NHS number: its check digit is "
+                              "wrong. Check each digit, or search by the patient's record id.")
+        self.patient_ids = store.match_ids(
+            "Patient", f"identifier={NHS_NUMBER_SYSTEM}|{digits}", limit=MAX_PATIENT_IDS,
+            policy=PermitAll())  # ids only: to find the person's events in the audit trail
+
     def where(self) -> list:
         a = audit_event.c
         out = []
-        if self.patient:
+        if self.patient_ids is not None:
+            out.append(a.patient_id.in_(self.patient_ids) if self.patient_ids else false())
+        elif self.patient:
             out.append(a.patient_id == self.patient)
         if self.user:
             out.append(a.username == self.user)
@@ -142,9 +171,13 @@ def _event(row) -> dict:
     return d
 
 
-def search_audit(engine, f: AuditFilters, limit: int | None = PER_PAGE) -> tuple[list[dict], int]:
-    """One page of matching events (newest first) and how many match in all."""
+def search_audit(engine, f: AuditFilters, limit: int | None = PER_PAGE,
+                 store=None) -> tuple[list[dict], int]:
+    """One page of matching events (newest first) and how many match in all. With the store, a
+    patient filter that is an NHS number finds that person's events under every record id."""
     f.check()
+    if store is not None and f.patient_ids is None:
+        f.resolve(store)
     with engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(audit_event)
                              .where(*f.where())).scalar_one()
@@ -153,6 +186,32 @@ def search_audit(engine, f: AuditFilters, limit: int | None = PER_PAGE) -> tuple
             q = q.limit(limit).offset((f.page - 1) * limit)
         rows = [_event(r) for r in conn.execute(q)]
     return rows, total
+
+
+def patient_labels(store, ids) -> dict[str, dict]:
+    """Patient id -> {"name", "nhs"} for the IG lead's review pages: who an event was about, in
+    the words the IG lead searches by. Read as the system's own bookkeeping: only the name and
+    NHS number leave, and only for ids already on the page."""
+    from ..fhir.codes import NHS_NUMBER_SYSTEM
+    from ..fhir.outcome import FHIRError
+    from ..store.repository import PermitAll
+    from ..web.patient import format_nhs, human_name
+
+    out: dict[str, dict] = {}
+    wanted = sorted({i for i in ids if i})
+    if not wanted:
+        return out
+    with store.engine.connect() as conn:
+        for pid in wanted:
+            try:
+                res = store.read("Patient", pid, PermitAll(), conn=conn).json()
+            except FHIRError:
+                continue  # deleted, or never was: the page shows the id
+            nhs = next((i.get("value") for i in res.get("identifier") or []
+                        if i.get("system") == NHS_NUMBER_SYSTEM), None)
+            out[pid] = {"name": human_name(res), "nhs": format_nhs(nhs) if nhs else "",
+                        "nhs_digits": nhs or ""}
+    return out
 
 
 def _audit_choices(engine) -> tuple[list, list]:
@@ -174,7 +233,7 @@ def audit_page(request: Request, access: Access) -> Response:
     f = AuditFilters.parse(request.query_params)
     error, rows, total = None, [], 0
     try:
-        rows, total = search_audit(sc.engine, f)
+        rows, total = search_audit(sc.engine, f, store=sc.store)
     except FilterError as e:
         error = str(e)
     _audit_viewed(request, access)
@@ -184,7 +243,8 @@ def audit_page(request: Request, access: Access) -> Response:
     return render(request, "ig_audit.html", 400 if error else 200, title="Audit trail",
                   f=f, rows=rows, total=total, pages=pages, error=error, problems=problems,
                   actions=actions, orgs=orgs, outcomes=OUTCOMES, per_page=PER_PAGE,
-                  role_labels=ROLE_LABELS)
+                  role_labels=ROLE_LABELS,
+                  patients=patient_labels(sc.store, [r["patient_id"] for r in rows]))
 
 
 def _csv_text(columns: list[str], rows: list[dict]) -> str:
@@ -196,7 +256,7 @@ def audit_csv(request: Request, access: Access) -> Response:
     sc = _sc(request)
     f = AuditFilters.parse(request.query_params)
     try:
-        rows, _total = search_audit(sc.engine, f, limit=None)
+        rows, _total = search_audit(sc.engine, f, limit=None, store=sc.store)
     except FilterError as e:
         return render(request, "error.html", 400, title="Check the filters", message=str(e))
     _audit_viewed(request, access)
@@ -208,12 +268,12 @@ def audit_api(request: Request, access: Access) -> dict:
     sc = _sc(request)
     f = AuditFilters.parse(request.query_params)
     try:
-        rows, total = search_audit(sc.engine, f)
+        rows, total = search_audit(sc.engine, f, store=sc.store)
     except FilterError as e:
         return {"error": str(e)}
     _audit_viewed(request, access)
-    return {"filters": f.params(), "page": f.page, "per_page": PER_PAGE, "total": total,
-            "events": rows}
+    return {"filters": f.params(), "patient_ids": f.patient_ids, "page": f.page,
+            "per_page": PER_PAGE, "total": total, "events": rows}
 
 
 # --------------------------------------------------------------------------- break-glass review
@@ -303,13 +363,28 @@ def _review(request: Request, access: Access, error: str | None = None,
             status: int = 200) -> Response:
     sc = _sc(request)
     org = request.query_params.get("org") or None
+    try:
+        page_no = max(1, int(request.query_params.get("page") or 1))
+    except ValueError:
+        page_no = 1
     events = break_glass_events(sc.engine, org)
+    pages = max(1, -(-len(events) // GLASS_PER_PAGE))
+    page_no = min(page_no, pages)
+    shown = events[(page_no - 1) * GLASS_PER_PAGE: page_no * GLASS_PER_PAGE]
+    declared = declared_relationships(sc.engine, "pending", org)
     _actions, orgs = _audit_choices(sc.engine)
+
+    def link(n: int) -> str:
+        return "/governance/break-glass?" + urlencode(
+            {k: v for k, v in (("org", org), ("page", str(n) if n > 1 else None)) if v})
+
     return render(request, "ig_break_glass.html", status, title="Break-glass review",
-                  events=events, pending=sum(e["pending"] for e in events),
-                  declared=declared_relationships(sc.engine, "pending", org), org=org or "",
-                  orgs=orgs, error=error, done=request.query_params.get("done"),
-                  role_labels=ROLE_LABELS)
+                  events=shown, total=len(events), pending=sum(e["pending"] for e in events),
+                  page=page_no, pages=pages, per_page=GLASS_PER_PAGE, page_link=link,
+                  declared=declared, org=org or "", orgs=orgs, error=error,
+                  done=request.query_params.get("done"), role_labels=ROLE_LABELS,
+                  patients=patient_labels(sc.store, [e["patient_id"] for e in shown]
+                                          + [r["patient_id"] for r in declared]))
 
 
 @page(*IG)

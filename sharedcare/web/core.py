@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from ..fhir.outcome import FHIRError
 from ..governance.policy import Access, now_text
 from ..governance.schema import feedback
-from .names import column_label, humanise, org_html, org_names, sentence
+from .names import column_label, entity_words, humanise, nice_time, org_html, org_names, sentence
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -61,6 +61,8 @@ def env() -> Environment:
         _env.globals["nav_links"] = nav_links
         _env.globals["current_link"] = current_link
         _env.globals["column_label"] = column_label
+        _env.globals["nice_time"] = nice_time
+        _env.globals["entity_words"] = entity_words
         _env.filters["sentence"] = sentence
     return _env
 

@@ -149,3 +149,41 @@ def sentence(text: str | None) -> str:
     """First letter upper case, the rest as written ('GP summary', not jinja's 'Gp summary')."""
     text = str(text or "")
     return text[:1].upper() + text[1:]
+
+
+def nice_time(value: str | None) -> str:
+    """'2026-03-31T14:05:09.123' -> '31 March 2026 at 14:05' (UTC, as recorded)."""
+    from datetime import datetime
+
+    if not value:
+        return ""
+    try:
+        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    if len(str(value)) <= 10:
+        return f"{dt.day} {dt:%B %Y}"
+    return f"{dt.day} {dt:%B %Y} at {dt:%H:%M}"
+
+
+_ENTITY_REF = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/\$[a-z\-]+|/_history/\d+)?$")
+
+
+def entity_words(entity: str | None) -> str:
+    """An audit event's entity as a person reads it: 'Patient/<id>/$everything' -> 'Whole
+    record', 'Observation/<id>' -> 'Observation', 'Observation?code' -> 'Search of
+    Observation (code)'. The exact entity stays in the CSV, the JSON and a tooltip."""
+    if not entity:
+        return ""
+    m = _ENTITY_REF.match(entity)
+    if m:
+        rtype, _rid, op = m.groups()
+        if op == "/$everything":
+            return "Whole record"
+        words = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", rtype)
+        return sentence(words.lower()) + (" (earlier version)" if op and "_history" in op
+                                          else f" ({op[2:]})" if op else "")
+    if "?" in entity and re.match(r"^[A-Z][A-Za-z]+\?", entity):
+        rtype, _, params = entity.partition("?")
+        return f"Search of {re.sub(r'(?<=[a-z])(?=[A-Z])', ' ', rtype).lower()} ({params})"
+    return entity

@@ -185,3 +185,67 @@ def test_accepting_a_declared_relationship_keeps_it(web):
     assert sc.governance.check_patient(access, "pat-8", "read")
     assert web.post(f"/governance/relationships/{rid}", data={"csrf": csrf, "decision": "maybe"}
                     ).status_code == 400
+
+
+NHS_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
+
+
+def _patient(sc, pid, nhs, given, family, ods):
+    from sharedcare.store.repository import WriteOp
+
+    sc.store.write([WriteOp("PUT", "Patient", pid, {
+        "resourceType": "Patient", "identifier": [{"system": NHS_SYSTEM, "value": nhs}],
+        "name": [{"family": family, "given": [given]}]})], source_org=ods)
+
+
+def test_audit_search_by_nhs_number_finds_every_record_of_the_person(web):
+    sc = web.sc
+    # one person, two partners' Patient records (different ids, the same NHS number)
+    _patient(sc, "edna-gp", "9434765919", "Edna", "Example", "GP1")
+    _patient(sc, "edna-trust", "9434765919", "Edna", "Example", "RTEST")
+    _patient(sc, "someone-else", "9434765870", "Sam", "Other", "GP1")
+    for pid in ("edna-gp", "edna-trust", "someone-else"):
+        sc.governance.audit(doc(sc), "read", "0", patient_id=pid, entity=f"Patient/{pid}")
+    as_(web, "ig", "RTEST", "ig-lead")
+    r = web.get("/governance/audit?patient=943+476+5919")
+    assert r.status_code == 200
+    assert 'href="/governance/audit?patient=9434765919"' in r.text  # each row links by number
+    assert "Edna EXAMPLE" in r.text and "NHS number 943 476 5919" in r.text
+    assert "Sam OTHER" not in r.text
+    assert "2 patient records" in r.text
+    j = web.get("/api/governance/audit?patient=9434765919").json()
+    assert sorted(j["patient_ids"]) == ["edna-gp", "edna-trust"]
+    assert sorted(e["patient_id"] for e in j["events"]) == ["edna-gp", "edna-trust"]
+    # a record id still works (links from elsewhere), and an unknown valid number finds nothing
+    assert [e["patient_id"] for e in web.get(
+        "/api/governance/audit?patient=someone-else").json()["events"]] == ["someone-else"]
+    assert web.get("/api/governance/audit?patient=9876543210").json()["total"] == 0
+    bad = web.get("/governance/audit?patient=9434765918")
+    assert bad.status_code == 400 and "check digit is wrong" in bad.text
+
+
+def test_break_glass_review_names_the_patient_and_is_paginated(web):
+    from sharedcare.governance.policy import now_text
+
+    sc = web.sc
+    _patient(sc, "edna-gp", "9434765919", "Edna", "Example", "GP1")
+    n = pages.GLASS_PER_PAGE + 5
+    with sc.engine.begin() as conn:
+        conn.execute(break_glass.insert(), [{
+            "username": "doc", "ods": "GP1", "role": "clinician", "patient_id": "edna-gp",
+            "reason": f"Emergency number {i:02d} with no history", "started": now_text(),
+            "expires": now_text()} for i in range(n)])
+    as_(web, "ig", "RTEST", "ig-lead")
+    first = web.get("/governance/break-glass").text
+    assert first.count('id="glass-') == pages.GLASS_PER_PAGE
+    assert f"({n} to review of {n})" in first
+    assert "Edna EXAMPLE</strong> (NHS number 943 476 5919)" in first
+    assert "broke glass for patient edna-gp" not in first and ">edna-gp<" not in first
+    assert "Brookside Medical Centre" in first and "(GP1)" not in first
+    assert 'href="/governance/break-glass?page=2#events"' in first
+    second = web.get("/governance/break-glass?page=2").text
+    assert second.count('id="glass-') == 5
+    shown = set()
+    for text in (first, second):
+        shown |= {int(x) for x in __import__("re").findall(r'id="glass-(\d+)"', text)}
+    assert len(shown) == n  # every event on exactly one page
