@@ -57,6 +57,7 @@ from .matching import (
     normalise_name,
     normalise_postcode,
 )
+from .nicknames import canonical as _canonical
 
 log = logging.getLogger(__name__)
 
@@ -655,6 +656,10 @@ def _fallback_probability(q: Demographics, c: Demographics) -> float:
     if qn and cn and nhs.is_valid(qn) and nhs.is_valid(cn):
         return 1.0 if qn == cn else 0.0
     agree = sum(1 for x, y in zip(a, b) if x and y and x == y)
+    if a[0] and b[0] and _canonical(a[0]) != _canonical(b[0]):
+        # Given names that disagree outright (twins share everything else): a person decides,
+        # as the trained model's given-name guard does.
+        return min({5: 0.995, 4: 0.9, 3: 0.6}.get(agree, 0.05), 0.9)
     if a[1] and a[1] == b[1] and a[2] and a[2] == b[2] and agree >= 4:
         return 0.995
     return {5: 0.995, 4: 0.9, 3: 0.6}.get(agree, 0.05)
