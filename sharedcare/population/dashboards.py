@@ -23,8 +23,10 @@ Panels:
    advance care plan by GP practice (SNOMED codes in ``CRISIS_PLAN_CODES`` /
    ``END_OF_LIFE_PLAN_CODES``, or the plan's category text / title).
 
-A panel only counts data its controllers' agreements share for the purpose: e.g. if no
-planning agreement shares ``care-plans``/``mental-health``, panel 3 shows zeros, and says so.
+A panel only counts data its controllers' agreements share for the purpose. When no partner's
+agreement shares the data a panel is made from (``PANEL_NEEDS``: e.g. no planning agreement
+shares ``care-plans`` or ``mental-health``), the panel says so and names what is missing
+instead of showing zeros and an empty chart (``Panel.not_covered``); its data is not extracted.
 """
 
 from __future__ import annotations
@@ -108,15 +110,32 @@ CARE_PLAN_VIEW = {
 }
 
 
+# The data categories each panel is made from: at least one must be shared for the purpose.
+PANEL_NEEDS = {
+    "mltc": ("gp-summary",),
+    "emergency": ("encounters",),
+    "care-plans": ("care-plans", "mental-health"),
+}
+PANEL_TITLES = {
+    "mltc": "People with two or more long-term conditions, by GP practice and age band",
+    "emergency": "Emergency admissions per 1,000 registered patients by neighbourhood",
+    "care-plans": "People with a crisis plan or an end of life care plan, by GP practice",
+}
+CATEGORY_WORDS = {"gp-summary": "GP summaries (conditions)", "encounters": "encounters",
+                  "care-plans": "care plans", "mental-health": "mental health records"}
+
+
 @dataclass
 class Panel:
     title: str
     purpose: str
     agreements: list[str]
-    table: SuppressedTable
+    table: SuppressedTable | None
     svg: str
     csv: str
     notes: str = ""
+    # Why this panel has no figures: no agreement shares the data it is made from.
+    not_covered: str = ""
 
     @property
     def label(self) -> str:
@@ -142,26 +161,59 @@ def population_dashboard(sc, access: Access, *, as_of: date | None = None, month
     import duckdb
 
     as_of = as_of or date.today()
+    covered = shared_categories(access)
+    missing = {k: needs for k, needs in PANEL_NEEDS.items() if not covered & set(needs)}
+    views = [viewdef.load_view("patient_demographics"), ORGANISATION_VIEW]
+    if "mltc" not in missing:
+        views.append(viewdef.load_view("conditions"))
+    if "emergency" not in missing:
+        views.append(ENCOUNTER_VIEW)
+    if "care-plans" not in missing:
+        views.append(CARE_PLAN_VIEW)
     folder = Path(tempfile.mkdtemp(prefix="sc-dashboard-", dir=_tmp_root(sc)))
     try:
-        result = run_extract(
-            sc, access,
-            [viewdef.load_view("patient_demographics"), viewdef.load_view("conditions"),
-             ENCOUNTER_VIEW, CARE_PLAN_VIEW, ORGANISATION_VIEW],
-            project=PROJECT, coarsen_dates="month", out_dir=folder)
+        result = run_extract(sc, access, views, project=PROJECT, coarsen_dates="month",
+                             out_dir=folder)
         con = duckdb.connect(str(result.duckdb_path), read_only=True)
         try:
             people = _people(con, as_of)
             opts = {"threshold": threshold, "rounding": rounding}
-            return [
-                mltc_panel(con, people, result, **opts),
-                emergency_panel(con, people, result, as_of, months, **opts),
-                care_plan_panel(con, people, result, **opts),
-            ]
+            made = {
+                "mltc": lambda: mltc_panel(con, people, result, **opts),
+                "emergency": lambda: emergency_panel(con, people, result, as_of, months, **opts),
+                "care-plans": lambda: care_plan_panel(con, people, result, **opts),
+            }
+            return [uncovered_panel(k, result, missing[k]) if k in missing else make()
+                    for k, make in made.items()]
         finally:
             con.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def shared_categories(access: Access) -> set[str]:
+    """The data categories some partner's active agreement shares with the viewer's
+    organisation for the purpose (what the governed extract may read beyond its own data)."""
+    out: set[str] = set()
+    for src, cats in (access.shared_with or {}).items():
+        if src != access.ods:
+            out |= set(cats)
+    return out
+
+
+def uncovered_panel(key: str, result: ExtractResult, needs: tuple[str, ...]) -> Panel:
+    """A panel that cannot be made: it says which data no agreement shares, and with whom."""
+    what = " or ".join(CATEGORY_WORDS.get(c, c) for c in needs)
+    agreements = ", ".join(result.agreements) or "none"
+    message = (f"No {result.purpose} agreement shares {what} with {result.requester}, so these "
+               f"figures cannot be made: they would count only {result.requester}'s own "
+               f"records, not the population. The {result.purpose} agreement(s) in force "
+               f"({agreements}) would need to add {what}.")
+    csv = csv_text(["not_covered"], [{"not_covered": message}], lineterminator="\n",
+                   preamble=f"# {PANEL_TITLES[key]}\n# Purpose: {result.purpose}; "
+                            f"agreement(s): {agreements}\n")
+    return Panel(PANEL_TITLES[key], result.purpose, list(result.agreements), None, "", csv,
+                 "", not_covered=message)
 
 
 def _tmp_root(sc) -> Path:

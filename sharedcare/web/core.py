@@ -289,6 +289,11 @@ async def sign_out(request: Request) -> Response:
 
 @page()
 def home(request: Request, access: Access) -> Response:
+    if access.role in ("programme-lead", "ig-lead"):
+        # the population figures take seconds to make: start now, ready when they are opened
+        from ..population.pages import warm
+
+        warm(request.app.state.sc, access)
     return render(request, "home.html")
 
 

@@ -4,21 +4,18 @@ The governance module explains its decisions with ODS codes, role codes, data-ca
 resource references ("RM3 has no legitimate relationship...", "open encounter at R0A
 (Encounter/beb5...)"): exact, and right for the API and the audit trail. Pages show the same
 sentences with organisation names (the code kept in a tooltip), roles and categories in words,
-and without internal ids. Organisation names are directory data, cached for a short while.
+and without internal ids. Organisation names are directory data.
 """
 
 from __future__ import annotations
 
 import re
-import threading
-import time
 
 from markupsafe import Markup, escape
 from sqlalchemy import select
 
 from ..governance.schema import organisation
 
-CACHE_SECONDS = 30.0
 ROLE_WORDS = {
     "clinician": "clinician", "nurse": "nurse", "allied-health": "allied health professional",
     "social-worker": "social worker", "admin": "admin and clerical", "ig-lead": "IG lead",
@@ -38,28 +35,11 @@ _ROLE = re.compile(r"\bthe ([a-z][a-z\-]+) role\b")
 _CATEGORY = re.compile(r"(?<![\w/-])(" + "|".join(
     re.escape(c) for c in CATEGORY_WORDS if "-" in c) + r")(?![\w-])")
 
-_cache: dict[int, tuple[float, dict[str, str]]] = {}
-_lock = threading.Lock()
-
-
 def org_names(engine) -> dict[str, str]:
-    """ODS code -> organisation name (directory data), cached for CACHE_SECONDS."""
-    key = id(engine)
-    now = time.monotonic()
-    hit = _cache.get(key)
-    if hit and now - hit[0] < CACHE_SECONDS:
-        return hit[1]
+    """ODS code -> organisation name (directory data: a few hundred rows at most, read per
+    page so a new or renamed organisation shows at once)."""
     with engine.connect() as conn:
-        names = {o: n for o, n in conn.execute(select(organisation.c.ods, organisation.c.name))}
-    with _lock:
-        _cache[key] = (now, names)
-    return names
-
-
-def forget() -> None:
-    """Drop cached names (after an organisation is added or renamed)."""
-    with _lock:
-        _cache.clear()
+        return {o: n for o, n in conn.execute(select(organisation.c.ods, organisation.c.name))}
 
 
 def org_html(code: str | None, names: dict[str, str]) -> Markup:

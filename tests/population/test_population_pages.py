@@ -48,10 +48,16 @@ def test_programme_lead_sees_every_panel_labelled_and_suppressed(web):
                   "People with a crisis plan or an end of life care plan"):
         assert title in html
     assert html.count("Run under purpose planning and agreement(s) DSA-GM-002") == 3
-    assert html.count("<svg") >= 3
     assert "means fewer than 5" in html and "rounded to the nearest 5" in html
-    for i in (1, 2, 3):
+    for i in (1, 2):
         assert f'href="/population/{i}.csv"' in html
+    # The planning agreement shares no care plans: panel 3 says so -- no zeros, no empty chart
+    panels = html.split('<section class="sc-section" id="panel-')[1:]
+    assert all("<svg" in p for p in panels[:2])
+    assert "Not covered by the agreements" in panels[2] and "<svg" not in panels[2]
+    assert "<table" not in panels[2]
+    assert "shares care plans or mental health records with" in panels[2]
+    assert "Manchester University NHS Foundation Trust" in panels[2]  # the requester, by name
 
 
 def test_panel_csv_and_json(web):
@@ -87,6 +93,27 @@ def test_dashboard_is_cached_per_org_and_role(web, monkeypatch):
     web.cache.clear()
 
 
+def test_figures_are_made_when_the_lead_arrives_not_when_they_open_the_page(web, monkeypatch):
+    """The extract takes seconds: it starts in the background on the start page, so opening
+    Population health afterwards does not wait for it."""
+    import time
+
+    web.cache.clear()
+    lead = as_(web, "Programme lead")
+    access = web.sc.governance.access_from_claims(web.sc.governance.tokens.verify(
+        web.cookies.get("sc_session")))
+    assert not web.cache.fresh(access)
+    assert web.get("/").status_code == 200
+    deadline = time.monotonic() + 60
+    while not web.cache.fresh(access) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert web.cache.fresh(access), f"figures for {lead.username} were not made in the background"
+    calls = []
+    monkeypatch.setattr(pages, "population_dashboard", lambda *a, **k: calls.append(a) or [])
+    assert "Emergency admissions per 1,000" in web.get("/population").text
+    assert calls == []
+
+
 def test_ig_lead_sees_it_too(web):
     as_(web, "IG lead")
     r = web.get("/population")
@@ -109,5 +136,25 @@ def test_no_planning_agreement_gives_a_friendly_message(web):
     r = web.get("/population")
     assert r.status_code == 403
     assert "These figures are not available to your organisation" in r.text
-    assert "no active sharing agreement covers planning for XNOAG" in r.text
+    assert "no active sharing agreement covers planning for" in r.text
+    assert "Organisation Without Agreements" in r.text  # named, the code only in a tooltip
+    assert "planning for XNOAG" not in r.text
     assert "error" in web.get("/api/population").json()
+
+
+def test_panel_has_figures_once_an_agreement_shares_care_plans(web):
+    """The same panel, once a planning agreement shares care plans and mental health records
+    with the programme lead's trust: figures and a chart, not the 'not covered' message."""
+    sc = web.sc
+    lead = as_(web, "Programme lead")
+    partners = sorted({o.ods for o in web.cs.organisations if o.ods != lead.org})
+    sc.governance.add_agreement("DSA-TEST-PLANS", "Care plans for planning",
+                                [lead.org, *partners], ["planning"],
+                                ["demographics", "care-plans", "mental-health"],
+                                status="active")
+    r = web.get("/population?refresh=1")
+    panel = r.text.split('<section class="sc-section" id="panel-3"')[1]
+    assert "Not covered by the agreements" not in panel
+    assert "<svg" in panel and "<table" in panel
+    j = web.get("/api/population").json()
+    assert j["panels"][2]["not_covered"] is None and j["panels"][2]["rows"]
