@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, feed_source
 from sharedcare.feeds import csv_feed
 from sharedcare.feeds.service import FeedService
+from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, feed_source
 from sharedcare.store.repository import PermitAll
 
 MAPPING = {
@@ -113,3 +113,33 @@ def test_all_or_nothing_loads_nothing_when_a_row_fails(sc, csv_file):
     report = feeds.ingest_csv(csv_file, "council-care", all_or_nothing=True)
     assert report.loaded_rows == 0 and report.rejected
     assert sc.store.search("Patient", [], PermitAll()).total == 0
+
+
+HEADER = "client_id,nhs_number,surname,forename,dob,sex,postcode,package_id,service,start"
+ROW = "C{n},9434765919,Smith,Jane,01/02/1980,F,LS1 4AB,PK{n},Home care,01/03/2024"
+
+
+def test_oversized_cell_is_a_row_error_not_a_crash(sc, tmp_path):
+    from sharedcare.feeds.csv_feed import MAX_FIELD
+
+    feeds = FeedService(sc)
+    feeds.add_feed("LAZ01", "council", "csv", MAPPING, status="live")
+    path = tmp_path / "big.csv"
+    path.write_text(HEADER + "\n" + ROW.format(n=1) + "\n"
+                    + ROW.format(n=2).replace("Smith", "S" * (MAX_FIELD + 1)) + "\n"
+                    + ROW.format(n=3) + "\n")
+    report = feeds.ingest_csv(path, "council")
+    assert [(e.line, e.column) for e in report.rejected] == [(3, "surname")]
+    assert "longer than" in report.rejected[0].reason
+    assert report.loaded_rows == 2
+
+
+def test_rows_sharing_an_nhs_number_write_their_person_once(sc, tmp_path):
+    feeds = FeedService(sc)
+    feeds.add_feed("LAZ01", "council", "csv", MAPPING, status="live")
+    path = tmp_path / "same.csv"
+    path.write_text(HEADER + "\n" + "\n".join(ROW.format(n=n) for n in range(300)) + "\n")
+    report = feeds.ingest_csv(path, "council")
+    assert report.loaded_rows == 300 and not report.rejected
+    [person] = [s.json() for s in sc.store.iter_current(PermitAll(), ["Person"])]
+    assert len(person["link"]) == 300 and person["meta"]["versionId"] == "1"
