@@ -8,6 +8,7 @@ import random
 from datetime import date
 
 import pytest
+from nhs_number import calculate_checksum
 
 from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, ODS_SYSTEM
 from sharedcare.fhir.outcome import FHIRError
@@ -24,6 +25,11 @@ DISTRICTS = ("M19 1AA", "M20 2BB", "SK4 3CC")
 LTC = ["44054006", "38341003", "195967001", "13645005", "52448006"]
 
 
+# test-range NHS numbers with a valid modulus-11 check digit (the store refuses others)
+NHS_NUMBERS = [s + str(c) for s in (f"99955{k:04d}" for k in range(1000))
+               if (c := calculate_checksum(s)) < 10]
+
+
 def _build(seed=3, n=90):
     rng = random.Random(seed)
     res = [{"resourceType": "Organization", "id": oid, "name": name,
@@ -36,7 +42,7 @@ def _build(seed=3, n=90):
         year = rng.choice([1935, 1950, 1958, 1970, 1990, 2012])
         pc = rng.choice(DISTRICTS)
         res.append({"resourceType": "Patient", "id": pid, "birthDate": f"{year}-06-15",
-                    "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": f"99955{i:05d}"}],
+                    "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": NHS_NUMBERS[i]}],
                     "address": [{"use": "home", "postalCode": pc}],
                     "generalPractitioner": [{"reference": f"Organization/{org}"}]})
         codes = rng.sample(LTC, rng.choice([0, 1, 1, 2, 3]))

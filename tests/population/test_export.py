@@ -56,11 +56,12 @@ def data(sc):
     gov.add_agreement("DSA-T-1", "test", [ORG, OTHER], ["direct-care"], ["demographics"],
                       status="active")
     mine = []
-    for i in range(6):
-        mine += [_patient(f"p{i}", f"999000000{i}"), _condition(f"c{i}", f"p{i}"),
+    for i, nhs in enumerate(["9990000018", "9990000026", "9990000034", "9990000042",
+                             "9990000050", "9990000069"]):  # valid modulus-11 check digits
+        mine += [_patient(f"p{i}", nhs), _condition(f"c{i}", f"p{i}"),
                  _encounter(f"e{i}", f"p{i}")]
     _write(sc, mine, ORG)
-    theirs = [_patient("q1", "9990001001"), _condition("qc1", "q1"), _encounter("qe1", "q1"),
+    theirs = [_patient("q1", "9990001006"), _condition("qc1", "q1"), _encounter("qe1", "q1"),
               _condition("qc2", "p1"), _condition("qs1", "p2", security="sexual-health")]
     _write(sc, theirs, OTHER)
     _write(sc, [{"resourceType": "Organization", "id": "org1", "name": "Somewhere"}], ORG)
@@ -165,7 +166,7 @@ def test_type_and_since(api, data):
 
     mark = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     time.sleep(0.01)
-    _write(data, [_condition("c3", "p3", code="38341003"), _patient("p9", "9990000099")], ORG)
+    _write(data, [_condition("c3", "p3", code="38341003"), _patient("p9", "9990000093")], ORG)
     status = _kickoff(api, f"/fhir/$export?_since={mark}")
     got = _download(api, _wait(api, status))
     assert set(got) == {("Condition", "c3"), ("Patient", "p9")}

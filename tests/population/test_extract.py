@@ -55,7 +55,9 @@ def _write(sc, resources, org):
                    source_org=org)
 
 
-PATIENTS = {f"pat-{i}": f"99912345{i:02d}" for i in range(8)}
+PATIENTS = {f"pat-{i}": nhs for i, nhs in enumerate([  # valid modulus-11 check digits
+    "9991234500", "9991234519", "9991234527", "9991234535", "9991234543", "9991234551",
+    "9991234578", "9991234586"])}
 
 
 @pytest.fixture
