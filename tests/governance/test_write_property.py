@@ -815,3 +815,55 @@ def test_governed_writes_match_the_oracle(database_url, tmp_path):
     print(f"\n[{backend}] write cases: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.items())))
     assert totals["write"] >= TARGET[backend]
     assert totals["existence pairs"] > 0
+
+
+# ------------------------------------------------------------------ reduced findings, by name
+def small_client(sc):
+    import small_world
+
+    small_world.build(sc)
+    sc.governance.add_staff("gp.nurse", "Nurse GP1", [("GP1", "nurse")])
+    return TestClient(create_app(sc), base_url="http://testserver")
+
+
+def bearer(sc, user, ods, role, scope="user/*.cruds") -> dict:
+    return {"Authorization": f"Bearer {sc.governance.issue_token(user, ods, role, scope=scope)}"}
+
+
+def test_batch_entries_that_write_nothing_are_audited(sc):
+    """A batch entry whose ifNoneExist matched answers with the existing record's location (a
+    read, audited as one when it is a plain POST with If-None-Exist), and a conditional delete
+    that matched nothing is audited as one at type level: in a batch, each entry is one
+    audited access like any other."""
+    with small_client(sc) as c:
+        h = bearer(sc, "gp.doc", "GP1", "clinician")
+        obs = {"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+               "subject": {"reference": "Patient/P1"}}
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"request": {"method": "POST", "url": "Observation", "ifNoneExist": "_id=o-plain"},
+             "resource": obs},
+            {"request": {"method": "DELETE", "url": "Observation?_id=no-such-observation"}},
+            {"request": {"method": "POST", "url": "Observation"}, "resource": obs}]}
+        seq = last_seq(sc.engine)
+        resp = c.post("/fhir", json=bundle, headers=h)
+        assert [e["response"]["status"].split()[0] for e in resp.json()["entry"]] == \
+            ["200", "204", "201"]
+        events = audit_after(sc.engine, seq)
+        assert len(events) == 3, f"one audit event per batch entry, got {events}"
+
+
+def test_person_updating_a_patient_keeps_the_practice_registration(sc):
+    """The practice's registration (from the GP system's record) is the whole practice's
+    relationship. A clinician correcting the patient's phone number, with the same registered
+    practice, implies no new relationship: colleagues at the practice must keep their access
+    (today the re-derived registration becomes the editor's own, pending review)."""
+    with small_client(sc) as c:
+        doc, nurse = bearer(sc, "gp.doc", "GP1", "clinician"), bearer(sc, "gp.nurse", "GP1",
+                                                                        "nurse")
+        assert c.get("/fhir/Patient/P1", headers=nurse).status_code == 200
+        body = c.get("/fhir/Patient/P1", headers=doc).json()
+        body["telecom"] = [{"system": "phone", "value": "0161 496 0000"}]
+        assert c.put("/fhir/Patient/P1", json=body, headers=doc).status_code == 200
+        assert c.get("/fhir/Patient/P1", headers=doc).status_code == 200
+        assert c.get("/fhir/Patient/P1", headers=nurse).status_code == 200, \
+            "the nurse lost access to a registered patient after a colleague's edit"
