@@ -251,6 +251,43 @@ def _patient_token(sc, username: str) -> str | None:
                                        "scope": "patient/AuditEvent.rs"}, 3600)
 
 
+LAST_ROLE_COOKIE = "sc_last_role"  # "ODS:role" this browser chose last; not a credential
+# A person's home organisation comes first among their roles. Without a record of which one
+# employs them, the kind of organisation decides: a GP's practice before the hospice where they
+# do sessions, a trust before a care home. The role chosen last time on this browser goes first.
+KIND_ORDER = ("gp-practice", "acute-trust", "mental-health", "community", "social-care",
+              "ambulance", "care-home", "hospice")
+
+
+def home_first(roles: list[tuple[str, str, str]], kinds: dict[str, str],
+               last: str | None = None) -> list[tuple[str, str, str]]:
+    """(ods, name, role) ordered for the role chooser: the last choice, then the organisation
+    where the person holds most roles, by kind (KIND_ORDER), then by name."""
+    held: dict[str, int] = {}
+    for ods, _name, _role in roles:
+        held[ods] = held.get(ods, 0) + 1
+
+    def rank(r: tuple[str, str, str]):
+        ods, name, role = r
+        kind = kinds.get(ods, "")
+        return (f"{ods}:{role}" != last, -held[ods],
+                KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER),
+                name or ods, role)
+
+    return sorted(roles, key=rank)
+
+
+def _roles_for_chooser(sc, username: str, last: str | None) -> list[tuple[str, str, str]]:
+    from sqlalchemy import select
+
+    from ..governance.schema import organisation
+
+    roles = sc.governance.roles_of(username)
+    with sc.engine.connect() as conn:
+        kinds = dict(conn.execute(select(organisation.c.ods, organisation.c.kind)).all())
+    return home_first(roles, kinds, last)
+
+
 async def choose_role_page(request: Request) -> Response:
     sc = request.app.state.sc
     try:
@@ -258,7 +295,8 @@ async def choose_role_page(request: Request) -> Response:
     except FHIRError:
         return RedirectResponse("/sign-in", 303)
     username = claims["sub"]
-    roles = await run_in_threadpool(sc.governance.roles_of, username)
+    roles = await run_in_threadpool(_roles_for_chooser, sc, username,
+                                    request.cookies.get(LAST_ROLE_COOKIE))
     nxt = _safe_next(request.query_params.get("next"))
     if request.method == "GET":
         return render(request, "roles.html", roles=roles, next=nxt, username=username)
@@ -271,7 +309,10 @@ async def choose_role_page(request: Request) -> Response:
         return render(request, "roles.html", 400, roles=roles, next=nxt, username=username,
                       error="Choose one of your roles.")
     token = sc.governance.issue_token(username, picked[0], picked[1])
-    return _session(RedirectResponse(_safe_next(form.get("next")), 303), token)
+    resp = _session(RedirectResponse(_safe_next(form.get("next")), 303), token)
+    resp.set_cookie(LAST_ROLE_COOKIE, choice, httponly=True, samesite="lax",
+                    max_age=180 * 24 * 3600)
+    return resp
 
 
 async def sign_out(request: Request) -> Response:
