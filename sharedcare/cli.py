@@ -12,7 +12,32 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="sharedcare: an open shared care record (FHIR R4).", no_args_is_help=True)
+
+class _FrontDoor(typer.Typer):
+    """The command line: a database that cannot be used is one clear line, not a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - only database errors are answered here
+            message = database_problem(e, _database_argument(sys.argv[1:]))
+            if message is None:
+                raise
+            Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False,
+                                       soft_wrap=True)
+            sys.exit(2)
+
+
+def _database_argument(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a in ("--database", "-d") and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--database="):
+            return a.split("=", 1)[1]
+    return None
+
+
+app = _FrontDoor(help="sharedcare: an open shared care record (FHIR R4).", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.")
 admin_app = typer.Typer(help="Organisations, staff, agreements, patient choices and tokens.")
 audit_app = typer.Typer(help="The audit trail.")
@@ -42,11 +67,42 @@ DataDirOpt = typer.Option(None, "--data-dir", envvar="SHAREDCARE_DATA_DIR",
 def _open(database: str | None, data_dir: Path | None):
     from .app import SharedCare
 
-    return SharedCare.open(database, data_dir)
+    try:
+        return SharedCare.open(database, data_dir)
+    except Exception as e:  # noqa: BLE001 - only database errors are answered here
+        message = database_problem(e, database)
+        if message is None:
+            raise
+        fail(message)
+
+
+def database_problem(e: BaseException, database: str | None) -> str | None:
+    """One line saying what is wrong with the database URL or server (not 450 lines of
+    traceback with the cause at the bottom); None when `e` is not a database problem."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+    from sqlalchemy.engine import make_url
+
+    from .store.db import database_url
+
+    try:
+        shown = make_url(database_url(database, None)).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - the URL itself cannot be read
+        shown = "the database URL"
+    if isinstance(e, NoSuchModuleError):
+        return (f"cannot use {shown}: unknown kind of database (use sqlite:///FILE or "
+                "postgresql://USER@HOST:PORT/NAME)")
+    if isinstance(e, ArgumentError):
+        return (f"cannot use {shown}: not a database URL (use sqlite:///FILE or "
+                "postgresql://USER@HOST:PORT/NAME)")
+    if isinstance(e, DBAPIError):
+        cause = str(e.orig or e).strip().splitlines()
+        first = next((ln.strip() for ln in cause if ln.strip()), type(e).__name__)
+        return f"cannot open the database {shown}: {first}"
+    return None
 
 
 def fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -130,6 +186,11 @@ def demo(patients: int = typer.Option(2000, help="How many synthetic patients.")
          serve_it: bool = typer.Option(True, "--serve/--no-serve", help="Serve it when built.")):
     """Build (once) and serve a synthetic integrated care system on embedded SQLite."""
     import shutil
+
+    if patients <= 0:  # checked before anything is deleted or made
+        fail(f"--patients must be a whole number above 0, not {patients}")
+    if not 1 <= port <= 65535:
+        fail(f"--port must be between 1 and 65535, not {port}")
 
     from .demo import generate
     from .demo.load import already_loaded, load_demo
@@ -349,6 +410,10 @@ def admin_client(client_id: str, name: str,
     """Register a SMART on FHIR client: an app acting for a user, or a partner system."""
     from .governance.smart import register_client
 
+    if jwks is not None and not jwks.is_file():
+        fail(f"--jwks {jwks}: there is no such file. Make a key pair for the partner system "
+             f"with 'sharedcare admin keygen {client_id}' and register the public key set it "
+             "writes")
     try:
         keys = orjson.loads(jwks.read_bytes()) if jwks else None
         register_client(_open(database, data_dir).engine, client_id, name, ods=org,
@@ -357,6 +422,45 @@ def admin_client(client_id: str, name: str,
     except (OSError, orjson.JSONDecodeError, ValueError) as e:
         fail(str(e))
     print(f"client {client_id} registered ({'confidential' if jwks else 'public'})")
+
+
+@admin_app.command("keygen")
+def admin_keygen(client_id: str = typer.Argument(..., help="The partner system's client id."),
+                 out_dir: Path = typer.Option(Path("."), "--out-dir",
+                                              help="Where to write the two files."),
+                 alg: str = typer.Option("ES384", help="ES384 (default) or RS384."),
+                 force: bool = typer.Option(False, help="Overwrite existing files.")):
+    """Make a key pair for a partner system's private_key_jwt sign-in: the private key (a JWK,
+    mode 0600) stays with the partner; the public JWK Set is registered with
+    'sharedcare admin client ... --jwks'."""
+    import secrets
+
+    from joserfc.jwk import ECKey, RSAKey
+
+    if alg not in ("ES384", "RS384"):
+        fail(f"--alg must be ES384 or RS384, not {alg}")
+    if not client_id or not all(c.isalnum() or c in "-_." for c in client_id):
+        fail(f"the client id {client_id!r} may only use letters, digits, '-', '_' and '.'")
+    private_path = out_dir / f"{client_id}-private-key.json"
+    public_path = out_dir / f"{client_id}-jwks.json"
+    for path in (private_path, public_path):
+        if path.exists() and not force:
+            fail(f"{path} already exists; use --force to replace it")
+    params = {"kid": f"{client_id}-{secrets.token_hex(4)}", "alg": alg, "use": "sig"}
+    key = (ECKey.generate_key("P-384", parameters=params, private=True) if alg == "ES384"
+           else RSAKey.generate_key(3072, parameters=params, private=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(orjson.dumps(key.as_dict(private=True), option=orjson.OPT_INDENT_2))
+    os.chmod(private_path, 0o600)
+    public_path.write_bytes(orjson.dumps({"keys": [key.as_dict(private=False)]},
+                                         option=orjson.OPT_INDENT_2))
+    print(f"private key: {private_path} (mode 600) -- give it to the partner system only; it "
+          "signs its client assertions")
+    print(f"public key set: {public_path} -- register it:")
+    print(f"  sharedcare admin client {client_id} \"NAME\" --org ODS --scope 'system/*.rs' "
+          f"--jwks {public_path}")
 
 
 @admin_app.command("agreements")
