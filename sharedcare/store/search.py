@@ -157,6 +157,13 @@ class SearchBuilder:
                     req.rtype is None or key not in self.indexer.params_for(req.rtype)
                 ):
                     raise _bad(f"cannot sort by unknown parameter '{key}'", name)
+                if key not in ("_id", "_lastUpdated") and (
+                    key in NOT_SUPPORTED
+                    or self.indexer.params_for(req.rtype)[key].type not in INDEX_TABLES
+                ):
+                    # composite and special parameters (and _text, _filter ...) have no
+                    # indexed value to order by
+                    raise _bad(f"cannot sort by '{key}': this server does not index it", name)
                 req.sort.append(SortKey(key, desc))
         elif base in ("_include", "_revinclude"):
             iterate = mod == "iterate"
