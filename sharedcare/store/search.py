@@ -112,6 +112,14 @@ class SearchBuilder:
     def __init__(self, indexer: Indexer):
         self.indexer = indexer
 
+    def _params_of(self, rtype: str | None) -> dict:
+        """The search parameters of `rtype`; none for a name that is not a resource type (a
+        client's typo in _include, _has or a chain is a 400 naming it, never a crash)."""
+        try:
+            return self.indexer.params_for(rtype) if rtype else {}
+        except ValueError:
+            return {}
+
     # --- entry point -------------------------------------------------------------------
     def parse(
         self, rtype: str | None, params: list[tuple[str, str]], lenient: bool = False,
@@ -192,7 +200,7 @@ class SearchBuilder:
         if len(parts) not in (2, 3):
             raise _bad("expected Type:parameter[:TargetType]", name)
         stype, param = parts[0], parts[1]
-        sp = self.indexer.params_for(stype).get(param)
+        sp = self._params_of(stype).get(param)
         if sp is None or sp.type != "reference":
             raise _bad(f"{stype} has no reference parameter '{param}'", name)
         return Include(stype, param, parts[2] if len(parts) == 3 else None, iterate)
@@ -204,7 +212,7 @@ class SearchBuilder:
         ranked = []
         for n, name in enumerate(names):
             code = name.split(":", 1)[0].split(".", 1)[0]
-            sp = self.indexer.params_for(rtype).get(code) if rtype else None
+            sp = self._params_of(rtype).get(code)
             if code in ("_id", "identifier") or (sp is not None and sp.type == "reference"):
                 ranked.append((0, n, name))
             elif sp is not None and sp.type == "token":
@@ -255,7 +263,7 @@ class SearchBuilder:
     def _param(self, rtype: str | None, code: str) -> SearchParam:
         if rtype is None:
             raise UnknownParam(f"'{code}' cannot be searched across all resource types")
-        sp = self.indexer.params_for(rtype).get(code)
+        sp = self._params_of(rtype).get(code)
         if sp is None:
             raise UnknownParam(f"'{code}' is not a search parameter of {rtype}")
         if sp.type in ("composite", "special"):
@@ -383,7 +391,7 @@ class SearchBuilder:
         first = chain.split(".")[0].split(":")[0]
         targets = [modifier] if modifier else list(sp.targets)
         candidates = [t for t in targets
-                      if first in ("_id", "_lastUpdated") or first in self.indexer.params_for(t)]
+                      if first in ("_id", "_lastUpdated") or first in self._params_of(t)]
         if not candidates:
             raise _bad(f"no target type of '{sp.code}' has a parameter '{chain}'", name)
         # With several possible targets the reference may point at any one that matches.
@@ -405,7 +413,7 @@ class SearchBuilder:
         _, src_type, ref_param, rest = parts
         if src_type not in self.indexer.supported_types():
             raise _bad(f"'{src_type[:60]}' is not a resource type that can be searched", name)
-        ref_sp = self.indexer.params_for(src_type).get(ref_param)
+        ref_sp = self._params_of(src_type).get(ref_param)
         if ref_sp is None or ref_sp.type != "reference":
             raise _bad(f"{src_type} has no reference parameter '{ref_param}'", name)
         r = resource.alias()

@@ -168,3 +168,16 @@ def test_sort_by_a_parameter_without_an_index_is_a_400(client, sc, sort):
     check_answer(resp, f"GET /fhir/Observation?_sort={sort}")
     assert resp.status_code == 400 and "sort" in resp.text
     check_usable(client)
+
+
+@pytest.mark.parametrize("param", [
+    ("_include", "Bogus:subject"), ("_include:iterate", "Bogus:"), ("_revinclude", ":subject"),
+    ("subject:Bogus.name", "x"), ("_has:Bogus:patient:code", "x"),
+    ("subject:Patient.general-practitioner:Bogus.name", "x")])
+def test_a_name_that_is_not_a_resource_type_is_a_400(client, sc, param):
+    """Found by the fuzzer: _include/_revinclude of an unknown type was a ValueError from
+    Indexer.params_for and a 500."""
+    seed_store(sc)
+    resp = client.get("/fhir/Observation", params=[param])
+    check_answer(resp, f"GET /fhir/Observation?{param[0]}={param[1]}")
+    assert resp.status_code == 400
