@@ -231,7 +231,7 @@ def _people(con, as_of: date) -> dict[str, dict]:
             "select id, birth_date, postcode, gp_practice_id, gp_practice_ods_code "
             "from patient_demographics where not coalesce(deceased, false)").fetchall():
         ods, name = orgs.get(gp_id, (gp_ods, None))
-        practice = (f"{name} ({ods})" if name and ods else name or ods) or "No registered GP"
+        practice = name or ods or "No registered GP"  # a name people read; the code if unknown
         out[pid] = {"practice": practice, "band": age_band(birth, as_of),
                     "district": postcode_district(postcode) or "Unknown",
                     "registered": bool(gp_id or gp_ods)}
