@@ -148,6 +148,17 @@ def _id_of(raw: bytes) -> str:
         and not set(rid) & set("/?#%") and len(rid) < 80 else "fuzz-1"
 
 
+def _string_id(raw: bytes) -> bytes:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+    if isinstance(body, dict) and "id" in body and not isinstance(body["id"], str):
+        body["id"] = "fuzz-2"
+        return json.dumps(body).encode()
+    return raw
+
+
 def _bundle(btype: str, rtype: str, raw: bytes, conditional: bool) -> bytes:
     req = b'{"method":"POST","url":"%s"%s}' % (
         rtype.encode(), b',"ifNoneExist":"identifier=urn:x|1"' if conditional else b"")
@@ -172,6 +183,8 @@ def test_fuzzed_bodies_never_crash_the_api(client, sc, how):
             method, url, body = "PUT", f"/fhir/{rtype}/{_id_of(raw)}", raw
             resp = client.put(url, content=raw, headers=headers)
         elif how == "conditional":
+            # (an id that is not a string: test_conditional_update_with_an_id_that_is_not_...)
+            raw = _string_id(raw)
             method, url, body = "PUT", f"/fhir/{rtype}?identifier=urn:x|{rnd.randint(0, 3)}", raw
             if rnd.random() < 0.5:
                 resp = client.put(url, content=raw, headers=headers)
@@ -210,5 +223,26 @@ def test_deeply_nested_body_is_a_400_not_a_500(client, depth):
     resp = client.post("/fhir/Procedure", content=raw,
                        headers={"Content-Type": "application/fhir+json"})
     check_answer(resp, describe("POST", "/fhir/Procedure", raw))
+    assert resp.status_code == 400
+    check_usable(client)
+
+
+@pytest.mark.parametrize("bad_id", [[None], 7, {"x": 1}, True], ids=["list", "int", "object", "bool"])
+@pytest.mark.parametrize("how", ["PUT Type?query", "transaction"])
+def test_conditional_update_with_an_id_that_is_not_a_string_is_a_400(client, bad_id, how):
+    """Found by the fuzzer: a conditional update that matches nothing takes the body's id as
+    the new id before the body is validated (fhir/api.py type_level: `rid = ... body.get("id")
+    or uuid`; fhir/bundle.py plan_writes, the same), so a list/number id reaches the SQL of
+    Governance.write's target check: a ProgrammingError and a 500."""
+    obs = {"resourceType": "Observation", "id": bad_id, "status": "final",
+           "code": {"text": "pulse"}}
+    if how == "transaction":
+        body = {"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "request": {"method": "PUT", "url": "Observation?identifier=urn:x|none"},
+            "resource": obs}]}
+        resp = client.post("/fhir", json=body)
+    else:
+        resp = client.put("/fhir/Observation?identifier=urn:x|none", json=obs)
+    check_answer(resp, f"{how} with id {bad_id!r}")
     assert resp.status_code == 400
     check_usable(client)
