@@ -137,7 +137,13 @@ MAX_FIELD = 131_072  # characters in one cell; longer is a row error, never a cr
 
 def _rows(csv_path, mapping: dict):
     """(line, row dict) for each data row; line is the physical line the row starts on."""
-    text = Path(csv_path).read_bytes().decode(mapping.get("encoding", "utf-8-sig"))
+    data = Path(csv_path).read_bytes()
+    try:
+        text = data.decode(mapping.get("encoding", "utf-8-sig"))
+    except UnicodeDecodeError:
+        # A file saved in another encoding (Windows-1252) or cut mid-character: read it, with
+        # each undecodable byte marked, and report the rows that hold one (see _parse).
+        text = data.decode(mapping.get("encoding", "utf-8-sig"), errors="replace")
     # The csv module's own limit (128 KB) raises mid-file; read any size, and report an
     # oversized cell as its row's error (see _parse). A stray quote that swallows the rest of
     # the file becomes one row with the wrong number of fields, also reported.
@@ -339,6 +345,12 @@ def _parse(csv_path, mapping: dict, ods: str, feed_id: str):
         if len(raw) != len(header):
             errors.append(RowError(line, None, f"has {len(raw)} fields, the header has "
                                                f"{len(header)}"))
+            continue
+        garbled = [c for c, v in zip(header, raw, strict=True) if "\ufffd" in v]
+        if garbled:
+            errors.extend(RowError(line, c, "holds bytes that are not valid "
+                                   f"{mapping.get('encoding', 'UTF-8')} text: save the file as "
+                                   "UTF-8 and send it again") for c in garbled)
             continue
         long = [c for c, v in zip(header, raw, strict=True) if len(v) > MAX_FIELD]
         if long:

@@ -127,6 +127,10 @@ class Writer:
     def refused(self, entry: "Entry", err: FHIRError) -> None:
         """A batch entry that failed on its own (its transaction already rolled back)."""
 
+    def answered(self, entry: "Entry", response: dict, conn) -> None:
+        """A batch entry that wrote nothing (a conditional create that matched, a delete of
+        nothing): still one access."""
+
 
 class GovernedWriter(Writer):
     def __init__(self, gov, access):
@@ -139,6 +143,12 @@ class GovernedWriter(Writer):
 
     def write(self, ops: list[WriteOp], conn, entity: str | None = None) -> list[WriteResult]:
         return self.gov.write(self.access, ops, conn, entity=entity)
+
+    def answered(self, entry: "Entry", response: dict, conn) -> None:
+        location = (response.get("response") or {}).get("location")
+        self.gov.audit(self.access, "read" if location else "delete", "0",
+                       entity=location or f"{entry.where} {entry.url.split('?')[0]} (no match)",
+                       conn=conn)
 
     def refused(self, entry: "Entry", err: FHIRError) -> None:
         self.gov.audit(self.access, {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(
@@ -302,6 +312,8 @@ def batch(writer: Writer, bundle: dict, base_url: str, reader=None) -> dict:
             with writer.store.begin_write() as conn, conn.begin():
                 ops, _, responses = plan_writes(writer.store, [e], conn, writer.match)
                 results = writer.write(ops, conn) if ops else []
+                if not results:
+                    writer.answered(e, responses[e.index], conn)
             out.append(_response_entry(results[0], base_url) if results else responses[e.index])
         except FHIRError as err:
             writer.refused(e, err)

@@ -177,6 +177,15 @@ def problems(resource, where: str | None = None) -> list[Issue]:
     if rid is not None and not (isinstance(rid, str) and ID_RE.match(rid)):
         issues.append(Issue("value", "id must be 1-64 of A-Z a-z 0-9 - .", f"{root}.id"))
     validator = _validator(rtype)
+    try:
+        return _schema_problems(validator, resource, root, issues)
+    except ValueError:
+        # The validator's recursion limit: no FHIR resource nests hundreds of levels deep.
+        return [Issue("structure", "the resource is nested too deeply to be a FHIR resource",
+                      root)]
+
+
+def _schema_problems(validator, resource: dict, root: str, issues: list[Issue]) -> list[Issue]:
     if not validator.is_valid(resource):
         for err in validator.iter_errors(resource):
             if isinstance(err.kind, jsonschema_rs.ValidationErrorKind.OneOfNotValid):

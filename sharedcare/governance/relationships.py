@@ -87,6 +87,12 @@ def derive_relationships(conn: Connection, results: list[WriteResult]) -> None:
     if not touched:
         return
     sources = [f"{s.type}/{s.id}" for s in touched]
+    # What partners' records already established stays the organisation's: a person's edit
+    # that changes nothing about the relationship (a phone number) must not make it theirs.
+    established = {(r.patient_id, r.ods, r.kind, r.source) for r in conn.execute(
+        select(care_relationship.c.patient_id, care_relationship.c.ods, care_relationship.c.kind,
+               care_relationship.c.source)
+        .where(care_relationship.c.source.in_(sources), care_relationship.c.username.is_(None)))}
     conn.execute(delete(care_relationship).where(care_relationship.c.source.in_(sources)))
     ods_of = OdsResolver(conn)
     rows = []
@@ -103,11 +109,13 @@ def derive_relationships(conn: Connection, results: list[WriteResult]) -> None:
         for kind, ref in _org_refs(res):
             ods = ods_of(ref) if isinstance(ref, dict) else None
             if ods:
+                source = f"{s.type}/{s.id}"
+                mine = person if (patient, ods, kind, source) not in established else None
                 rows.append({"patient_id": patient, "ods": ods, "kind": kind,
-                             "source": f"{s.type}/{s.id}", "created": stamp,
-                             "username": person,
-                             "review_status": "pending" if person else None,
-                             "reason": f"derived from {s.type}/{s.id} written by {person}"
-                             if person else None})
+                             "source": source, "created": stamp,
+                             "username": mine,
+                             "review_status": "pending" if mine else None,
+                             "reason": f"derived from {source} written by {mine}"
+                             if mine else None})
     if rows:
         conn.execute(insert(care_relationship), rows)
