@@ -244,7 +244,10 @@ class FhirApi:
                 if not ids and if_match is not None:
                     raise FHIRError.of(412, "conflict", "no resource matches the conditions, so "
                                        "there is no version for If-Match to check")
-                rid = ids[0] if ids else (body.get("id") or str(uuid.uuid4()))
+                given = body.get("id")
+                if given is not None and not (isinstance(given, str) and ID_RE.match(given)):
+                    raise FHIRError.of(400, "value", "id must be 1-64 of A-Z a-z 0-9 - .", "id")
+                rid = ids[0] if ids else (given or str(uuid.uuid4()))
                 result = self.gov.write(access, [WriteOp("PUT", rtype, rid, body, if_match)],
                                         conn)[0]
             return fhir_response(result.stored.content, 201 if result.created else 200,

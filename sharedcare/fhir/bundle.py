@@ -15,7 +15,7 @@ import orjson
 
 from ..store.repository import PermitAll, Store, WriteOp, WriteResult, instant
 from .outcome import FHIRError, Issue, operation_outcome
-from .validation import resource_types
+from .validation import ID_RE, resource_types
 
 # Processing order the FHIR spec gives for transactions.
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -223,7 +223,11 @@ def plan_writes(store: Store, entries: list[Entry], conn, match=None
                     raise FHIRError.of(412, "multiple-matches",
                                        f"conditional update '{e.url}' matches several resources",
                                        f"{e.where}.request.url")
-                rid = found[0] if found else (e.resource.get("id") or str(uuid.uuid4()))
+                given = e.resource.get("id")
+                if given is not None and not (isinstance(given, str) and ID_RE.match(given)):
+                    raise FHIRError.of(400, "value", "id must be 1-64 of A-Z a-z 0-9 - .",
+                                       f"{e.where}.resource.id")
+                rid = found[0] if found else (given or str(uuid.uuid4()))
             if not rid:
                 raise FHIRError.of(400, "invalid", "PUT needs Type/id or Type?query",
                                    f"{e.where}.request.url")
