@@ -49,19 +49,37 @@ def maintain_person_links(conn: Connection, results) -> None:
     patients = [r.stored.id for r in results if r.stored.type == "Patient" and not r.stored.deleted]
     persons = [r.stored for r in results if r.stored.type == "Person"]
     if patients:
-        have = set(conn.execute(select(person_link.c.patient_id)
-                                .where(person_link.c.patient_id.in_(patients))).scalars())
+        have = {p for chunk in _chunks(patients) for p in conn.execute(
+            select(person_link.c.patient_id).where(person_link.c.patient_id.in_(chunk))).scalars()}
         new = [{"patient_id": p, "person_key": p} for p in dict.fromkeys(patients) if p not in have]
         if new:
             conn.execute(insert(person_link), new)
+    if not persons:
+        return
+    # In bulk: a load that writes thousands of Persons costs a few statements, not a few each.
+    linked: dict[str, str] = {}
     for s in persons:
-        linked = set() if s.deleted or not s.content else _targets(orjson.loads(s.content))
-        # Patients this Person linked before and no longer does become their own person again.
-        conn.execute(update(person_link)
-                     .where(person_link.c.person_key == s.id,
-                            person_link.c.patient_id.not_in(sorted(linked) or [""]))
-                     .values(person_key=person_link.c.patient_id))
-        if linked:
-            conn.execute(delete(person_link).where(person_link.c.patient_id.in_(sorted(linked))))
-            conn.execute(insert(person_link), [{"patient_id": p, "person_key": s.id}
-                                               for p in sorted(linked)])
+        if not s.deleted and s.content:
+            for p in _targets(orjson.loads(s.content)):
+                linked[p] = s.id
+    keys = sorted({s.id for s in persons})
+    for chunk in _chunks(keys):
+        # Patients these Persons linked before and no longer do become their own person again.
+        stale = conn.execute(select(person_link.c.patient_id).where(
+            person_link.c.person_key.in_(chunk))).scalars().all()
+        gone = [p for p in stale if p not in linked]
+        for part in _chunks(gone):
+            conn.execute(update(person_link).where(person_link.c.patient_id.in_(part))
+                         .values(person_key=person_link.c.patient_id))
+    targets = sorted(linked)
+    for chunk in _chunks(targets):
+        conn.execute(delete(person_link).where(person_link.c.patient_id.in_(chunk)))
+    if targets:
+        conn.execute(insert(person_link), [{"patient_id": p, "person_key": linked[p]}
+                                           for p in targets])
+
+
+def _chunks(seq, n: int = 500):
+    seq = list(seq)
+    for i in range(0, len(seq), n):
+        yield seq[i: i + n]
