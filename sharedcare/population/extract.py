@@ -40,15 +40,15 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import orjson
-from sqlalchemy import Connection, and_, false, func, not_, or_, select
+from sqlalchemy import Connection, and_, false, func, not_, or_, select, union
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import DIRECTORY_TYPES
 from ..fhir.outcome import FHIRError
 from ..governance.auth import forbidden
-from ..governance.policy import Access, active_agreements
+from ..governance.policy import Access, active_agreements, one_person
 from ..governance.schema import agreement, agreement_party, patient_choice
-from ..store.schema import compartment, resource
+from ..store.schema import compartment, person_link, resource
 from . import viewdef
 from .pseudonym import COARSENING, Pseudonymiser, load_key
 
@@ -136,14 +136,19 @@ def secondary_filter(scope: Scope) -> ColumnElement:
 
     oc = compartment.alias("xc")
     oo = patient_choice.alias("xo")
-    objected = (select(oc.c.resource_pk).join(oo, oo.c.patient_id == oc.c.patient_id)
+    # A choice recorded against any of the person's Patient records covers all of them.
+    objected = (select(oc.c.resource_pk).select_from(oc)
+                .join(oo, one_person(oo.c.patient_id, oc.c.patient_id))
                 .where(or_(oo.c.kind == "objection-all",
                            and_(oo.c.kind == "objection-from", oo.c.ods == r.source_org),
                            and_(oo.c.kind == "objection-to", oo.c.ods == scope.ods))))
     no_objection = or_(own, r.pk.not_in(objected))
 
-    opted_out = select(patient_choice.c.patient_id).where(
+    recorded = select(patient_choice.c.patient_id).where(
         patient_choice.c.kind == "national-opt-out")
+    mine, theirs = person_link.alias("om"), person_link.alias("ot")
+    opted_out = union(recorded, select(theirs.c.patient_id).join(
+        mine, mine.c.person_key == theirs.c.person_key).where(mine.c.patient_id.in_(recorded)))
     nc = compartment.alias("nc")
     not_opted_out = and_(
         r.pk.not_in(select(nc.c.resource_pk).where(nc.c.patient_id.in_(opted_out))),

@@ -16,6 +16,7 @@ from sharedcare.governance.policy import Access
 from sharedcare.governance.schema import audit_event
 from sharedcare.population.extract import run_extract
 from sharedcare.population.pseudonym import load_key, pseudonym
+from sharedcare.store.persons import patients_of_person
 from sharedcare.store.repository import WriteOp
 
 PLAN = "RPLAN"  # the requesting organisation (e.g. the ICB's analytics team)
@@ -243,3 +244,20 @@ def test_custom_view_cannot_reach_names(world, tmp_path):
     rows = set(con.execute("select * from sneaky").fetchall())
     con.close()
     assert rows == {(None, None, None, "M19")}
+
+
+def test_an_opt_out_on_any_of_the_persons_records_covers_the_person(world, tmp_path):
+    # The planning team's own record of pat-0's person (same NHS number: identity joins them).
+    _write(world, [_patient("plan-0", PATIENTS["pat-0"])], PLAN)
+    with world.engine.connect() as conn:
+        assert "pat-0" in patients_of_person(conn, "plan-0")
+    world.governance.record_choice("plan-0", "national-opt-out")
+    r = run_extract(world, _planner(world), VIEWS, project="mltc", out_dir=tmp_path / "x")
+    key = load_key(world.data_dir)
+    con = duckdb.connect(str(r.duckdb_path), read_only=True)
+    patients = {row[0] for row in con.execute("select id from patient_demographics").fetchall()}
+    conds = {row[0] for row in con.execute("select id from conditions").fetchall()}
+    con.close()
+    assert pseudonym(key, "mltc", "pat-0") not in patients
+    assert pseudonym(key, "mltc", "cond-0") not in conds
+    assert pseudonym(key, "mltc", "pat-1") in patients
