@@ -661,7 +661,6 @@ class WriteSession:
             return
         got = resp.json()["entry"]
         allowed_existing, allowed_new = set(), Counter()
-        unaudited = 0
         for n, entry in enumerate(entries):
             err, ops = self.plan(c, [entry])
             status, writes = err, []
@@ -669,10 +668,6 @@ class WriteSession:
                 writes = [op for op in ops if op[1] != "noop"]
                 if not writes:
                     status = 204 if entry[0] == "cond-delete" else 200
-                    # Entries that write nothing (ifNoneExist matched, conditional delete of
-                    # nothing) are not audited on their own: see
-                    # test_batch_entries_that_write_nothing_are_audited.
-                    unaudited += 1
                 else:
                     _, kind, method, rtype, rid, body, cur = writes[0]
                     if kind == "new-patient-obs":
@@ -704,12 +699,11 @@ class WriteSession:
                         allowed_new[f"+{rtype}"] += 1
                     m.apply(c, method, rtype, new_id, body, cur)
                 m.changed()
-        # One event per entry that wrote or was refused; a batch whose entries all wrote
-        # nothing still gets the request's one event.
-        self.check_common(c, what, resp, events, max(1, len(entries) - unaudited))
+        # One event per entry (those that write nothing too: test_batch_entries_that_write_
+        # nothing_are_audited), refused entries with outcome 4.
+        self.check_common(c, what, resp, events, len(entries))
         refused = sum(int(e["response"]["status"].split()[0]) >= 400 for e in got)
-        if len(events) == len(entries) - unaudited and \
-                sum(o == "4" for _, _, o in events) != refused:
+        if len(events) == len(entries) and sum(o == "4" for _, _, o in events) != refused:
             self.problem(c, what, f"{refused} entries refused, audit outcomes {events}")
         new = Counter(f"+{t}" for (t, i) in changed if f"{t}/{i}" not in self.known_before)
         existing = {f"{t}/{i}" for (t, i) in changed if f"{t}/{i}" in self.known_before}
