@@ -14,13 +14,19 @@ EXAMPLES = int(os.environ.get("SHAREDCARE_FUZZ_EXAMPLES", "150"))
 ORG = "RTEST"
 
 
-def fuzz_settings(examples: int | None = None):
-    # No shrinking by default: each example is a real request against a real database, and
-    # the failure message already names the request. Shrinking runs with SHAREDCARE_FUZZ_SHRINK.
+def fuzz_settings(examples: int | None = None, sc=None):
+    """Hypothesis settings for one fuzz property: SHAREDCARE_FUZZ_EXAMPLES examples (a third
+    of them on PostgreSQL, which pays a round trip per statement: the same code paths, and the
+    large run is an environment variable away).
+    No shrinking by default: each example is a real request against a real database, and the
+    failure message already names the request. Shrinking runs with SHAREDCARE_FUZZ_SHRINK."""
+    examples = examples or EXAMPLES
+    if sc is not None and sc.engine.dialect.name == "postgresql":
+        examples = max(20, examples // 3)
     phases = [Phase.explicit, Phase.reuse, Phase.generate]
     if os.environ.get("SHAREDCARE_FUZZ_SHRINK"):
         phases.append(Phase.shrink)
-    return settings(max_examples=examples or EXAMPLES, deadline=None, derandomize=True,
+    return settings(max_examples=examples, deadline=None, derandomize=True,
                     phases=phases, print_blob=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
                                            HealthCheck.too_slow, HealthCheck.data_too_large,

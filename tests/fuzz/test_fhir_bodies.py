@@ -172,7 +172,7 @@ def test_fuzzed_bodies_never_crash_the_api(client, sc, how):
     seed_store(sc)
     headers = {"Content-Type": "application/fhir+json"}
 
-    @fuzz_settings()
+    @fuzz_settings(sc=sc)
     @given(mutated(), st.randoms(use_true_random=False))
     def prop(case, rnd: random.Random):
         rtype, raw = case
@@ -213,36 +213,36 @@ def test_fuzzed_bodies_never_crash_the_api(client, sc, how):
     prop()
 
 
-@pytest.mark.parametrize("depth", [256, 600, 1000])
-def test_deeply_nested_body_is_a_400_not_a_500(client, depth):
-    """Nesting that orjson parses (up to 1024 levels) but jsonschema_rs cannot walk: today
-    problems() (fhir/validation.py, validator.is_valid) raises ValueError('Recursion limit
-    reached') and the request is a 500."""
-    raw = (b'{"resourceType":"Procedure","status":"completed","subject":{"reference":'
-           b'"Patient/x"},"note":' + b"[" * depth + b"]" * depth + b"}")
-    resp = client.post("/fhir/Procedure", content=raw,
-                       headers={"Content-Type": "application/fhir+json"})
-    check_answer(resp, describe("POST", "/fhir/Procedure", raw))
-    assert resp.status_code == 400
-    check_usable(client)
+def test_deeply_nested_body_is_a_400_not_a_500(client):
+    """Nesting that orjson parses (up to 1024 levels) but jsonschema_rs cannot walk: problems()
+    (fhir/validation.py, validator.is_valid) raised ValueError('Recursion limit reached') and
+    the request was a 500."""
+    for depth in (256, 600, 1000):
+        raw = (b'{"resourceType":"Procedure","status":"completed","subject":{"reference":'
+               b'"Patient/x"},"note":' + b"[" * depth + b"]" * depth + b"}")
+        resp = client.post("/fhir/Procedure", content=raw,
+                           headers={"Content-Type": "application/fhir+json"})
+        check_answer(resp, describe("POST", "/fhir/Procedure", raw))
+        assert resp.status_code == 400, depth
+        check_usable(client)
 
 
-@pytest.mark.parametrize("bad_id", [[None], 7, {"x": 1}, True], ids=["list", "int", "object", "bool"])
-@pytest.mark.parametrize("how", ["PUT Type?query", "transaction"])
-def test_conditional_update_with_an_id_that_is_not_a_string_is_a_400(client, bad_id, how):
-    """Found by the fuzzer: a conditional update that matches nothing takes the body's id as
-    the new id before the body is validated (fhir/api.py type_level: `rid = ... body.get("id")
-    or uuid`; fhir/bundle.py plan_writes, the same), so a list/number id reaches the SQL of
+def test_conditional_update_with_an_id_that_is_not_a_string_is_a_400(client):
+    """Found by the fuzzer: a conditional update that matches nothing took the body's id as
+    the new id before the body was validated (fhir/api.py type_level: `rid = ... body.get("id")
+    or uuid`; fhir/bundle.py plan_writes, the same), so a list/object id reached the SQL of
     Governance.write's target check: a ProgrammingError and a 500."""
-    obs = {"resourceType": "Observation", "id": bad_id, "status": "final",
-           "code": {"text": "pulse"}}
-    if how == "transaction":
-        body = {"resourceType": "Bundle", "type": "transaction", "entry": [{
-            "request": {"method": "PUT", "url": "Observation?identifier=urn:x|none"},
-            "resource": obs}]}
-        resp = client.post("/fhir", json=body)
-    else:
-        resp = client.put("/fhir/Observation?identifier=urn:x|none", json=obs)
-    check_answer(resp, f"{how} with id {bad_id!r}")
-    assert resp.status_code == 400
+    for bad_id in ([None], 7, {"x": 1}, True, "", "a b"):
+        obs = {"resourceType": "Observation", "id": bad_id, "status": "final",
+               "code": {"text": "pulse"}}
+        for how in ("PUT Type?query", "transaction"):
+            if how == "transaction":
+                body = {"resourceType": "Bundle", "type": "transaction", "entry": [{
+                    "request": {"method": "PUT", "url": "Observation?identifier=urn:x|none"},
+                    "resource": obs}]}
+                resp = client.post("/fhir", json=body)
+            else:
+                resp = client.put("/fhir/Observation?identifier=urn:x|none", json=obs)
+            check_answer(resp, f"{how} with id {bad_id!r}")
+            assert resp.status_code == 400, (how, bad_id)
     check_usable(client)
