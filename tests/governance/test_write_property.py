@@ -74,6 +74,9 @@ BODY_TYPES = ("Observation", "Condition", "DocumentReference", "CarePlan", "Alle
 # these bodies imply no relationship (no organisation reference).
 REQUIRED = {"Encounter": {"status": "finished"}, "EpisodeOfCare": {"status": "finished"},
             "ServiceRequest": {"status": "completed"}, "CareTeam": {"status": "inactive"}}
+# The types the oracle models writes of (a patient's choices, kept as Consent resources, are
+# the governance layer's own and stay out of the generated writes).
+WRITABLE = BODY_TYPES + tuple(REQUIRED) + ("Patient",)
 SCOPES = {
     "user": ["user/*.cruds"] * 6 + [
         "user/*.crs", "user/*.rs", "user/Observation.rs", "user/Observation.cruds",
@@ -315,7 +318,7 @@ class WriteSession:
         by_type: dict[str, dict[str, list[Res]]] = {}
         for res in self.model.by_ref.values():
             p = probe_of(res)
-            if p and res.type not in DIRECTORY and (rtype is None or res.type == rtype):
+            if p and res.type in WRITABLE and (rtype is None or res.type == rtype):
                 by_type.setdefault(res.type, {}).setdefault(p, []).append(res)
         kinds = {"hidden": [], "visible": [], "several": []}
         for t, values in by_type.items():
@@ -426,7 +429,7 @@ class WriteSession:
                         m.changed()
             return vkind, rtype, value, normalise(resp, (value,))
         if kind in ("put", "delete"):
-            targets = [x for x in m.by_ref.values() if x.type not in DIRECTORY]
+            targets = [x for x in m.by_ref.values() if x.type in WRITABLE]
             if r.random() < 0.15 or not targets:
                 rtype, rid, cur = r.choice(BODY_TYPES), f"new-{uuid.uuid4().hex[:12]}", None
             else:
@@ -559,7 +562,7 @@ class WriteSession:
                 spec.append((kind, r.choice(BODY_TYPES), value, None))
             elif kind in ("put", "delete"):
                 targets = [x for x in m.by_ref.values()
-                           if x.type not in DIRECTORY and x.ref not in used]
+                           if x.type in WRITABLE and x.ref not in used]
                 if targets:
                     t = r.choice(targets)
                     used.add(t.ref)
