@@ -163,7 +163,7 @@ def csv_bytes(draw) -> bytes:
         if not rows:
             continue
         r = rows[draw(st.integers(0, len(rows) - 1))]
-        if op == "cell":
+        if op == "cell" and r:
             r[draw(st.integers(0, len(r) - 1))] = draw(CELLS)
         elif op == "drop-cell" and r:
             r.pop(draw(st.integers(0, len(r) - 1)))
