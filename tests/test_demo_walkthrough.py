@@ -88,3 +88,50 @@ def test_clinician_without_a_relationship_is_refused_with_the_reason(demo):
         whole_record(sc, persona_access(sc, cs, "Clinician with no relationship"), pid)
     assert refused.value.status == 403
     assert "no legitimate relationship" in str(refused.value)
+
+
+def test_each_partner_holds_its_own_patient_record_and_identity_joins_them(demo):
+    """No partner's data hangs off another's Patient: the GP, the hospital, the council... each
+    sent its own, and identity made them one person (the council's has no NHS number: the
+    model matched it)."""
+    from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM
+    from sharedcare.identity.links import LinkPlan, link_basis
+    from sharedcare.store.persons import patients_of_person
+    from sharedcare.store.repository import PermitAll
+
+    sc, cs, pid = demo
+    with sc.engine.connect() as conn:
+        ids = patients_of_person(conn, pid)
+        plan = LinkPlan(conn)
+        basis = {p: link_basis(plan.link_of(p)) for p in ids}
+    records = {p: sc.store.read("Patient", p, PermitAll()).json() for p in ids}
+    source = {p: next(t["code"] for t in r["meta"]["tag"] if t["system"] == SOURCE_ORG_SYSTEM)
+              for p, r in records.items()}
+    assert ids[0] == pid and source[pid] == "P89000"
+    assert len(set(source.values())) == len(ids) >= 5  # one record per partner
+    by_org = {source[p]: p for p in ids}
+    council = records[by_org["LAZ01"]]
+    assert not any(i["system"] == NHS_NUMBER_SYSTEM for i in council["identifier"])
+    assert basis[by_org["LAZ01"]] == "match"
+    assert basis[by_org["R0A"]] == "nhs-number"
+    hospital = records[by_org["R0A"]]
+    assert any("/R0A/mrn" in i["system"] for i in hospital["identifier"])
+    assert "generalPractitioner" not in hospital and "generalPractitioner" in records[pid]
+    # the open A&E encounter is on the hospital's own record, not the GP's
+    open_ae = [s.json() for s in sc.store.search(
+        "Encounter", [("status", "in-progress")], PermitAll()).matches]
+    mine = [e for e in open_ae if e["subject"]["reference"].split("/")[1] in ids]
+    assert mine and all(e["subject"]["reference"] == f"Patient/{by_org['R0A']}" for e in mine)
+
+
+def test_a_partners_plan_says_when_it_was_last_changed_not_when_it_was_loaded(demo):
+    from sharedcare.store.repository import PermitAll
+
+    sc, cs, pid = demo
+    plans = [s.json() for s in sc.store.search("CarePlan", [("_count", "500")],
+                                               PermitAll()).matches]
+    crisis = [p for p in plans if p["title"] == "Crisis plan"]
+    assert crisis
+    for plan in plans:
+        assert plan["meta"]["versionId"] == "1"
+        assert plan["meta"]["lastUpdated"][:10] == plan["created"][:10]

@@ -174,6 +174,32 @@ DIASTOLIC = ("8462-4", "Diastolic blood pressure")
 RENAL_PANEL = ("24362-6", "Renal function panel - Serum or Plasma")
 LIPID_PANEL = ("57698-3", "Lipid panel with direct LDL - Serum or Plasma")
 
+# Laboratory results as UK pathology sends them: the SNOMED CT code and term of the UK Pathology
+# Bounded Code List first, the LOINC mapping after it, and the name the lab report prints as the
+# text. LOINC code -> (SNOMED CT code, SNOMED CT term, name on the report).
+UK_LAB = {
+    HBA1C[0]: (
+        "999791000000106",
+        "Haemoglobin A1c level - International Federation of Clinical Chemistry and Laboratory "
+        "Medicine standardised",
+        "HbA1c",
+    ),
+    EGFR[0]: (
+        "1011481000000105",
+        "eGFR (estimated glomerular filtration rate) using creatinine Chronic Kidney Disease "
+        "Epidemiology Collaboration equation per 1.73 square metres",
+        "eGFR",
+    ),
+    CREATININE[0]: ("1000731000000107", "Serum creatinine level", "Creatinine"),
+    CHOLESTEROL[0]: ("1005671000000105", "Serum cholesterol level", "Total cholesterol"),
+}
+# The report (DiagnosticReport) names a UK laboratory gives these requests.
+UK_REPORT_NAMES = {
+    HBA1C[0]: "HbA1c",
+    RENAL_PANEL[0]: "Urea and electrolytes",
+    LIPID_PANEL[0]: "Lipid profile",
+}
+
 DISCHARGE_SUMMARY = ("18842-5", "Discharge summary")
 PROGRESS_NOTE = ("11506-3", "Progress note")
 

@@ -3,17 +3,23 @@ agreements, every partner's records, patient choices, break-glass and audit hist
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import insert, select
+import orjson
+from sqlalchemy import insert, select, update
 
 from ..fhir import bundle as bundles
 from ..fhir.codes import NHS_NUMBER_SYSTEM
 from ..governance.policy import Access
-from ..governance.schema import break_glass, staff
+from ..governance.schema import break_glass, organisation, staff
+from ..identity.hook import dequeue
+from ..identity.schema import identity_queue
+from ..identity.service import IdentityService
 from ..programme.engagement import seed_examples
-from ..store.schema import idx_token, resource
+from ..store.repository import instant
+from ..store.schema import idx_token, resource, resource_version
 from . import CareSystem
 
 DEMO_MARKER = "demo-loaded"
@@ -24,6 +30,9 @@ def _ts(dt) -> str:
 
 
 def patient_ids_by_nhs_number(sc, numbers: list[str]) -> dict[str, str]:
+    """NHS number -> the GP practice's Patient for that person (every partner keeps its own
+    Patient; the practice's is the registration, and the one the demo's choices are recorded
+    against)."""
     out: dict[str, str] = {}
     with sc.engine.connect() as conn:
         for i in range(0, len(numbers), 500):
@@ -31,10 +40,58 @@ def patient_ids_by_nhs_number(sc, numbers: list[str]) -> dict[str, str]:
             for code, rid in conn.execute(
                     select(idx_token.c.code, resource.c.id)
                     .join(resource, resource.c.pk == idx_token.c.resource_pk)
+                    .join(organisation, organisation.c.ods == resource.c.source_org)
                     .where(idx_token.c.type == "Patient", idx_token.c.param == "identifier",
-                           idx_token.c.system == NHS_NUMBER_SYSTEM, idx_token.c.code.in_(chunk))):
-                out[code] = rid
+                           idx_token.c.system == NHS_NUMBER_SYSTEM, idx_token.c.code.in_(chunk),
+                           organisation.c.kind == "gp-practice")
+                    .order_by(resource.c.pk)):
+                out.setdefault(code, rid)
     return out
+
+
+def resolve_identities(sc) -> Counter:
+    """What the server's identity worker would do in its first seconds, done now so the demo
+    starts joined up: every Patient the store hook queued (a partner's record without a valid
+    NHS number) is matched by the splink model -- certain matches join that person, possible
+    ones become review Tasks for the IG lead. Returns the outcomes counted."""
+    with sc.engine.connect() as conn:
+        queued = list(conn.execute(
+            select(identity_queue.c.patient_id).where(identity_queue.c.status == "pending")
+            .order_by(identity_queue.c.patient_id)).scalars())
+    identity = IdentityService.of(sc)
+    outcomes: Counter = Counter()
+    for pid in queued:
+        outcomes[identity.resolve(pid).outcome] += 1
+    with sc.store.begin_write() as conn, conn.begin():
+        dequeue(conn, queued)
+    return outcomes
+
+
+def backdate_care_plans(sc) -> int:
+    """Partners' care plans arrive through their feeds today, but were last changed in their
+    own systems when written: show that date as the plan's "updated" (version 1), so a plan
+    never reads "version 1, updated today" beside "written six months ago"."""
+    rows = []
+    with sc.engine.connect() as conn:
+        for pk, content in conn.execute(
+                select(resource.c.pk, resource.c.content)
+                .where(resource.c.type == "CarePlan", resource.c.version == 1,
+                       resource.c.deleted.is_(False))):
+            res = orjson.loads(content)
+            created = res.get("created")
+            if not created:
+                continue
+            stamp = created[:19].replace("Z", "") + ".000000"
+            res["meta"]["lastUpdated"] = instant(stamp)
+            rows.append((pk, stamp, orjson.dumps(res).decode()))
+    with sc.store.begin_write() as conn, conn.begin():
+        for pk, stamp, content in rows:
+            conn.execute(update(resource).where(resource.c.pk == pk)
+                         .values(last_updated=stamp, content=content))
+            conn.execute(update(resource_version).where(resource_version.c.resource_pk == pk,
+                                                        resource_version.c.version == 1)
+                         .values(last_updated=stamp, content=content))
+    return len(rows)
 
 
 def load_demo(sc, cs: CareSystem, progress: Callable[[str, int], None] | None = None) -> dict:
@@ -57,6 +114,9 @@ def load_demo(sc, cs: CareSystem, progress: Callable[[str, int], None] | None = 
         result = bundles.process(sc.store, b, "")
         loaded += len(result["entry"])
         say("resources", loaded)
+    outcomes = resolve_identities(sc)
+    say("patients matched by the identity model", sum(outcomes.values()))
+    backdate_care_plans(sc)
     ids = patient_ids_by_nhs_number(sc, cs.nhs_numbers())
     patient_persona = {p.username: p for p in cs.personas if p.nhs_number}
     for s in cs.staff:
@@ -97,7 +157,7 @@ def load_demo(sc, cs: CareSystem, progress: Callable[[str, int], None] | None = 
                                       "active": False, "failed_logins": 0,
                                       "sds_id": f"{cs.seed}:{cs.patients_count}"}])
     return {"organisations": len(cs.organisations), "resources": loaded,
-            "staff": len(cs.staff), "audit": len(history)}
+            "staff": len(cs.staff), "audit": len(history), "identity": dict(outcomes)}
 
 
 def already_loaded(sc) -> str | None:

@@ -26,6 +26,7 @@ from ..fhir.codes import (
     feed_source,
     local_identifier_system,
 )
+from ..identity.nicknames import VARIANTS
 from . import clinical as cx
 from . import names
 from .nhs import synthetic_nhs_numbers
@@ -49,6 +50,38 @@ FEEDS = {
     "ambulance": "epcr",
     "directory": "ods-directory",
     "workforce": "sds-directory",
+}
+
+# Each partner's own identifier for a person: (kind in the local system URL, label, format).
+PARTNER_IDENTIFIERS = {
+    "acute-trust": ("mrn", "Hospital number", "{ods}{n:07d}"),
+    "mental-health": ("mrn", "Mental health record number", "{ods}M{n:06d}"),
+    "community": ("mrn", "Community record number", "C{n:07d}"),
+    "ambulance": ("epcr", "Ambulance patient record", "EPR-{n:08d}"),
+    "social-care": ("social-care-id", "Social care person ID", "{n:06d}"),
+    "care-home": ("resident-id", "Care home resident number", "R{n:05d}"),
+    "hospice": ("mrn", "Hospice record number", "H{n:06d}"),
+}
+# How often a partner's record arrives without an NHS number (not traced, or not asked): the
+# identity worker has to match those on name, birth date, sex and postcode.
+NO_NHS_NUMBER = {
+    "acute-trust": 0.02,
+    "mental-health": 0.02,
+    "community": 0.03,
+    "ambulance": 0.15,
+    "social-care": 0.1,
+    "care-home": 0.3,
+    "hospice": 0.03,
+}
+# The featured patient's partner records, fixed so the walkthrough is the same for every seed:
+# the council's record has no NHS number (joined by the model), the community team knows her by
+# her nickname, the mental health trust still has her old address, the hospital has no phone.
+_FEATURED_VARIANTS = {
+    "acute-trust": {"nhs": True, "nickname": False, "old_address": False, "phone": False},
+    "mental-health": {"nhs": True, "nickname": False, "old_address": True, "phone": True},
+    "community": {"nhs": True, "nickname": True, "old_address": False, "phone": True},
+    "social-care": {"nhs": False, "nickname": False, "old_address": False, "phone": True},
+    "ambulance": {"nhs": True, "nickname": False, "old_address": False, "phone": True},
 }
 
 _SENSITIVE_KINDS = (
@@ -200,7 +233,7 @@ def _feature(core: PatientCore, practices: list[Organisation], today: int, seed:
     core.acute = LOCALITY_ACUTE[core.locality]
     core.mh = LOCALITY_MH[core.locality]
     core.gender = "female"
-    core.given = rng.choice(("Margaret", "Doreen", "Irene", "Patricia", "Jean"))
+    core.given = rng.choice(("Margaret", "Dorothy", "Patricia", "Elizabeth", "Frances"))
     core.birth = today - 79 * 365 - rng.randrange(300)
     core.conditions = ("hypertension", "diabetes", "copd", "depression", "ckd", "osteoarthritis")
     core.mh_service = True
@@ -239,6 +272,22 @@ def _meta(ods: str, category: str, feed: str, security: str | None = None) -> di
 
 def _cc(system: str, code: str, display: str) -> dict:
     return {"coding": [{"system": system, "code": code, "display": display}], "text": display}
+
+
+def _lab_code(loinc: str, display: str) -> dict:
+    """A result's code as UK pathology sends it (SNOMED CT first, then LOINC; the report's
+    name as text); other observations keep their LOINC code."""
+    uk = cx.UK_LAB.get(loinc)
+    if uk is None:
+        return _cc(cx.LOINC, loinc, display)
+    snomed, term, name = uk
+    return {
+        "coding": [
+            {"system": cx.SNOMED, "code": snomed, "display": term},
+            {"system": cx.LOINC, "code": loinc, "display": display},
+        ],
+        "text": name,
+    }
 
 
 def _ref(rtype: str, rid: str, display: str | None = None) -> dict:
@@ -360,8 +409,8 @@ class _Record:
         self.prefix = f"{cs.seed}/{core.index}/"
         self.n = 0
         self.out: list[dict] = []
-        self.pid = self.new_id()
-        self.subject = {"reference": f"Patient/{self.pid}"}
+        self.pid = self.new_id()  # the GP practice's Patient: the featured patient's id
+        self.subjects: dict[str, dict] = {}  # ODS code -> reference to that partner's Patient
         # earliest date of the record's history
         self.start = max(core.birth + 30, self.today - 6 * 365)
 
@@ -391,7 +440,16 @@ class _Record:
         return res
 
     # -- building blocks ------------------------------------------------------------------------
+    def subject_for(self, ods: str) -> dict:
+        """A reference to `ods`'s own Patient record for this person, made the first time that
+        partner records something (so it comes before anything that refers to it)."""
+        ref = self.subjects.get(ods)
+        if ref is None:
+            ref = self.subjects[ods] = self._partner_patient(ods)
+        return ref
+
     def patient(self) -> None:
+        """The GP practice's record: the registration, with the NHS number."""
         c, rng = self.core, self.rng
         care_home = self.d["org"]["VZC01"] if c.care_home else None
         if care_home:
@@ -410,35 +468,26 @@ class _Record:
                 "postalCode": names.postcode(rng, c.locality),
                 "country": "GB",
             }
-        identifiers = [{"system": NHS_NUMBER_SYSTEM, "value": c.nhs_number}]
-        identifiers.append(
-            {
-                "system": local_identifier_system(c.acute, "mrn"),
-                "value": f"{c.acute}{100000 + c.index * 13 % 900000:07d}",
-            }
-        )
+        self.home = address
+        self.phone = f"07700 900{rng.randrange(1000):03d}"
+        self.title = self._title()
+        self.subjects[c.practice] = {"reference": f"Patient/{self.pid}"}
         self.add(
             {
                 "resourceType": "Patient",
                 "id": self.pid,
                 "meta": _meta(c.practice, "demographics", FEEDS["gp-practice"]),
-                "identifier": identifiers,
+                "identifier": [{"system": NHS_NUMBER_SYSTEM, "value": c.nhs_number}],
                 "active": True,
                 "name": [
                     {
                         "use": "official",
                         "family": c.family,
                         "given": [c.given],
-                        "prefix": [self._title()],
+                        "prefix": [self.title],
                     }
                 ],
-                "telecom": [
-                    {
-                        "system": "phone",
-                        "value": f"07700 900{rng.randrange(1000):03d}",
-                        "use": "mobile",
-                    }
-                ],
+                "telecom": [{"system": "phone", "value": self.phone, "use": "mobile"}],
                 "gender": c.gender,
                 "birthDate": _day(c.birth),
                 "address": [address],
@@ -446,6 +495,69 @@ class _Record:
                 "managingOrganization": self.org_ref(c.practice),
             }
         )
+
+    def _partner_patient(self, ods: str) -> dict:
+        """Another partner's own Patient for this person, as its system holds it: its own id and
+        local identifier, the NHS number only if that system traced it, and demographics that
+        drift (a nickname, an address not updated since a move, no phone). Its own random
+        generator, so one partner's record never shifts another's."""
+        c = self.core
+        org = self.d["org"][ods]
+        kind = org.kind
+        rng = random.Random(f"{self.cs.seed}/{c.index}/patient/{ods}")
+        id_kind, id_label, id_format = PARTNER_IDENTIFIERS[kind]
+        serial = 100000 + (c.index * 13 + sum(map(ord, ods))) % 900000
+        identifiers = [
+            {
+                "type": {"text": id_label},
+                "system": local_identifier_system(ods, id_kind),
+                "value": id_format.format(ods=ods, n=serial),
+            }
+        ]
+        variant = _FEATURED_VARIANTS.get(kind) if c.index == 0 else None
+        if variant is None:
+            variant = {
+                "nhs": rng.random() >= NO_NHS_NUMBER[kind],
+                "nickname": rng.random() < 0.12,
+                "old_address": rng.random() < 0.1 and not c.care_home,
+                "phone": rng.random() >= 0.35,
+            }
+        if variant["nhs"]:
+            identifiers.insert(0, {"system": NHS_NUMBER_SYSTEM, "value": c.nhs_number})
+        given = c.given
+        if variant["nickname"]:
+            short = VARIANTS.get(c.given.upper())
+            if short:
+                given = rng.choice(short).title()
+        address = dict(self.home)
+        if variant["old_address"]:
+            address = {
+                "use": "home",
+                "line": [names.street_address(rng)],
+                "city": names.LOCALITIES[c.locality][1],
+                "postalCode": names.postcode(rng, c.locality),
+                "country": "GB",
+            }
+        name = {"use": "official", "family": c.family, "given": [given]}
+        if rng.random() < 0.7:
+            name["prefix"] = [self.title]
+        pid = str(uuid.uuid5(NAMESPACE, f"{self.prefix}patient/{ods}"))
+        res = {
+            "resourceType": "Patient",
+            "id": pid,
+            "meta": _meta(ods, "demographics", FEEDS[kind]),
+            "identifier": identifiers,
+            "active": True,
+            "name": [name],
+            "gender": c.gender,
+            "birthDate": _day(c.birth),
+            "address": [address],
+            "managingOrganization": self.org_ref(ods),
+        }
+        if variant["phone"]:
+            res["telecom"] = [{"system": "phone", "value": self.phone, "use": "mobile"}]
+        self.add(res)
+        return {"reference": f"Patient/{pid}"}
 
     def _title(self) -> str:
         if self.age < 16:
@@ -477,7 +589,7 @@ class _Record:
                 else _cc(cx.COND_CATEGORY, "problem-list-item", "Problem List Item")
             ],
             "code": {"text": code[1]} if text_only else _cc(cx.SNOMED, code[0], code[1]),
-            "subject": self.subject,
+            "subject": self.subject_for(ods),
             "onsetDateTime": _day(onset),
             "recordedDate": _day(min(onset + self.rng.randint(0, 20), self.today - 1)),
         }
@@ -509,8 +621,8 @@ class _Record:
             "meta": _meta(ods, category, feed),
             "status": "final",
             "category": [{"coding": [{"system": cx.OBS_CATEGORY, "code": obs_cat}]}],
-            "code": _cc(cx.LOINC, loinc, display),
-            "subject": self.subject,
+            "code": _lab_code(loinc, display),
+            "subject": self.subject_for(ods),
             "effectiveDateTime": _dt(when, hour, self.rng.randrange(60)),
             "issued": _dt(when, min(hour + 3, 23), 30),
             "performer": [performer or self.org_ref(ods)],
@@ -549,7 +661,7 @@ class _Record:
             "status": "finished",
             "class": {"system": cx.V3_ACT, "code": cls[0], "display": cls[1]},
             "type": [_cc(cx.SNOMED, etype[0], etype[1]) if etype[0] else {"text": etype[1]}],
-            "subject": self.subject,
+            "subject": self.subject_for(ods),
             "period": {
                 "start": _dt(start, hour, self.rng.randrange(30)),
                 "end": (
@@ -601,7 +713,7 @@ class _Record:
             "status": "current",
             "docStatus": "final",
             "type": _cc(code_system, doc_type[0], doc_type[1]),
-            "subject": self.subject,
+            "subject": self.subject_for(ods),
             "date": created,
             "custodian": self.org_ref(ods),
             "description": title,
@@ -641,7 +753,7 @@ class _Record:
             "meta": _meta(ods, category, feed),
             "status": "finished" if finished else "active",
             "type": [{"text": title}],
-            "patient": self.subject,
+            "patient": self.subject_for(ods),
             "managingOrganization": self.org_ref(ods),
             "period": {"start": _day(start)},
         }
@@ -677,7 +789,7 @@ class _Record:
             "category": [{"text": category_text}],
             "title": title,
             "description": description,
-            "subject": self.subject,
+            "subject": self.subject_for(ods),
             "period": {"start": _day(start)},
             "created": _dt(start, 11, 0),
             "activity": [
@@ -726,7 +838,7 @@ class _Record:
                     "status": "active",
                     "intent": "order",
                     "medicationCodeableConcept": _cc(cx.SNOMED, code, name),
-                    "subject": self.subject,
+                    "subject": self.subject_for(ods),
                     "authoredOn": _day(self.when(self.today - 84)),
                     "courseOfTherapyType": _cc(
                         cx.COURSE_OF_THERAPY, "continuous", "Continuous long term therapy"
@@ -753,7 +865,7 @@ class _Record:
                     "category": [category],
                     "criticality": "high" if reaction[0] == "39579001" else "low",
                     "code": _cc(cx.SNOMED, code, display),
-                    "patient": self.subject,
+                    "patient": self.subject_for(ods),
                     "recordedDate": _day(self.when()),
                     "reaction": [{"manifestation": [_cc(cx.SNOMED, reaction[0], reaction[1])]}],
                 }
@@ -767,7 +879,7 @@ class _Record:
                     "clinicalStatus": _cc(cx.ALLERGY_CLINICAL, "active", "Active"),
                     "verificationStatus": _cc(cx.ALLERGY_VERIFICATION, "confirmed", "Confirmed"),
                     "code": _cc(cx.SNOMED, "716186003", "No known allergy"),
-                    "patient": self.subject,
+                    "patient": self.subject_for(ods),
                     "recordedDate": _day(self.when()),
                 }
             )
@@ -829,7 +941,7 @@ class _Record:
                 "status": "final",
                 "category": [{"coding": [{"system": cx.OBS_CATEGORY, "code": "vital-signs"}]}],
                 "code": _cc(cx.LOINC, *cx.BP_PANEL),
-                "subject": self.subject,
+                "subject": self.subject_for(ods),
                 "effectiveDateTime": _dt(when, hour, self.rng.randrange(60)),
                 "performer": [self.prac_ref(ods, "nurse", "clinician") or self.org_ref(ods)],
                 "component": [
@@ -863,8 +975,11 @@ class _Record:
                 "meta": _meta(ods, "results", FEEDS["pathology"]),
                 "status": "final",
                 "category": [_cc(cx.V2_0074, "LAB", "Laboratory")],
-                "code": _cc(cx.LOINC, code[0], code[1]),
-                "subject": self.subject,
+                "code": {
+                    "coding": [{"system": cx.LOINC, "code": code[0], "display": code[1]}],
+                    "text": cx.UK_REPORT_NAMES.get(code[0], code[1]),
+                },
+                "subject": self.subject_for(ods),
                 "effectiveDateTime": results[0]["effectiveDateTime"],
                 "issued": results[0]["issued"],
                 "performer": [self.org_ref(ods)],
@@ -959,7 +1074,9 @@ class _Record:
         c, rng, ods = self.core, self.rng, self.core.acute
         feed = FEEDS["acute-trust"]
         trust = self.d["org"][ods].name
-        rate = 0.25 if self.age < 18 else 0.15 if self.age < 65 else 0.3 if self.age < 80 else 0.55
+        # A&E attendances a year by age (England: ~280 type 1 attendances per 1,000 people a
+        # year), and the share admitted (~100 emergency admissions per 1,000 a year).
+        rate = 0.25 if self.age < 18 else 0.2 if self.age < 65 else 0.35 if self.age < 80 else 0.7
         years = (self.today - self.start) / 365
         visits = _poisson(rng, rate * years)
         if c.index == 0:
@@ -992,7 +1109,10 @@ class _Record:
                 hour=hour,
                 reason=reason,
             )
-            admit_p = 0.1 if self.age < 18 else 0.2 if self.age < 65 else 0.45
+            admit_p = (
+                0.1 if self.age < 18 else 0.25 if self.age < 65 else 0.45 if self.age < 80
+                else 0.6
+            )
             if (c.index == 0 and k == len(days) - 1) or rng.random() < admit_p:
                 stay = rng.randint(1, 12 if self.age >= 65 else 5)
                 end = min(day + stay, self.today - 1)
@@ -1024,7 +1144,7 @@ class _Record:
                             "meta": _meta(ods, "encounters", feed),
                             "status": "active",
                             "medicationCodeableConcept": _cc(cx.SNOMED, code, name),
-                            "subject": self.subject,
+                            "subject": self.subject_for(ods),
                             "context": adm,
                             "effectiveDateTime": _day(end),
                             "dateAsserted": _day(end),
@@ -1089,7 +1209,7 @@ class _Record:
                     "meta": _meta(ods, "encounters", feed, "assisted-conception"),
                     "status": "completed",
                     "code": _cc(cx.SNOMED, *cx.IVF),
-                    "subject": self.subject,
+                    "subject": self.subject_for(ods),
                     "performedDateTime": _day(day),
                 }
             )
@@ -1204,7 +1324,10 @@ class _Record:
                 ("Leg ulcer care", ["Compression bandaging twice weekly", "Skin care advice"]),
                 ("Falls prevention", ["Home hazard assessment", "Strength and balance programme"]),
                 ("Diabetic foot care", ["Foot inspection at each visit", "Podiatry referral"]),
-                ("Medicines support", ["Weekly dosette box check", "Insulin supervision"]),
+                (
+                    "Medicines support",
+                    ["Weekly dosette box check", "Medicines reviewed with the carer each visit"],
+                ),
             )
         )
         self.care_plan(
@@ -1237,7 +1360,7 @@ class _Record:
                         "text": "Safeguarding concern: discuss with the safeguarding team "
                         "before sharing information with family"
                     },
-                    "subject": self.subject,
+                    "subject": self.subject_for(ods),
                     "period": {"start": _day(when)},
                     "author": self.org_ref(ods),
                 }
@@ -1261,7 +1384,7 @@ class _Record:
             "meta": _meta(ods, "social-care", feed),
             "questionnaire": "https://fhir.sharedcare.org.uk/demo/Questionnaire/care-act-assessment",
             "status": "completed",
-            "subject": self.subject,
+            "subject": self.subject_for(ods),
             "authored": _dt(when, rng.randint(9, 16), 0),
             "item": [
                 {
@@ -1301,7 +1424,7 @@ class _Record:
             "code": {
                 "text": "Home care package" if not c.care_home else "Residential care placement"
             },
-            "subject": self.subject,
+            "subject": self.subject_for(ods),
             "occurrencePeriod": {"start": _day(min(when + 14, self.today - 1))},
             "authoredOn": _dt(when, 15, 0),
             "performer": [self.org_ref(ods)],
@@ -1407,7 +1530,7 @@ class _Record:
                 "meta": _meta(c.practice, "care-plans", FEEDS["gp-practice"]),
                 "status": "active",
                 "name": "Integrated neighbourhood team",
-                "subject": self.subject,
+                "subject": self.subject_for(c.practice),
                 "participant": participants,
                 "managingOrganization": [self.org_ref(c.practice)],
             }

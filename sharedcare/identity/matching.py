@@ -308,13 +308,15 @@ def _settings_creator(probability_two_random_records_match: float):
     )
 
 
-def _splink_linker(rows: list[dict[str, Any]], settings: Any):
+def _splink_linker(rows: list[dict[str, Any]], settings: Any, validate: bool = True):
     from splink import DuckDBAPI
     from splink import Linker as SplinkLinker
 
     db_api = DuckDBAPI()
     df = db_api.register(_arrow(rows), table_name="sharedcare_identity_records")
-    return SplinkLinker(df, settings, log_level=None)
+    # Scoring reuses settings validated when the model was trained: checking them again on
+    # every score (parsing each comparison's SQL) cost more than the scoring itself.
+    return SplinkLinker(df, settings, log_level=None, validate_settings=validate)
 
 
 _M_FLOOR = 0.001  # no level is impossible among true matches (a real record can say anything)
@@ -641,7 +643,7 @@ class Linker:
             row["record_id"] = f"__candidate__{i}"
             cand_rows.append(row)
         with self._lock:
-            linker = _splink_linker([q, *cand_rows], copy.deepcopy(model))
+            linker = _splink_linker([q, *cand_rows], copy.deepcopy(model), validate=False)
             df = linker.inference.score_pairs([q], cand_rows)
             probs = {
                 rec["record_id_r"]: self._capped(
@@ -673,8 +675,8 @@ class Linker:
         settings = copy.deepcopy(model)
         settings["retain_intermediate_calculation_columns"] = True
         with self._lock:
-            rec = _splink_linker([q, c], settings).inference.score_pairs([q], [c]
-                                                                         ).as_record_list()[0]
+            rec = _splink_linker([q, c], settings, validate=False).inference.score_pairs(
+                [q], [c]).as_record_list()[0]
         fields: dict[str, dict[str, Any]] = {}
         for comp in model["comparisons"]:
             name = comp["output_column_name"]

@@ -460,6 +460,8 @@ class Record:
     timeline: list[Item]
     contacts: list[dict]
     latest: list[dict] = field(default_factory=list)
+    # The person's other partners' Patient records (identity joined them): their identifiers.
+    joined: list[Item] = field(default_factory=list)
 
 
 def _older_than(it: Item, days: int) -> bool:
@@ -476,9 +478,15 @@ def latest_results(observations: list[Item]) -> list[dict]:
             for g in groups.values()]
 
 
-def build_record(view_matches, names: dict[str, str]) -> Record:
+def build_record(view_matches, names: dict[str, str], patient_id: str | None = None) -> Record:
     items = [make_item(s, names) for s in view_matches]
-    patient = next((i for i in items if i.type == "Patient"), None)
+    patients = [i for i in items if i.type == "Patient"]
+    patient = next((i for i in patients if i.id == patient_id), patients[0] if patients else None)
+    joined = [i for i in patients if i is not patient]
+    for it in joined:
+        it.detail = "; ".join(
+            f"{(ident.get('type') or {}).get('text') or 'NHS number'} {ident.get('value')}"
+            for ident in it.res.get("identifier") or [] if ident.get("value"))
     sec: dict[str, list[Item]] = {k: [] for k in (
         "flags", "allergies", "medications", "past_medications", "problems", "past_problems",
         "care_plans", "care_team", "encounters", "observations", "reports", "documents",
@@ -548,6 +556,7 @@ def build_record(view_matches, names: dict[str, str]) -> Record:
                              "item": it})
     record = Record(patient, items, 0, sec, trend_charts(sec["observations"]), timeline, contacts)
     record.latest = latest_results(sec["observations"])
+    record.joined = sorted(joined, key=lambda i: i.source_name)
     return record
 
 
@@ -646,10 +655,24 @@ def find_patient(request: Request, access: Access, form=None) -> Response:
     page_ = sc.governance.search(access, "Patient", params + [("_count", "50")])
     names = org_names(sc)
     results = []
+    # One row per person: partners' records that identity joined are one person, shown by
+    # the registration (the GP's record) when it is among them, with the sources joined.
+    from sqlalchemy import select as _select
+
+    from ..store.schema import person_link
+    ids = [s.id for s in page_.matches]
+    with sc.engine.connect() as conn:
+        keys = dict(conn.execute(_select(person_link.c.patient_id, person_link.c.person_key)
+                                 .where(person_link.c.patient_id.in_(ids))).all()) if ids else {}
+    people: dict[str, list] = {}
     for s in page_.matches:
-        it = make_item(s, names)
+        people.setdefault(keys.get(s.id, s.id), []).append(s)
+    for members in people.values():
+        main = next((s for s in members if s.json().get("generalPractitioner")), members[0])
+        it = make_item(main, names)
         summ = patient_summary(it, names)
-        results.append({"id": s.id, "item": it, **summ})
+        sources = sorted({make_item(s, names).source_name for s in members})
+        results.append({"id": main.id, "item": it, **summ, "sources": sources})
     located = None
     if not results and values["by"] == "nhs":
         located = locate_patient(sc.governance, access, values["nhs_digits"])
@@ -694,7 +717,7 @@ def patient_view(request: Request, access: Access) -> Response:
     except FHIRError:  # pragma: no cover - everything() just passed the same check
         why = []
     names = org_names(sc)
-    record = build_record(matches, names)
+    record = build_record(matches, names, pid)
     record.withheld = view.withheld_sensitive
     glass = any(r.startswith("you broke glass") for r in why)
     return render(request, "patient.html", title=record.patient.title if record.patient else

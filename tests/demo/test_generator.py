@@ -98,6 +98,10 @@ def references(obj, out: list[str]) -> list[str]:
     return out
 
 
+def codes(concept: dict, system: str | None = None) -> list[str]:
+    return [c["code"] for c in concept.get("coding", []) if system in (None, c["system"])]
+
+
 def tag(res: dict, tag_system: str) -> list[str]:
     return [t["code"] for t in res["meta"].get("tag", []) if t["system"] == tag_system]
 
@@ -139,10 +143,10 @@ def test_patient_count_honoured():
         patients = [
             r
             for r in (resources() if n == 300 else cs.resources())
-            if r["resourceType"] == "Patient"
+            if r["resourceType"] == "Patient" and "generalPractitioner" in r
         ]
         assert cs.patients_count == n
-        assert len(patients) == n
+        assert len(patients) == n  # one GP registration per person
         practices = [o for o in cs.organisations if o.kind == "gp-practice"]
         assert sum(o.registered_population for o in practices) == n
 
@@ -163,15 +167,20 @@ def test_nhs_numbers_valid_and_unique():
         assert n.startswith("999") and len(n) == 10
         assert nhs_check_independent(n), n
         assert is_valid_nhs_number(n)
-    # the resources carry the same numbers
-    from_resources = [
-        i["value"]
-        for r in resources()
-        if r["resourceType"] == "Patient"
-        for i in r["identifier"]
-        if i["system"] == NHS_NUMBER_SYSTEM
-    ]
-    assert sorted(from_resources) == sorted(system().nhs_numbers())
+    # the GP records carry the same numbers; every partner's record with a number has one of them
+    def numbers_of(pred):
+        return [
+            i["value"]
+            for r in resources()
+            if r["resourceType"] == "Patient" and pred(r)
+            for i in r["identifier"]
+            if i["system"] == NHS_NUMBER_SYSTEM
+        ]
+
+    assert sorted(numbers_of(lambda r: "generalPractitioner" in r)) == sorted(
+        system().nhs_numbers()
+    )
+    assert set(numbers_of(lambda r: True)) == set(system().nhs_numbers())
 
 
 def test_nhs_check_agrees_with_nhs_number_package():
@@ -230,21 +239,76 @@ def test_organizations_carry_ods_codes():
     assert all(r["identifier"][0]["system"] == ODS_SYSTEM for r in orgs)
 
 
-def test_most_patients_have_records_from_two_or_more_organisations():
-    patient_orgs: dict[str, set[str]] = defaultdict(set)
+def person_of_patients() -> dict[str, int]:
+    """Patient id -> generation index of the person, from the generator's own grouping (each
+    person's resources come together), not from identifiers."""
+    cs = system()
+    out = {}
+    for i in range(cs.patients_count):
+        for r in cs.patient_resources(i):
+            if r["resourceType"] == "Patient":
+                out[r["id"]] = i
+    return out
+
+
+def test_each_partner_keeps_its_own_patient_record():
+    owner = person_of_patients()
+    patients = {r["id"]: r for r in resources() if r["resourceType"] == "Patient"}
+    # every clinical resource refers to its own organisation's Patient
     for r in resources():
         subject = r.get("subject") or r.get("patient")
-        if r["resourceType"] == "Patient":
-            key = f"Patient/{r['id']}"
-        elif subject and subject["reference"].startswith("Patient/"):
-            key = subject["reference"]
-        else:
+        if not subject or not subject["reference"].startswith("Patient/"):
             continue
-        patient_orgs[key].add(tag(r, SOURCE_ORG_SYSTEM)[0])
-    assert len(patient_orgs) == 300
-    multi = sum(len(v) >= 2 for v in patient_orgs.values())
-    assert multi / len(patient_orgs) >= 0.7, multi
-    assert max(len(v) for v in patient_orgs.values()) >= 4
+        patient = patients[subject["reference"].split("/", 1)[1]]
+        assert tag(patient, SOURCE_ORG_SYSTEM) == tag(r, SOURCE_ORG_SYSTEM), r["id"]
+    # one Patient per person per partner
+    seen = Counter((owner[pid], tag(p, SOURCE_ORG_SYSTEM)[0]) for pid, p in patients.items())
+    assert max(seen.values()) == 1
+    # only the GP's record carries the registration
+    kinds = {o.ods: o.kind for o in system().organisations}
+    for p in patients.values():
+        gp = kinds[tag(p, SOURCE_ORG_SYSTEM)[0]] == "gp-practice"
+        assert ("generalPractitioner" in p) == gp
+        local = [i for i in p["identifier"] if i["system"] != NHS_NUMBER_SYSTEM]
+        if not gp:  # the partner's own number, in its own identifier system
+            assert local and f"/{tag(p, SOURCE_ORG_SYSTEM)[0]}/" in local[0]["system"]
+    # most people are known to two or more partners, some to many
+    partners = Counter(owner.values())
+    assert sum(n >= 2 for n in partners.values()) / 300 >= 0.7
+    assert max(partners.values()) >= 5
+
+
+def test_partner_records_differ_as_real_ones_do():
+    """Some partners' records lack the NHS number; some carry a nickname, an old address or
+    no phone -- so identity has real work to do."""
+    owner = person_of_patients()
+    cs = system()
+    gp = {}
+    others = []
+    for r in resources():
+        if r["resourceType"] != "Patient":
+            continue
+        (gp.__setitem__(owner[r["id"]], r) if "generalPractitioner" in r else others.append(r))
+    assert len(others) > 300
+    no_nhs = [r for r in others if not any(i["system"] == NHS_NUMBER_SYSTEM
+                                           for i in r["identifier"])]
+    assert 0.02 * len(others) < len(no_nhs) < 0.3 * len(others)
+    nickname = old_address = no_phone = 0
+    for r in others:
+        g = gp[owner[r["id"]]]
+        assert r["birthDate"] == g["birthDate"] and r["gender"] == g["gender"]
+        assert r["name"][0]["family"] == g["name"][0]["family"]
+        nickname += r["name"][0]["given"] != g["name"][0]["given"]
+        old_address += r["address"][0]["postalCode"] != g["address"][0]["postalCode"]
+        no_phone += "telecom" not in r
+    assert nickname and old_address and no_phone > 0.2 * len(others)
+    # the featured patient: the council's record has no NHS number, the rest do
+    featured = {tag(r, SOURCE_ORG_SYSTEM)[0]: r for r in cs.patient_resources(0)
+                if r["resourceType"] == "Patient"}
+    assert len(featured) >= 5
+    for ods, r in featured.items():
+        has = any(i["system"] == NHS_NUMBER_SYSTEM for i in r["identifier"])
+        assert has == (ods != "LAZ01"), ods
 
 
 def test_clinical_content_present():
@@ -303,7 +367,7 @@ def test_clinical_content_present():
 def test_hba1c_results_trend_over_time():
     series: dict[str, list[tuple[str, float]]] = defaultdict(list)
     for r in resources():
-        if r["resourceType"] == "Observation" and r["code"]["coding"][0]["code"] == "59261-8":
+        if r["resourceType"] == "Observation" and "59261-8" in codes(r["code"]):
             series[r["subject"]["reference"]].append(
                 (r["effectiveDateTime"], r["valueQuantity"]["value"])
             )
@@ -530,15 +594,17 @@ def test_kinds_of_partner_hold_their_own_data():
     cs = generate(9, 1500, as_of=AS_OF)
     kind = {o.ods: o.kind for o in cs.organisations}
     by_kind: dict[str, set[str]] = defaultdict(set)
-    for r in cs.resources():
+    for r in larger():
         if r["resourceType"] in ("Organization", "Practitioner", "PractitionerRole"):
             continue
         by_kind[kind[tag(r, SOURCE_ORG_SYSTEM)[0]]].add(tag(r, DATA_CATEGORY_SYSTEM)[0])
     assert by_kind["gp-practice"] >= {"demographics", "gp-summary"}
     assert by_kind["acute-trust"] >= {"encounters", "results", "documents"}
-    assert by_kind["mental-health"] == {"mental-health"}
-    assert by_kind["social-care"] == {"social-care"}
-    assert by_kind["care-home"] == {"care-home-notes"}
+    # each partner's own Patient record is its demographics; its records are its own kind
+    assert all("demographics" in cats for cats in by_kind.values()), by_kind
+    assert by_kind["mental-health"] == {"demographics", "mental-health"}
+    assert by_kind["social-care"] == {"demographics", "social-care"}
+    assert by_kind["care-home"] == {"demographics", "care-home-notes"}
     assert "care-plans" in by_kind["hospice"] and "care-plans" in by_kind["community"]
 
 
@@ -559,3 +625,77 @@ def test_main_prints_stats(capsys):
     assert main(["--patients", "20", "--as-of", "2026-06-15"]) == 0
     out = capsys.readouterr().out
     assert "resources/s" in out and "patients       20" in out
+
+
+# --- data a clinician would not doubt (issue 12) ------------------------------------------------
+
+
+@cache
+def larger() -> tuple:
+    return tuple(generate(9, 1500, as_of=AS_OF).resources())
+
+
+def test_lab_results_carry_uk_pathology_codes_and_names():
+    from sharedcare.demo import clinical as cx
+
+    labs = [r for r in resources() if r["resourceType"] == "Observation"
+            and r["category"][0]["coding"][0]["code"] == "laboratory"]
+    assert labs
+    for r in labs:
+        first = r["code"]["coding"][0]
+        assert first["system"] == "http://snomed.info/sct", first
+        assert r["code"]["text"] in {"HbA1c", "eGFR", "Creatinine", "Total cholesterol"}
+        assert codes(r["code"], "http://loinc.org")  # the LOINC mapping travels with it
+        assert "Hemoglobin" not in r["code"]["text"] + first["display"]  # what people read
+    names = {r["code"]["text"] for r in labs}
+    assert {"HbA1c", "eGFR", "Creatinine"} <= names
+    hba1c = next(r for r in labs if r["code"]["text"] == "HbA1c")
+    assert codes(hba1c["code"], "http://snomed.info/sct") == ["999791000000106"]
+    assert hba1c["valueQuantity"]["unit"] == "mmol/mol"
+    reports = {r["code"]["text"] for r in resources() if r["resourceType"] == "DiagnosticReport"}
+    assert reports <= set(cx.UK_REPORT_NAMES.values()) and "Urea and electrolytes" in reports
+
+
+def test_no_plan_supervises_a_medicine_that_is_not_prescribed():
+    owner = person_of_patients()
+    prescribed: dict[int, str] = defaultdict(str)
+    planned: dict[int, str] = defaultdict(str)
+    for r in resources():
+        ref = (r.get("subject") or r.get("patient") or {}).get("reference", "")
+        if not ref.startswith("Patient/"):
+            continue
+        who = owner[ref.split("/", 1)[1]]
+        if r["resourceType"] in ("MedicationRequest", "MedicationStatement"):
+            prescribed[who] += r["medicationCodeableConcept"]["text"].lower()
+        elif r["resourceType"] == "CarePlan":
+            planned[who] += orjson.dumps(r).decode().lower()
+    assert planned
+    for who, text in planned.items():
+        for medicine in ("insulin", "warfarin", "methotrexate"):
+            if medicine in text:
+                assert medicine in prescribed[who], (who, medicine)
+
+
+def test_emergency_care_at_real_rates_per_1000_people():
+    """England: ~280 type 1 A&E attendances and ~110 emergency admissions per 1,000 people a
+    year. The demo's last year should be of that order, not double it."""
+    people = sum(1 for r in larger() if r["resourceType"] == "Patient"
+                 and "generalPractitioner" in r)
+    since = (AS_OF - timedelta(days=365)).isoformat()
+    encounters = {r["id"]: r for r in larger() if r["resourceType"] == "Encounter"
+                  and r["period"]["start"][:10] >= since}
+    attendances = [r for r in encounters.values() if r["class"]["code"] == "EMER"]
+    admissions = [r for r in encounters.values() if r["class"]["code"] == "IMP"
+                  and "partOf" in r]
+    per_1000 = lambda n: n / people * 1000  # noqa: E731
+    assert 180 <= per_1000(len(attendances)) <= 400, per_1000(len(attendances))
+    assert 60 <= per_1000(len(admissions)) <= 150, per_1000(len(admissions))
+
+
+def test_break_glass_at_a_few_per_1000_record_views():
+    cs = generate(42, 2000, as_of=AS_OF)
+    views = sum(1 for e in cs.audit_history
+                if e["action"] in ("read", "search") and e["outcome"] == "permitted")
+    glass = len(cs.break_glass_history)
+    assert glass and views > 1000
+    assert 1 <= glass / views * 1000 <= 8, (glass, views)
