@@ -10,6 +10,7 @@ the store's read methods directly.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +19,15 @@ from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from ..fhir.categories import DIRECTORY_TYPES
 from ..fhir.compartment import patient_compartment_types
 from ..fhir.outcome import FHIRError, Issue
-from ..store.repository import SearchPage, Store, Stored, WriteOp, WriteResult, governance_columns
+from ..store.repository import (
+    PermitAll,
+    SearchPage,
+    Store,
+    Stored,
+    WriteOp,
+    WriteResult,
+    governance_columns,
+)
 from ..store.schema import compartment, resource
 from .audit import AuditTrail
 from .auth import (
@@ -43,6 +52,7 @@ from .policy import (
     explain_relationship,
     now_text,
 )
+from .consent import choices_in, consent_for, derive_choices
 from .relationships import derive_relationships
 from .request_audit import current_request
 from .writes import check_role, check_scopes, governed_match, governed_write
@@ -81,6 +91,7 @@ class Governance:
         self.audit_trail = audit
         self._agreements: dict[tuple[str, str], tuple[float, dict]] = {}
         store.after_write.append(derive_relationships)
+        store.after_write.append(derive_choices)
 
     # ------------------------------------------------------------------ who is asking
     def authenticate(self, request, cookie: bool = True) -> Access:
@@ -517,22 +528,39 @@ class Governance:
         self.forget_agreements()
 
     def record_choice(self, patient_id: str, kind: str, ods: str | None = None,
-                      recorded_by: str | None = None) -> None:
-        if kind not in ("objection-all", "objection-from", "objection-to", "national-opt-out"):
-            raise ValueError(f"unknown patient choice '{kind}'")
-        if kind in ("objection-from", "objection-to") and not ods:
-            raise ValueError(f"{kind} needs an organisation")
-        with self.engine.begin() as conn:
-            conn.execute(insert(patient_choice), [{
-                "patient_id": patient_id, "kind": kind, "ods": ods, "recorded": now_text(),
-                "recorded_by": recorded_by}])
+                      recorded_by: str | None = None) -> str:
+        """Record a patient's choice as a FHIR Consent (governance/consent.py); returns its id.
+        The policy reads it through patient_choice, kept from Consents as they are written."""
+        res = consent_for(patient_id, kind, ods)
+        if recorded_by:
+            res["performer"] = [{"display": recorded_by}]
+        rid = str(uuid.uuid4())
+        # Kept with the record it was recorded against: that organisation controls it.
+        with self.engine.connect() as conn:
+            controller = conn.execute(select(resource.c.source_org).where(
+                resource.c.type == "Patient", resource.c.id == patient_id)).scalar()
+        self.store.write([WriteOp("PUT", "Consent", rid, res)], source_org=controller)
+        return rid
 
-    def withdraw_choice(self, patient_id: str, kind: str, ods: str | None = None) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(delete(patient_choice).where(
-                patient_choice.c.patient_id == patient_id, patient_choice.c.kind == kind,
-                or_(patient_choice.c.ods == ods, and_(patient_choice.c.ods.is_(None),
-                                                      ods is None))))
+    def withdraw_choice(self, patient_id: str, kind: str, ods: str | None = None) -> int:
+        """Withdraw the patient's matching choices: their Consents become inactive (kept, as
+        the record of what the patient asked and when). Returns how many were withdrawn."""
+        match = and_(patient_choice.c.patient_id == patient_id, patient_choice.c.kind == kind,
+                     or_(patient_choice.c.ods == ods,
+                         and_(patient_choice.c.ods.is_(None), ods is None)))
+        with self.engine.connect() as conn:
+            sources = sorted({s for (s,) in conn.execute(
+                select(patient_choice.c.source).where(match, patient_choice.c.source.isnot(None)))})
+        ops = []
+        for src in sources:
+            s = self.store.read("Consent", src.split("/", 1)[1], PermitAll())
+            ops.append(WriteOp("PUT", "Consent", s.id, {**s.json(), "status": "inactive"}))
+        if ops:
+            self.store.write(ops)
+        with self.engine.begin() as conn:  # choices recorded before they were Consents
+            legacy = conn.execute(delete(patient_choice).where(
+                match, patient_choice.c.source.is_(None))).rowcount
+        return len(ops) + legacy
 
 
 __all__ = ["Access", "AuditTrail", "Decision", "Governance", "PatientView", "ResourcePolicy",

@@ -99,9 +99,13 @@ patient_choice = Table(
     Column("ods", String(16)),
     Column("recorded", String(32), nullable=False),
     Column("recorded_by", String(64)),
-    comment="A patient's objections to sharing and the national data opt-out.",
+    # The FHIR Consent this row was derived from (governance/consent.py), e.g. Consent/123.
+    Column("source", String(140)),
+    comment="A patient's objections to sharing and the national data opt-out, derived from the "
+            "Consent resources that record them.",
 )
 Index("ix_patient_choice", patient_choice.c.patient_id)
+Index("ix_patient_choice_source", patient_choice.c.source)
 
 break_glass = Table(
     "break_glass", metadata,

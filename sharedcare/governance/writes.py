@@ -21,7 +21,7 @@ from ..fhir.outcome import FHIRError
 from ..store.repository import Store, WriteOp, WriteResult
 from ..store.schema import compartment, resource
 from .auth import forbidden, parse_scopes
-from .policy import Access, explain_relationship
+from .policy import DIRECT_CARE, Access, explain_relationship
 
 # SMART v2: c create, r read, u update, d delete, s search.
 PERMISSION = {"POST": "c", "PUT": "u", "DELETE": "d"}
@@ -45,6 +45,9 @@ def check_scopes(access: Access, ops: list[WriteOp]) -> None:
 def check_role(access: Access) -> None:
     if access.kind != "system" and access.role not in WRITING_ROLES:
         raise forbidden(f"the {access.role} role cannot write to the record")
+    if access.purpose != DIRECT_CARE:
+        # Planning and research read governed extracts; they never change the record.
+        raise forbidden(f"a token for {access.purpose} cannot write to the record")
 
 
 def check_targets(store: Store, access: Access, ops: list[WriteOp], conn: Connection) -> None:

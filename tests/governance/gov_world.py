@@ -28,7 +28,7 @@ from sharedcare.fhir.categories import category_of
 from sharedcare.fhir.codes import DATA_CATEGORY_SYSTEM, ODS_SYSTEM, SENSITIVITY_SYSTEM
 from sharedcare.fhir.outcome import FHIRError
 from sharedcare.governance import Access
-from sharedcare.store.repository import WriteOp
+from sharedcare.store.repository import PermitAll, WriteOp
 
 ORG_KINDS = ("gp-practice", "acute-trust", "community", "mental-health", "ambulance", "hospice",
              "social-care", "care-home")
@@ -234,8 +234,13 @@ def load(sc, world: World, viewers: list[Viewer], staff: bool = False) -> None:
             by_src[r.source_org].append(WriteOp("PUT", r.type, r.id, dict(r.body)))
         for src, ops in by_src.items():
             sc.store.write(ops, source_org=src)
+    # A patient's choice is a Consent in the record, kept with (controlled as) their record.
+    world.resources[:] = [r for r in world.resources if r.type != "Consent"]
+    owners = {r.id: r.source_org for r in world.resources if r.type == "Patient"}
     for pid, kind, ods in world.choices:
-        gov.record_choice(pid, kind, ods)
+        rid = gov.record_choice(pid, kind, ods)
+        world.resources.append(Res("Consent", rid, sc.store.read("Consent", rid, PermitAll()).json(),
+                                   owners.get(pid, ""), "demographics", (), pid))
     users = {v.username: v for v in viewers if v.kind == "user"}
     for username, pid, active in world.glass:
         v = users[username]

@@ -66,7 +66,7 @@ COMPARTMENT = {
     "Patient": None, "Observation": "subject", "Condition": "subject", "Encounter": "subject",
     "EpisodeOfCare": "patient", "ServiceRequest": "subject", "CareTeam": "subject",
     "DocumentReference": "subject", "CarePlan": "subject", "AllergyIntolerance": "patient",
-    "Flag": "subject",
+    "Flag": "subject", "Consent": "patient",
 }
 # What counts as "open"/"active" for the relationship-bearing resources.
 OPEN_ENCOUNTER = {"planned", "arrived", "triaged", "in-progress", "onleave"}

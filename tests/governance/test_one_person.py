@@ -144,3 +144,36 @@ def test_locating_a_person_by_nhs_number_is_audited_and_returns_only_an_id(perso
     admin = gov.access_from_claims({"sub": "hos.admin", "ods": "HOS", "role": "admin",
                                     "scope": "user/*.cruds", "kind": "user"})
     assert gov.locate_patient(admin, NHS) is None
+
+
+def test_patient_choices_are_consent_resources(person):
+    """A choice is a FHIR Consent: recorded by the CLI's path or POSTed through the API, it
+    takes effect at once on the whole person; withdrawn, it is kept as inactive and lifted."""
+    sc, c = person
+    gp = token(sc, "gp.doc", "GP1")
+    hos = token(sc, "hos.doc", "HOS")  # the Consent sits with the record it was made on
+    rid = sc.governance.record_choice("hos-p", "objection-from", "HOS")
+    consent = c.get(f"/fhir/Consent/{rid}", headers=hos).json()
+    assert consent["provision"]["type"] == "deny"
+    assert consent["provision"]["actor"][0]["reference"]["identifier"]["value"] == "HOS"
+    assert "hos-k" not in ids(c.get("/fhir/Patient/gp-p/$everything", headers=gp).json())
+    assert sc.governance.withdraw_choice("hos-p", "objection-from", "HOS") == 1
+    assert c.get(f"/fhir/Consent/{rid}", headers=hos).json()["status"] == "inactive"
+    assert "hos-k" in ids(c.get("/fhir/Patient/gp-p/$everything", headers=gp).json())
+    # The practice records the patient's objection to all sharing through the API.
+    from sharedcare.governance.consent import consent_for
+
+    r = c.post("/fhir/Consent", json=consent_for("gp-p", "objection-all"), headers=gp)
+    assert r.status_code == 201, r.text
+    seen = c.get("/fhir/Patient/hos-p/$everything", headers=hos).json()
+    assert "gp-cond" not in ids(seen) and "hos-k" in ids(seen)
+
+
+def test_national_opt_out_is_a_consent_with_its_policy(person):
+    sc, c = person
+    rid = sc.governance.record_choice("gp-p", "national-opt-out")
+    consent = c.get(f"/fhir/Consent/{rid}", headers=token(sc, "gp.doc", "GP1")).json()
+    assert consent["policy"][0]["uri"] == "https://digital.nhs.uk/services/national-data-opt-out"
+    # It never stops direct care.
+    hos = c.get("/fhir/Patient/hos-p/$everything", headers=token(sc, "hos.doc", "HOS")).json()
+    assert "gp-cond" in ids(hos)

@@ -305,3 +305,13 @@ def test_bulk_export_needs_a_bearer_token_not_the_browser_cookie(world):
     c.cookies.set("sc_session", token)
     r = c.get("/fhir/$export", headers={"Prefer": "respond-async"})
     assert r.status_code == 401
+
+
+def test_a_planning_token_cannot_write(world):
+    sc, c = world
+    h = system_bearer(sc, "GP1")
+    planning = {"Authorization": "Bearer " + sc.governance.issue_system_token(
+        "sys-GP1", "GP1", "system/*.cruds", purpose="planning")}
+    body = obs("o-plan", "P1")
+    assert c.put("/fhir/Observation/o-plan", json=body, headers=planning).status_code == 403
+    assert c.put("/fhir/Observation/o-plan", json=body, headers=h).status_code == 201
