@@ -225,7 +225,8 @@ def _value(spec, cell: str, column: str | None, mapping: dict, urls: dict):
         try:
             d = datetime.strptime(cell.strip(), fmt)
         except ValueError:
-            raise ValueError(f"not a date in the format {fmt}") from None
+            raise ValueError(f"not a date written {date_words(fmt)} (for example "
+                             f"{datetime(2026, 3, 31, 14, 5).strftime(fmt)})") from None
         return d.date().isoformat() if spec.get("date") else d.isoformat()
     if "map" in spec:
         if cell not in spec["map"]:
@@ -322,9 +323,20 @@ def _build_row(line: int, row: dict, mapping: dict, ods: str, feed_id: str
     return out, errors
 
 
+def date_words(fmt: str) -> str:
+    """'%d/%m/%Y' -> 'DD/MM/YYYY': how a person reads a date format."""
+    for code, words in (("%d", "DD"), ("%m", "MM"), ("%Y", "YYYY"), ("%y", "YY"), ("%H", "hh"),
+                        ("%M", "mm"), ("%S", "ss"), ("%b", "Mon"), ("%B", "Month")):
+        fmt = fmt.replace(code, words)
+    return fmt
+
+
 def _safe(text: str) -> str:
-    """Schema messages may quote a value; keep the reason, not the (possibly personal) data."""
-    return re.sub(r"'[^']{0,200}'|\"[^\"]{0,200}\"", "(value)", text or "")[:300]
+    """Schema messages may quote a value or a regular expression; keep the reason, in words,
+    not the (possibly personal) data or the pattern."""
+    text = re.sub(r"does not match .*", "is not in the form FHIR expects for this field (a "
+                  "date is YYYY-MM-DD)", text or "")
+    return re.sub(r"'[^']{0,200}'|\"[^\"]{0,200}\"", "(value)", text)[:300]
 
 
 def _parse(csv_path, mapping: dict, ods: str, feed_id: str):

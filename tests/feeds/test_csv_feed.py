@@ -143,3 +143,12 @@ def test_rows_sharing_an_nhs_number_write_their_person_once(sc, tmp_path):
     assert report.loaded_rows == 300 and not report.rejected
     [person] = [s.json() for s in sc.store.iter_current(PermitAll(), ["Person"])]
     assert len(person["link"]) == 300 and person["meta"]["versionId"] == "1"
+
+
+def test_date_problems_are_reported_in_words():
+    from sharedcare.feeds.csv_feed import _safe, date_words
+
+    assert date_words("%d/%m/%Y") == "DD/MM/YYYY"
+    said = _safe("'31/02/1950x' does not match '^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|"
+                 "[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?$'")
+    assert "[0-9]" not in said and "31/02" not in said and "YYYY-MM-DD" in said
