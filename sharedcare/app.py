@@ -63,6 +63,7 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
     from . import web
     from .governance import pages as governance_pages
     from .governance import smart
+    from .identity import pages as identity_pages
     from .population import export as bulk_export
     from .population import pages as population_pages
     from .programme import pages as programme_pages
@@ -70,7 +71,7 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
     # $export and SMART routes come before the FHIR ones, whose /fhir/{type}/{id} would
     # otherwise catch /fhir/$export-poll/... and /fhir/.well-known/smart-configuration.
     routes = (web.routes(sc) + programme_pages.routes(sc) + governance_pages.routes(sc)
-              + population_pages.routes(sc) + smart.routes(sc)
+              + population_pages.routes(sc) + identity_pages.routes(sc) + smart.routes(sc)
               + bulk_export.routes(sc) + FhirApi(sc.store, sc.governance, sc).routes())
     from .governance.request_audit import AuditEveryRequest
     from .web.core import CsrfMiddleware

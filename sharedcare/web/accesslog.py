@@ -1,17 +1,22 @@
 """A patient's own access log: who looked at my record, when, and why.
 
 This is the patient's own audit data (the `audit_event` rows about them), read here directly;
-viewing it is itself recorded.
+viewing it is itself recorded. It follows the person: every partner keeps its own Patient record
+of them, and an access through any of those records is an access to the patient's record, so the
+log covers every Patient identity joined to theirs (`store.persons.patients_of_person`) -- and
+only those: unlinking a record takes its accesses off the list at once.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..governance.policy import Access
 from ..governance.schema import audit_event, organisation
+from ..store.persons import patients_of_person
+from ..store.schema import resource
 from .core import ROLE_LABELS, page, render
 from .patient import ago, nice_date
 
@@ -78,20 +83,35 @@ PURPOSES = {"direct-care": "Your direct care", "planning": "Planning services",
             "research": "Research"}
 
 
+def _records_of(conn, patient_id: str) -> dict[str, str | None]:
+    """Every Patient record of the person -> the organisation that keeps it (ODS code)."""
+    ids = patients_of_person(conn, patient_id)
+    kept = dict(conn.execute(select(resource.c.id, resource.c.source_org).where(
+        resource.c.type == "Patient", resource.c.id.in_(ids), resource.c.deleted == false())).all())
+    return {pid: kept.get(pid) for pid in ids}
+
+
 def access_log(engine, patient_id: str, limit: int = LIMIT, before: int | None = None
                ) -> list[dict]:
+    """The accesses to the person's record through any partner's Patient record of them,
+    newest first; each names the organisation that acted and, when the person has several
+    records, whose record of them it went through."""
     with engine.connect() as conn:
         names = {o: n for o, n in conn.execute(select(organisation.c.ods, organisation.c.name))}
+        records = _records_of(conn, patient_id)
         rows = conn.execute(
             select(audit_event.c.seq, audit_event.c.recorded, audit_event.c.username,
                    audit_event.c.client_id, audit_event.c.ods, audit_event.c.role,
                    audit_event.c.purpose, audit_event.c.action, audit_event.c.outcome,
-                   audit_event.c.reason, audit_event.c.break_glass, audit_event.c.entity)
-            .where(audit_event.c.patient_id == patient_id,
+                   audit_event.c.reason, audit_event.c.break_glass, audit_event.c.entity,
+                   audit_event.c.patient_id)
+            .where(audit_event.c.patient_id.in_(list(records)),
                    *([audit_event.c.seq < before] if before else []))
             .order_by(audit_event.c.seq.desc()).limit(limit)).mappings().all()
+    several = len(records) > 1
     out = []
     for r in rows:
+        keeper = records.get(r["patient_id"])
         out.append({
             "seq": r["seq"], "when": r["recorded"], "date": nice_date(r["recorded"][:10]),
             "time": r["recorded"][11:16], "ago": ago(r["recorded"]),
@@ -106,14 +126,17 @@ def access_log(engine, patient_id: str, limit: int = LIMIT, before: int | None =
             "glass": bool(r["break_glass"]) or r["action"] == "break-glass",
             "refused": r["outcome"] != "0",
             "system": bool(r["client_id"]) and not r["username"],
+            # Whose record of you it went through (only worth saying when there are several).
+            "record": (names.get(keeper, keeper) if keeper else None) if several else None,
         })
     return out
 
 
 def glass_count(engine, patient_id: str) -> int:
     with engine.connect() as conn:
+        ids = patients_of_person(conn, patient_id)
         return conn.execute(select(func.count()).select_from(audit_event).where(
-            audit_event.c.patient_id == patient_id,
+            audit_event.c.patient_id.in_(ids),
             audit_event.c.action == "break-glass")).scalar_one()
 
 

@@ -99,6 +99,8 @@ def nav_links(access: Access) -> list[tuple[str, str]]:
         links += [("/admin", "System status"), ("/admin/organisations", "Organisations"),
                   ("/admin/staff", "Staff"), ("/admin/feeds", "Feeds"),
                   ("/admin/agreements", "Agreements"), ("/governance/audit", "Audit trail")]
+    if role in ("ig-lead", "sysadmin", "data-quality"):
+        links.append(("/identity/review", "Identity review"))
     if role == "patient":
         links.append(("/my-record/access-log", "Who looked at my record"))
     else:
