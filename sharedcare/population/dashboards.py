@@ -14,10 +14,10 @@ Panels:
 
 1. **Multiple long-term conditions** -- people with two or more of ``LTC_CODES`` (active
    Conditions, SNOMED CT) by registered GP practice and age band.
-2. **Emergency admissions per 1,000 registered** by neighbourhood (postcode district): emergency
-   episodes in the last ``months`` months -- an Encounter whose class is ``EMER`` or whose type
-   is in ``EMERGENCY_TYPES`` (an admission that is ``partOf`` an emergency attendance counts
-   once). Rates are computed from the *published* (rounded) numerator and denominator, so they
+2. **Emergency admissions per 1,000 registered** by neighbourhood (postcode district): inpatient
+   stays begun in the last ``months`` months that were emergency admissions -- an Encounter
+   typed ``ADMISSION_TYPE``, or an inpatient Encounter ``partOf`` an A&E attendance (class
+   ``EMER`` or type ``ED_VISIT_TYPE``); an attendance that went home is not an admission. Rates are computed from the *published* (rounded) numerator and denominator, so they
    cannot reveal an exact count; a rate with a suppressed part is not shown.
 3. **Crisis and end-of-life care plans** -- people with an active crisis plan or end-of-life /
    advance care plan by GP practice (SNOMED codes in ``CRISIS_PLAN_CODES`` /
@@ -71,7 +71,9 @@ LTC_CODES: dict[str, str] = {
 }
 ACTIVE_CLINICAL = ("active", "recurrence", "relapse")
 EMERGENCY_CLASSES = ("EMER",)
-EMERGENCY_TYPES = ("183452005", "4525004")  # emergency hospital admission; ED visit
+INPATIENT_CLASSES = ("IMP", "ACUTE", "NONAC")
+ADMISSION_TYPE = "183452005"  # SNOMED CT emergency hospital admission
+ED_VISIT_TYPE = "4525004"  # SNOMED CT emergency department patient visit
 CRISIS_PLAN_CODES = ("736253002",)  # mental health crisis plan
 END_OF_LIFE_PLAN_CODES = ("736373009", "736366004", "713603004")  # EoL, advance, ACP
 CRISIS_WORDS = ("crisis",)
@@ -295,13 +297,16 @@ def emergency_panel(con, people: dict, result: ExtractResult, as_of: date, month
     start = date(y, m, 1)
     rows = con.execute("select id, patient_id, class, type_codes, part_of, period_start "
                        "from dash_encounters").fetchall()
-    emergency = {
-        eid for eid, _pid, cls, types, _po, started in rows
-        if (cls in EMERGENCY_CLASSES or set(types or ()) & set(EMERGENCY_TYPES))
-        and started is not None and started.date() >= start}
+    # An emergency admission is the inpatient stay, not the A&E attendance (most attendances
+    # go home): an encounter typed "emergency hospital admission", or an inpatient encounter
+    # that is part of an A&E attendance.
+    attendances = {eid for eid, _pid, cls, types, _po, _s in rows
+                   if cls in EMERGENCY_CLASSES or ED_VISIT_TYPE in (types or ())}
     admissions: dict[str, int] = {}
-    for eid, pid, _cls, _types, part_of, _s in rows:
-        if eid in emergency and part_of not in emergency and pid in people:
+    for _eid, pid, cls, types, part_of, started in rows:
+        admitted = ADMISSION_TYPE in (types or ()) or (
+            cls in INPATIENT_CLASSES and part_of in attendances)
+        if admitted and started is not None and started.date() >= start and pid in people:
             d = people[pid]["district"]
             admissions[d] = admissions.get(d, 0) + 1
     registered: dict[str, int] = {}
@@ -384,6 +389,6 @@ def care_plan_panel(con, people: dict, result: ExtractResult, *, threshold=5,
                  _csv(title, result, table.fieldnames(), table.to_rows(), note), desc)
 
 
-__all__ = ["AGE_BANDS", "CRISIS_PLAN_CODES", "EMERGENCY_CLASSES", "EMERGENCY_TYPES",
+__all__ = ["ADMISSION_TYPE", "AGE_BANDS", "CRISIS_PLAN_CODES", "ED_VISIT_TYPE", "EMERGENCY_CLASSES",
            "END_OF_LIFE_PLAN_CODES", "LTC_CODES", "Panel", "age_band", "care_plan_panel",
            "emergency_panel", "mltc_panel", "population_dashboard"]

@@ -201,3 +201,18 @@ def test_dashboard_refused_without_planning_agreement(world):
     with pytest.raises(FHIRError) as e:
         population_dashboard(sc, _planner(sc), as_of=AS_OF)
     assert e.value.status == 403
+
+
+def test_an_attendance_that_went_home_is_not_an_admission(world):
+    """Most A&E attendances end at home; only the inpatient stays count as admissions."""
+    sc, truth = world
+    pid, district = truth[1][0], truth[1][3]
+    before = population_dashboard(sc, _planner(sc), as_of=AS_OF, threshold=1, rounding=1)[1]
+    sc.store.write([WriteOp("PUT", "Encounter", f"{pid}-home{k}", {
+        "resourceType": "Encounter", "id": f"{pid}-home{k}", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "period": {"start": "2026-05-12T10:00:00Z"}}) for k in range(6)], source_org=GP)
+    after = population_dashboard(sc, _planner(sc), as_of=AS_OF, threshold=1, rounding=1)[1]
+    col = after.table.cols[0]
+    assert after.table.cells[(district, col)] == before.table.cells[(district, col)]
