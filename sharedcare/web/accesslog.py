@@ -56,6 +56,7 @@ ACTIONS = {
 REVIEWS = {
     "break-glass/": "Reviewed an emergency (break glass) access to your record",
     "care-relationship/": "Reviewed someone's claim to be caring for you",
+    "identity of Patient/": "Checked which services' records are yours",
 }
 
 

@@ -17,6 +17,7 @@ from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, SOURCE_ORG_SYSTEM, local_id
 from sharedcare.identity.service import IdentityService, review_task
 from sharedcare.store.persons import patients_of_person
 from sharedcare.store.repository import PermitAll, WriteOp
+from sharedcare.web.accesslog import access_log
 
 from ._support import audit_rows
 
@@ -131,6 +132,10 @@ def test_confirm_joins_the_two_records_and_unlink_separates_them(queued):
     assert "Same NHS number" in page.text and REASON in page.text
     assert 'data-member="hosp-1"' in page.text and 'data-member="council-1"' in page.text
     assert "potassium" not in page.text.lower()
+    # The patient sees both in "who looked at my record", in words.
+    seen = [r["what"] for r in access_log(sc.engine, "council-1")]
+    assert "Checked which services' records are yours" in seen
+    assert "Confirmed that two records are both yours" in seen
     # From the queue page, the linked record (no NHS number of its own) can be unlinked.
     r = c.post("/identity/patient/council-1/unlink",
                data={"csrf": c.csrf, "reason": "Different middle name on the council's file",
@@ -246,6 +251,22 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+def _fits(page, name: str) -> None:
+    """Nothing wider than the screen; no serious or critical axe-core violations."""
+    sizes = page.evaluate("""() => ({page: document.documentElement.scrollWidth,
+                                     viewport: window.innerWidth})""")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    assert sizes["page"] <= sizes["viewport"], (name, sizes)
+    if AXE.exists():
+        page.evaluate(AXE.read_text())
+        bad = page.evaluate("""async () => (await axe.run(document,
+            {resultTypes: ['violations']})).violations
+            .filter(v => ['serious', 'critical'].includes(v.impact))
+            .map(v => v.id + ': ' + v.nodes[0].target.join(' '))""")
+        assert not bad, (name, bad)
+
+
 @pytest.mark.browser
 def test_the_review_page_fits_a_desktop_and_a_phone(queued, live_server):
     if not Path(CHROMIUM).exists():
@@ -268,18 +289,11 @@ def test_the_review_page_fits_a_desktop_and_a_phone(queued, live_server):
                 page.locator("form button[type=submit]").first.click()
                 page.wait_for_url(re.compile(r".*/identity/review$"))
                 assert page.locator(f'[data-task="{task_id}"]').is_visible()
-                sizes = page.evaluate("""() => ({page: document.documentElement.scrollWidth,
-                                                 viewport: window.innerWidth})""")
-                SHOTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(SHOTS / f"identity-review-{width}.png"), full_page=True)
-                assert sizes["page"] <= sizes["viewport"], (width, sizes)
-                if AXE.exists():  # no serious or critical accessibility violations
-                    page.evaluate(AXE.read_text())
-                    bad = page.evaluate("""async () => (await axe.run(document,
-                        {resultTypes: ['violations']})).violations
-                        .filter(v => ['serious', 'critical'].includes(v.impact))
-                        .map(v => v.id + ': ' + v.nodes[0].target.join(' '))""")
-                    assert not bad, (width, bad)
+                _fits(page, f"identity-review-{width}")
+                page.click("a[href='/identity/patient/council-1']")
+                page.wait_for_url(re.compile(r".*/identity/patient/council-1$"))
+                assert page.locator('[data-member="council-1"]').is_visible()
+                _fits(page, f"identity-patient-{width}")
                 ctx.close()
         finally:
             browser.close()
