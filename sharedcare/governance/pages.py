@@ -114,19 +114,25 @@ class AuditFilters:
         from ..identity import nhs_number as nhs
         from ..store.repository import PermitAll
 
+        from ..store.persons import patients_of_person
+
         if not self.patient:
             self.patient_ids = None
             return
         digits = nhs.normalise(self.patient)
         if digits is None:
-            self.patient_ids = [self.patient]
-            return
-        if not nhs.is_valid(digits):
+            found = [self.patient]
+        elif not nhs.is_valid(digits):
             raise FilterError(f"{self.patient} is not a valid NHS number: its check digit is "
                               "wrong. Check each digit, or search by the patient's record id.")
-        self.patient_ids = store.match_ids(
-            "Patient", f"identifier={NHS_NUMBER_SYSTEM}|{digits}", limit=MAX_PATIENT_IDS,
-            policy=PermitAll())  # ids only: to find the person's events in the audit trail
+        else:
+            found = store.match_ids(
+                "Patient", f"identifier={NHS_NUMBER_SYSTEM}|{digits}", limit=MAX_PATIENT_IDS,
+                policy=PermitAll())  # ids only: to find the person's events in the audit trail
+        # The person, not one partner's record: records joined without an NHS number too.
+        with store.engine.connect() as conn:
+            ids = {p for pid in found for p in patients_of_person(conn, pid)}
+        self.patient_ids = sorted(ids)[:MAX_PATIENT_IDS]
 
     def where(self) -> list:
         a = audit_event.c

@@ -249,3 +249,31 @@ def test_break_glass_review_names_the_patient_and_is_paginated(web):
     for text in (first, second):
         shown |= {int(x) for x in __import__("re").findall(r'id="glass-(\d+)"', text)}
     assert len(shown) == n  # every event on exactly one page
+
+
+def test_audit_search_by_nhs_number_follows_the_person_to_records_without_one(web):
+    """The council's record has no NHS number; identity joined it to the person. Its events are
+    the person's events too."""
+    from sqlalchemy import select
+
+    from sharedcare.store.persons import patients_of_person
+    from sharedcare.store.repository import PermitAll, WriteOp
+    from sharedcare.store.schema import person_link
+
+    sc = web.sc
+    _patient(sc, "edna-gp", "9434765919", "Edna", "Example", "GP1")
+    sc.store.write([WriteOp("PUT", "Patient", "edna-council", {
+        "resourceType": "Patient", "name": [{"family": "Example", "given": ["Edna"]}]})],
+        source_org="RTEST")
+    with sc.engine.connect() as conn:
+        key = conn.execute(select(person_link.c.person_key)
+                           .where(person_link.c.patient_id == "edna-gp")).scalar_one()
+    person = sc.store.read("Person", key, PermitAll()).json()
+    person["link"] = [*person["link"], {"target": {"reference": "Patient/edna-council"}}]
+    sc.store.write([WriteOp("PUT", "Person", key, person)])
+    with sc.engine.connect() as conn:
+        assert set(patients_of_person(conn, "edna-gp")) == {"edna-gp", "edna-council"}
+    sc.governance.audit(doc(sc), "read", "0", patient_id="edna-council", entity="x")
+    as_(web, "ig", "RTEST", "ig-lead")
+    j = web.get("/api/governance/audit?patient=9434765919").json()
+    assert "edna-council" in [e["patient_id"] for e in j["events"]]
