@@ -24,17 +24,31 @@ from sharedcare.feeds.hl7v2 import mllp_send, serve_mllp  # noqa: E402
 
 MSG = ("MSH|^~\\&|PAS|RBENCH|SC|SC|2024010112{mm:02d}{ss:02d}||ADT^A01^ADT_A01|{run}-{i:06d}|P|2.5\r"
        "EVN|A01|20240101120000\r"
-       "PID|1||{run}{i:06d}^^^RBENCH^MR||Bench^Patient{i}^Q||19700101|F|||{i} High St^^Leeds^^LS1 4AB\r"
+       "PID|1||{nhs}{run}{i:06d}^^^RBENCH^MR||Bench^Patient{i}^Q||19700101|F|||{i} High St^^Leeds^^LS1 4AB\r"
        "PV1|1|I|WARD{w}^^^RBENCH||||DOC{d}^Who^Doctor|||||||||||||V{run}{i:06d}|||||||||||||||||"
        "||||||||20240101120000\r")
 
 
-def messages(n: int, run: str) -> list[str]:
-    return [MSG.format(i=i, run=run, mm=i // 60 % 60, ss=i % 60, w=i % 20, d=i % 50)
+def nhs_numbers(n: int, salt: int) -> list[str]:
+    """n distinct valid test-range NHS numbers (999...), different for each run."""
+    from sharedcare.identity import nhs_number
+
+    out, k = [], salt * 100_000
+    while len(out) < n:
+        stem = f"999{k % 10**6:06d}"
+        k += 1
+        out += [stem + str(d) for d in range(10) if nhs_number.is_valid(stem + str(d))]
+    return out[:n]
+
+
+def messages(n: int, run: str, nhs: list[str] | None = None) -> list[str]:
+    return [MSG.format(i=i, run=run, mm=i // 60 % 60, ss=i % 60, w=i % 20, d=i % 50,
+                       nhs=f"{nhs[i]}^^^NHS^NH~" if nhs else "")
             for i in range(n)]
 
 
-def run(service, feed: str, n: int, connections: int, run_id: str) -> float:
+def run(service, feed: str, n: int, connections: int, run_id: str,
+        nhs: list[str] | None = None) -> float:
     from sharedcare.feeds.service import mllp_handler
 
     loop = asyncio.new_event_loop()
@@ -43,7 +57,7 @@ def run(service, feed: str, n: int, connections: int, run_id: str) -> float:
     server = asyncio.run_coroutine_threadsafe(
         serve_mllp("127.0.0.1", 0, mllp_handler(service, feed)), loop).result(10)
     port = server.sockets[0].getsockname()[1]
-    msgs = messages(n, run_id)
+    msgs = messages(n, run_id, nhs)
     chunks = [msgs[i::connections] for i in range(connections)]
     acks: list[list[str]] = [[] for _ in chunks]
 
@@ -71,6 +85,10 @@ def main() -> None:
     p.add_argument("--connections", type=int, nargs="+", default=[1, 4])
     p.add_argument("--database", default=None)
     p.add_argument("--profile", default=None, help="write a pyinstrument HTML profile here")
+    p.add_argument("--nhs-numbers", action="store_true",
+                   help="each patient carries a valid NHS number (linked to a Person on write)")
+    p.add_argument("--compare-identity", action="store_true",
+                   help="also run with the identity write hook removed, for the cost of linking")
     args = p.parse_args()
 
     from sharedcare.app import SharedCare
@@ -89,14 +107,26 @@ def main() -> None:
         from pyinstrument import Profiler
 
         profiler = Profiler(async_mode="disabled")
-    for c in args.connections:
-        if profiler:
-            profiler.start()
-        rate = run(service, "bench-adt", args.messages, c, f"R{c}x{os.getpid()}")
-        if profiler:
-            profiler.stop()
-        print(f"{backend}: {args.messages} ADT^A01 over {c} connection(s): {rate:,.0f} msg/s "
-              f"(ACK after commit)", flush=True)
+    modes = [("identity linking on", None)]
+    if args.compare_identity:
+        modes.append(("identity linking off", [h for h in sc.store.after_write
+                                               if "identity" not in h.__module__]))
+    salt = 1
+    for label, hooks in modes:
+        if hooks is not None:
+            sc.store.after_write[:] = hooks
+        for c in args.connections:
+            salt += 1
+            nhs = nhs_numbers(args.messages, salt + os.getpid() % 50) if args.nhs_numbers else None
+            if profiler:
+                profiler.start()
+            rate = run(service, "bench-adt", args.messages, c, f"R{c}{label[18:20]}x{os.getpid()}",
+                       nhs)
+            if profiler:
+                profiler.stop()
+            print(f"{backend}: {args.messages} ADT^A01 over {c} connection(s), {label}"
+                  f"{', with NHS numbers' if nhs else ''}: {rate:,.0f} msg/s (ACK after commit)",
+                  flush=True)
     if profiler:
         Path(args.profile).write_text(profiler.output_html())
         print(profiler.output_text(unicode=False, color=False, show_all=False)[:6000])
