@@ -18,7 +18,8 @@ The model of the store evolves with every write the oracle allows. After each re
 
 The write rules, as the oracle states them (from the governance design, not from writes.py):
 scopes allow c/u/d on the type (and s or r to match conditionally) -> the role may write
-(clinician, nurse, allied-health, social-worker, sysadmin; partner systems) -> an update or delete
+(clinician, nurse, allied-health, social-worker, sysadmin; partner systems), for direct care
+-> an update or delete
 names a resource the caller may see -> people have a legitimate relationship with every existing
 patient the write touches (old and new content) -> only the controller (source organisation)
 changes or deletes a record, and nobody writes as another organisation.
@@ -185,6 +186,8 @@ class Model:
             return "scope"
         if v.kind != "system" and v.role not in WRITING_ROLES:
             return "role"
+        if v.purpose != "direct-care":
+            return "purpose"  # planning and research read extracts; they never write
         if current is not None and not self.visible(c, current):
             return "target not visible"
         if v.kind == "user":
