@@ -29,6 +29,8 @@ from ..fhir.outcome import FHIRError, Issue
 from ..governance.policy import BREAK_GLASS_ROLES, Access
 from ..governance.schema import organisation
 from ..identity import nhs_number as nhs
+from ..identity.matching import normalise_name, normalise_postcode
+from ..identity.nicknames import canonical
 from .core import CLINICAL_ROLES, page, render
 
 PAGE_SIZE = 1000  # gov.everything page; the view pages through all of them in one request
@@ -462,6 +464,8 @@ class Record:
     latest: list[dict] = field(default_factory=list)
     # The person's other partners' Patient records (identity joined them): their identifiers.
     joined: list[Item] = field(default_factory=list)
+    # The banner: the person's best current demographics across every partner's record.
+    person: Person | None = None
 
 
 def _older_than(it: Item, days: int) -> bool:
@@ -557,6 +561,7 @@ def build_record(view_matches, names: dict[str, str], patient_id: str | None = N
     record = Record(patient, items, 0, sec, trend_charts(sec["observations"]), timeline, contacts)
     record.latest = latest_results(sec["observations"])
     record.joined = sorted(joined, key=lambda i: i.source_name)
+    record.person = merge_person(patients, patient.id if patient else None)
     return record
 
 
@@ -584,6 +589,264 @@ def patient_summary(item: Item | None, names: dict[str, str]) -> dict:
             "gender": (r.get("gender") or "").capitalize(), "address": address,
             "postcode": postcode, "gp": gp, "phone": ", ".join(p for p in phones if p),
             "deceased": r.get("deceasedBoolean") or bool(r.get("deceasedDateTime"))}
+
+
+# ----------------------------------------------------------------------------- the person
+
+# The person's banner is built from every partner's Patient record that the governed
+# `$everything` returned (never from the store): for each fact, the value of the most recently
+# updated record that has one (on a tie: the value most records agree on, then the GP's
+# registration record, then the record opened); disagreements on the facts a clinician acts on
+# are flagged with the organisations that hold each value, never silently picked.
+
+IDENTIFIER_TYPES = {  # HL7 v2 table 0203 codes a partner may send without a display
+    "MR": "Medical record number", "PI": "Patient identifier", "PT": "Patient identifier",
+    "NH": "NHS number", "NHS": "NHS number", "AN": "Account number", "VN": "Visit number",
+    "HC": "Health card number", "SS": "Social security number",
+}
+LOCAL_KINDS = {  # the last part of a partner's local identifier system
+    "mrn": "Record number", "social-care-id": "Social care person ID",
+    "resident-id": "Care home resident number", "epcr": "Ambulance patient record",
+}
+ADDRESS_WORDS = {"rd": "road", "st": "street", "ave": "avenue", "av": "avenue", "ln": "lane",
+                 "dr": "drive", "cl": "close", "ct": "court", "cres": "crescent", "pl": "place",
+                 "gdns": "gardens", "sq": "square", "tce": "terrace", "gr": "grove"}
+
+
+def identifier_label(ident: dict) -> str:
+    """What a person calls this identifier ('Hospital number'), never a raw code or URL."""
+    if ident.get("system") == NHS_NUMBER_SYSTEM:
+        return "NHS number"
+    typ = ident.get("type") or {}
+    if typ.get("text"):
+        return typ["text"]
+    for c in typ.get("coding") or []:
+        if c.get("display"):
+            return c["display"]
+        if (c.get("code") or "").upper() in IDENTIFIER_TYPES:
+            return IDENTIFIER_TYPES[c["code"].upper()]
+    kind = (ident.get("system") or "").rstrip("/").rsplit("/", 1)[-1]
+    return LOCAL_KINDS.get(kind, "Record number")
+
+
+def _official_name(res: dict) -> dict:
+    names = [n for n in res.get("name") or [] if not (n.get("period") or {}).get("end")]
+    for use in ("official", "usual", None):
+        for n in names:
+            if use is None or n.get("use") == use:
+                return n
+    return {}
+
+
+def _given(res: dict) -> str:
+    return ((_official_name(res).get("given") or [""])[0] or "").strip()
+
+
+def _address(res: dict) -> dict:
+    current = [a for a in res.get("address") or []
+               if a.get("use") != "old" and not (a.get("period") or {}).get("end")]
+    for use in ("home", None):
+        for a in current:
+            if (use is None or a.get("use") == use) and (a.get("line") or a.get("postalCode")):
+                return a
+    return {}
+
+
+def _first_line_key(line: str) -> str:
+    words = re.sub(r"[^a-z0-9 ]", " ", line.lower()).split()
+    return " ".join(ADDRESS_WORDS.get(w, w) for w in words)
+
+
+def _gp(res: dict) -> tuple[str, str] | None:
+    refs = [g for g in res.get("generalPractitioner") or [] if g.get("reference") or
+            ref_display(g)]
+    if not refs:
+        return None
+    key = "|".join(sorted((g.get("reference") or "").strip() or
+                          (normalise_name(ref_display(g)) or "") for g in refs))
+    return key, ", ".join(ref_display(g) for g in refs if ref_display(g)) or "Not named"
+
+
+def _fact(name: str, res: dict) -> tuple[str, str] | None:
+    """(comparison key, what the banner shows) of one fact of one Patient, or None if absent."""
+    if name == "name":
+        n = _official_name(res)
+        if not (n.get("family") or n.get("given") or n.get("text")):
+            return None
+        given = normalise_name(_given(res)) or ""
+        key = f"{canonical(given.split(' ')[0]) if given else ''}|{normalise_name(n.get('family'))}"
+        return key, human_name(res) or n.get("text") or ""
+    if name == "birth":
+        b = (res.get("birthDate") or "").strip()
+        return (b, nice_date(b)) if b else None
+    if name == "gender":
+        g = (res.get("gender") or "").lower()
+        return (g, g.capitalize()) if g and g != "unknown" else None
+    if name == "address":
+        a = _address(res)
+        if not a:
+            return None
+        postcode = normalise_postcode(a.get("postalCode")) or ""
+        first = _first_line_key((a.get("line") or [""])[0] or "")
+        parts = [*(a.get("line") or []), a.get("city"), a.get("postalCode")]
+        return f"{postcode}|{first}", ", ".join(p for p in parts if p)
+    if name == "gp":
+        return _gp(res)
+    if name == "phone":
+        phones = [t.get("value") for t in res.get("telecom") or []
+                  if t.get("system") == "phone" and t.get("value")
+                  and not (t.get("period") or {}).get("end")]
+        return (re.sub(r"\D", "", phones[0]), ", ".join(phones)) if phones else None
+    if name == "nhs":
+        number = nhs_number_of(res)
+        d = nhs.normalise(number) if number else None
+        return (d, format_nhs(d)) if d else None
+    raise ValueError(name)
+
+
+FACTS = ("name", "nhs", "birth", "gender", "address", "gp", "phone")
+# the facts whose disagreement a clinician must see, as the warning names them
+FLAGGED = {"nhs": "NHS number", "birth": "date of birth", "gender": "gender",
+           "address": "address", "gp": "registered GP practice"}
+FACT_LABELS = {"name": "name", "nhs": "NHS number", "birth": "date of birth",
+               "gender": "gender", "address": "address", "gp": "GP practice", "phone": "phone"}
+
+
+def _updated(it: Item) -> datetime:
+    return parse_when(it.when) or datetime.min.replace(tzinfo=UTC)
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+@dataclass
+class Disagreement:
+    """Partners' records hold different values of one fact: each value with who holds it."""
+
+    fact: str  # as the warning names it: "date of birth"
+    values: list[tuple[str, list[str]]]  # (value, organisation names), the banner's value first
+
+    @property
+    def text(self) -> str:
+        sep = "; " if any("," in v for v, _ in self.values) else ", "
+        return sep.join(f"{_and(orgs)} {'says' if len(orgs) == 1 else 'say'} {v}"
+                        for v, orgs in self.values)
+
+
+@dataclass
+class PartnerRecord:
+    """One partner's own Patient record of the person, as the 'Records of this person' list
+    shows it."""
+
+    item: Item
+    identifiers: list[tuple[str, str]]  # (label, value), NHS number first
+    notes: list[str]
+    opened: bool = False
+
+
+@dataclass
+class Person:
+    """The banner: the person's best current demographics across the partners' records."""
+
+    values: dict[str, str]  # fact -> what the banner shows
+    sources: dict[str, Item]  # fact -> the record it came from
+    records: list[PartnerRecord]
+    disagreements: list[Disagreement]
+    deceased: bool = False
+    birth_date: str | None = None
+
+    @property
+    def age(self) -> int | None:
+        return age_of(self.birth_date)
+
+    @property
+    def disputed(self) -> set[str]:
+        back = {v: k for k, v in FLAGGED.items()}
+        return {back[d.fact] for d in self.disagreements}
+
+    def source_lines(self) -> list[str]:
+        """'Name, date of birth and address from Brookside Medical Centre, updated today'."""
+        by: dict[str, list[str]] = {}
+        order: list[Item] = []
+        for fact in FACTS:
+            it = self.sources.get(fact)
+            if it is None:
+                continue
+            if it.ref not in by:
+                order.append(it)
+            by.setdefault(it.ref, []).append(FACT_LABELS[fact])
+        out = []
+        for it in order:
+            facts = _and(by[it.ref])
+            when = f", updated {it.ago}" if it.ago else ""
+            out.append(f"{facts[0].upper()}{facts[1:]} from {it.source_name}{when}")
+        return out
+
+
+def merge_person(patients: list[Item], opened_id: str | None = None) -> Person:
+    """The person's banner from their partners' Patient records (already governed: only what
+    the viewer may see). Newest record wins each fact; disagreements on NHS number, date of
+    birth, gender, address and registered GP are found and named; a nickname is not one."""
+    values: dict[str, str] = {}
+    sources: dict[str, Item] = {}
+    disagreements: list[Disagreement] = []
+    facts = {f: [(it, _fact(f, it.res)) for it in patients] for f in FACTS}
+    for f in FACTS:
+        have = [(it, kv) for it, kv in facts[f] if kv is not None]
+        if not have:
+            continue
+        count: dict[str, int] = {}
+        for _, (k, _v) in have:
+            count[k] = count.get(k, 0) + 1
+
+        ranked = sorted(have, key=lambda p: (p[0].source_name, p[0].id))
+        ranked.sort(key=lambda p, count=count: (
+            _updated(p[0]), count[p[1][0]], bool(p[0].res.get("generalPractitioner")),
+            p[0].id == opened_id), reverse=True)
+        best_it, (best_k, best_v) = ranked[0]
+        if f == "name":  # a nickname never replaces the full given name another record has
+            given = normalise_name(_given(best_it.res)) or ""
+            full = next((p for p in ranked if normalise_name(_given(p[0].res)) and
+                         normalise_name(_given(p[0].res)) != given and
+                         p[1][0] == best_k and
+                         normalise_name(_given(p[0].res)) == canonical(given)), None)
+            if full is not None:
+                best_it, (best_k, best_v) = full
+        values[f], sources[f] = best_v, best_it
+        if f in FLAGGED and len(count) > 1:
+            groups: dict[str, tuple[str, list[str]]] = {best_k: (best_v, [])}
+            for it, (k, v) in ranked:
+                orgs = groups.setdefault(k, (v, []))[1]
+                if it.source_name not in orgs:
+                    orgs.append(it.source_name)
+            disagreements.append(Disagreement(FLAGGED[f], list(groups.values())))
+    records = []
+    best_given = normalise_name(_given(sources["name"].res)) if "name" in sources else None
+    best_address = _fact("address", sources["address"].res)[0] if "address" in sources else None
+    for it in patients:
+        ids = [(identifier_label(i), format_nhs(i.get("value"))
+                if i.get("system") == NHS_NUMBER_SYSTEM else i.get("value"))
+               for i in it.res.get("identifier") or [] if i.get("value")]
+        ids.sort(key=lambda lv: lv[0] != "NHS number")
+        notes = []
+        if not any(label == "NHS number" for label, _ in ids):
+            notes.append("No NHS number on this record")
+        given = normalise_name(_given(it.res))
+        if given and best_given and given != best_given:
+            if canonical(given) == canonical(best_given):
+                notes.append(f"Known as {_given(it.res)}")
+            else:
+                notes.append(f"Name recorded as {human_name(it.res)}")
+        addr = _fact("address", it.res)
+        if addr and best_address and addr[0] != best_address:
+            notes.append(f"Address recorded as {addr[1]}")
+        records.append(PartnerRecord(it, ids, notes, it.id == opened_id))
+    records.sort(key=lambda r: (not r.opened, r.item.source_name))
+    deceased = any(p.res.get("deceasedBoolean") or p.res.get("deceasedDateTime")
+                   for p in patients)
+    birth = sources["birth"].res.get("birthDate") if "birth" in sources else None
+    return Person(values, sources, records, disagreements, bool(deceased), birth)
 
 
 # ----------------------------------------------------------------------------- locating
@@ -720,9 +983,9 @@ def patient_view(request: Request, access: Access) -> Response:
     record = build_record(matches, names, pid)
     record.withheld = view.withheld_sensitive
     glass = any(r.startswith("you broke glass") for r in why)
-    return render(request, "patient.html", title=record.patient.title if record.patient else
-                  "Patient record", record=record, patient_id=pid,
-                  p=patient_summary(record.patient, names), why=why, glass=glass,
+    person = record.person
+    return render(request, "patient.html", title=person.values.get("name") or "Patient record",
+                  record=record, patient_id=pid, person=person, why=why, glass=glass,
                   may_break_glass=access.role in BREAK_GLASS_ROLES and not glass,
                   may_write=access.role in ("clinician", "nurse", "allied-health",
                                             "social-worker"),
