@@ -561,7 +561,7 @@ def build_record(view_matches, names: dict[str, str], patient_id: str | None = N
     record = Record(patient, items, 0, sec, trend_charts(sec["observations"]), timeline, contacts)
     record.latest = latest_results(sec["observations"])
     record.joined = sorted(joined, key=lambda i: i.source_name)
-    record.person = merge_person(patients, patient.id if patient else None)
+    record.person = merge_person(patients, patient_id)
     return record
 
 
@@ -726,6 +726,10 @@ class Disagreement:
 
     fact: str  # as the warning names it: "date of birth"
     values: list[tuple[str, list[str]]]  # (value, organisation names), the banner's value first
+
+    @property
+    def label(self) -> str:
+        return self.fact[0].upper() + self.fact[1:]
 
     @property
     def text(self) -> str:

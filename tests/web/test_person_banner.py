@@ -87,8 +87,9 @@ def test_disagreements_are_flagged_with_the_organisations_not_silently_picked():
     # a different GP practice and a different sex are flagged too
     other = patient("c", "NZC01", "2023-01-01T00:00:00+00:00", gender="male",
                     gp="Riverside Surgery")
-    facts = {d.fact for d in merge_person([gp, other]).disagreements}
-    assert {"registered GP practice", "gender"} <= facts
+    other_nhs = patient("d", "LAZ01", "2023-01-01T00:00:00+00:00", nhs="9434765919")
+    labels = {d.label for d in merge_person([gp, other, other_nhs]).disagreements}
+    assert labels == {"Registered GP practice", "Gender", "NHS number"}
 
 
 def test_a_nickname_or_a_differently_written_address_is_not_a_disagreement():
