@@ -4,6 +4,7 @@ path against the independent oracle."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -25,9 +26,17 @@ from oracle import (
 )
 
 from sharedcare.fhir.categories import category_of
-from sharedcare.fhir.codes import DATA_CATEGORY_SYSTEM, ODS_SYSTEM, SENSITIVITY_SYSTEM
+from sharedcare.fhir.codes import (
+    DATA_CATEGORY_SYSTEM,
+    NHS_NUMBER_SYSTEM,
+    ODS_SYSTEM,
+    SENSITIVITY_SYSTEM,
+)
 from sharedcare.fhir.outcome import FHIRError
 from sharedcare.governance import Access
+from sharedcare.identity.links import person_id_for_nhs
+from sharedcare.identity.nhs_number import synthetic
+from sharedcare.store.persons import patients_of_person
 from sharedcare.store.repository import PermitAll, WriteOp
 
 ORG_KINDS = ("gp-practice", "acute-trust", "community", "mental-health", "ambulance", "hospice",
@@ -75,7 +84,9 @@ def clinical_body(rtype: str, pid: str, extra: dict) -> dict:
 
 
 @st.composite
-def worlds(draw, n_viewers=(6, 10), n_patients=(2, 3)):
+def worlds(draw, n_viewers=(6, 10), n_patients=(2, 3), persons=None):
+    """A random care system. With `persons` (a range of how many people), each person has 1-3
+    Patient records, one per partner, joined by a FHIR Person (see `person_records`)."""
     today = date.today()
     n_orgs = draw(st.integers(2, 5))
     codes = list(ODS_CODES[:n_orgs])
@@ -115,7 +126,7 @@ def worlds(draw, n_viewers=(6, 10), n_patients=(2, 3)):
                                           when(eff), when(end)))
 
     # Patients, the resources that make relationships, and clinical data.
-    n_pat = draw(st.integers(*n_patients))
+    n_pat = draw(st.integers(*n_patients)) if persons is None else 0
     counter = Counter()
 
     def new_id(t):
@@ -137,23 +148,21 @@ def worlds(draw, n_viewers=(6, 10), n_patients=(2, 3)):
                        pid if rtype in COMPARTMENT else None))
 
     org = st.sampled_from(codes)
-    for n in range(1, n_pat + 1):
-        pid = f"pat-{n}"
-        gp = draw(st.one_of(st.none(), org))
-        body = {"resourceType": "Patient", "id": pid,
-                "name": [{"family": FAMILY[n % len(FAMILY)], "given": [f"Given{n}"]}]}
-        if gp:
-            body["generalPractitioner"] = [org_ref(gp, draw(st.booleans()))]
-        if draw(st.booleans()):  # NOT a relationship: the managing organisation
-            body["managingOrganization"] = org_ref(draw(org), False)
+
+    def labelled_patient(body: dict, source: str | None) -> None:
+        """The Patient's category tag and labels, then the Patient itself (controlled by the
+        registered practice when `source` is None)."""
         tagged = draw(st.sampled_from([None, None, "demographics", "social-care"]))
         labels = tuple(sorted(draw(st.lists(st.sampled_from(SENSITIVE), max_size=1))
                               if draw(st.integers(0, 4)) == 0 else []))
         m = meta(tagged, labels)
         if m:
             body["meta"] = m
-        res.append(Res("Patient", pid, body, gp or draw(org), tagged or "demographics",
-                       labels, pid))
+        res.append(Res("Patient", body["id"], body, source or draw(org),
+                       tagged or "demographics", labels, body["id"]))
+
+    def record_of(pid: str) -> None:
+        """What partners recorded about one Patient: relationships, clinical data, choices."""
         for _ in range(draw(st.integers(0, 2))):
             add("Encounter", pid, draw(org), {
                 "status": draw(st.sampled_from(["in-progress", "arrived", "finished",
@@ -182,6 +191,22 @@ def worlds(draw, n_viewers=(6, 10), n_patients=(2, 3)):
             world.choices.append((pid, kind, draw(org) if kind.startswith("objection-") and
                                   kind != "objection-all" else None))
 
+    if persons is None:
+        for n in range(1, n_pat + 1):
+            pid = f"pat-{n}"
+            gp = draw(st.one_of(st.none(), org))
+            body = {"resourceType": "Patient", "id": pid,
+                    "name": [{"family": FAMILY[n % len(FAMILY)], "given": [f"Given{n}"]}]}
+            if gp:
+                body["generalPractitioner"] = [org_ref(gp, draw(st.booleans()))]
+            if draw(st.booleans()):  # NOT a relationship: the managing organisation
+                body["managingOrganization"] = org_ref(draw(org), False)
+            labelled_patient(body, gp)
+            record_of(pid)
+        pats = [f"pat-{n}" for n in range(1, n_pat + 1)]
+    else:
+        pats = person_records(draw, world, codes, persons, labelled_patient, record_of)
+
     # Viewers: people in every role and purpose, and partner systems.
     viewers: dict = {}
     for _ in range(draw(st.integers(*n_viewers))):
@@ -196,7 +221,6 @@ def worlds(draw, n_viewers=(6, 10), n_patients=(2, 3)):
         viewers[v.key] = v
     viewers = list(viewers.values())
     people = [v for v in viewers if v.kind == "user" and v.role in GLASS_ROLES]
-    pats = [f"pat-{n}" for n in range(1, n_pat + 1)]
     if people:
         for _ in range(draw(st.integers(1, 5))):
             v = draw(st.sampled_from(people))
@@ -206,6 +230,80 @@ def worlds(draw, n_viewers=(6, 10), n_patients=(2, 3)):
             world.declared.append((v.username, v.ods, draw(st.sampled_from(pats)),
                                    draw(st.booleans())))
     return world, viewers
+
+
+GIVEN = ("Ada", "Bilal", "Cerys", "Dmitri", "Esi", "Farid", "Gwen", "Hamish")
+
+
+def person_records(draw, world: World, codes: list[str], persons, labelled_patient,
+                   record_of) -> list[str]:
+    """People with 1-3 Patient records each, one per partner (each partner's record controlled
+    by that partner, with its own MRN), as a shared care record holds them. A person's records
+    carry the same valid test-range NHS number or none (identity links those on the write path,
+    under the Person whose id it derives from the number); the world then writes each person's
+    Person explicitly -- with that id when identity made one -- so the world's own notion of
+    "same person" is the one the oracle uses. Some worlds unlink one record after loading."""
+    org = st.sampled_from(codes)
+    pats: list[str] = []
+    numbers: set[str] = set()
+    linked: list[Res] = []
+    for k in range(1, draw(st.integers(*persons)) + 1):
+        size = draw(st.integers(1, min(3, len(codes))))
+        partners = draw(st.lists(org, min_size=size, max_size=size, unique=True))
+        nhs = None
+        if draw(st.integers(0, 2)):
+            rng = random.Random(draw(st.integers(0, 2**32)))
+            while nhs is None or nhs in numbers:
+                nhs = synthetic(rng)
+            numbers.add(nhs)
+        family, given = FAMILY[k % len(FAMILY)] + f"-{k}", GIVEN[k % len(GIVEN)]
+        born = f"19{draw(st.integers(20, 99))}-0{draw(st.integers(1, 9))}-1{k % 10}"
+        members, numbered = [], False
+        for src in partners:
+            pid = f"pat-{len(pats) + 1}"
+            pats.append(pid)
+            members.append(pid)
+            idents = [{"system": f"https://{src.lower()}.example/mrn", "value": f"M{pid}"}]
+            if nhs and draw(st.integers(0, 3)):
+                idents.insert(0, {"system": NHS_NUMBER_SYSTEM, "value": nhs})
+                numbered = True
+            body = {"resourceType": "Patient", "id": pid, "identifier": idents,
+                    "name": [{"family": family, "given": [given]}], "birthDate": born}
+            gp = draw(st.sampled_from([None, src, src] + list(codes)))
+            if gp:
+                body["generalPractitioner"] = [org_ref(gp, draw(st.booleans()))]
+            if draw(st.booleans()):  # NOT a relationship: the managing organisation
+                body["managingOrganization"] = org_ref(src, False)
+            labelled_patient(body, src)
+            record_of(pid)
+        if numbered:
+            person_id = person_id_for_nhs(nhs)  # identity made it; the world rewrites it
+        elif len(members) > 1 or draw(st.booleans()):
+            person_id = f"person-{k}"
+        else:
+            continue
+        # Identity writes Persons as the system (no controller); an operator at a partner
+        # may have written this one.
+        source = draw(st.sampled_from([None, None] + list(codes)))
+        tagged = draw(st.sampled_from([None, None, "demographics"]))
+        labels = ("safeguarding",) if draw(st.integers(0, 5)) == 0 else ()
+        body = {"resourceType": "Person", "id": person_id, "active": True,
+                "name": [{"family": family, "given": [given]}],
+                "link": [{"target": {"reference": f"Patient/{p}"}, "assurance": "level3"}
+                         for p in members]}
+        m = meta(tagged, labels)
+        if m:
+            body["meta"] = m
+        r = Res("Person", person_id, body, source, category_of("Person", tagged), labels,
+                None, tuple(members))
+        world.resources.append(r)
+        linked.append(r)
+    several = [r for r in linked if len(r.patients) > 1]
+    if (several or linked) and draw(st.integers(0, 2)) == 0:
+        r = draw(st.sampled_from(several or linked))
+        drop = None if draw(st.integers(0, 3)) == 0 else draw(st.sampled_from(r.patients))
+        world.unlink = (r.id, drop)
+    return pats
 
 
 # -------------------------------------------------------------------------------------- loading
@@ -225,10 +323,13 @@ def load(sc, world: World, viewers: list[Viewer], staff: bool = False) -> None:
                           status=a.status, effective=a.effective, end=a.end)
     # Directory first (Organization ids resolve ODS codes), then the record, each resource
     # written by its controller (the writer's organisation becomes the source tag).
+    # Persons last: identity has linked the Patients with NHS numbers by then, and the world's
+    # Persons say who is one person (rewriting identity's, whose ids they take).
     directory = [r for r in world.resources if r.type in ("Organization", "Practitioner",
                                                           "Location")]
-    rest = [r for r in world.resources if r not in directory]
-    for group in (directory, rest):
+    people = [r for r in world.resources if r.type == "Person"]
+    rest = [r for r in world.resources if r not in directory and r.type != "Person"]
+    for group in (directory, rest, people):
         by_src = defaultdict(list)
         for r in group:
             by_src[r.source_org].append(WriteOp("PUT", r.type, r.id, dict(r.body)))
@@ -255,6 +356,29 @@ def load(sc, world: World, viewers: list[Viewer], staff: bool = False) -> None:
         for v in viewers:
             if v.kind == "user":
                 gov.add_staff(v.username, f"Staff {v.username}", [(v.ods, v.role)])
+    if world.unlink:
+        unlink(sc, world)
+    stored = {s.id for s in sc.store.search("Person", [("_count", "1000")], PermitAll()).matches}
+    assert stored == {r.id for r in world.resources if r.type == "Person"}, \
+        f"the store holds Persons {sorted(stored)} the world does not know"
+
+
+def unlink(sc, world: World) -> None:
+    """Identity takes one Patient out of a Person (or retires the Person): written as the
+    Person's controller would, it takes effect on the next query."""
+    person_id, drop = world.unlink
+    r = next(r for r in world.resources if r.type == "Person" and r.id == person_id)
+    if drop is None:
+        sc.store.write([WriteOp("DELETE", "Person", person_id, None)])
+        world.resources.remove(r)
+        return
+    body = dict(r.body)
+    body["link"] = [lk for lk in body["link"] if lk["target"]["reference"] != f"Patient/{drop}"]
+    if not body["link"]:
+        del body["link"]  # FHIR has no empty arrays: a Person linking nobody
+    sc.store.write([WriteOp("PUT", "Person", person_id, dict(body))], source_org=r.source_org)
+    r.body = body
+    r.patients = tuple(p for p in r.patients if p != drop)
 
 
 # ------------------------------------------------------------------------------------- checking
@@ -283,7 +407,10 @@ def refs(stored) -> set[str]:
 
 
 def check_world(sc, world: World, viewers: list[Viewer], tally: Tally, reads: bool = True,
-                everything: bool = True, decide: bool = True) -> None:
+                everything: bool = True, decide: bool = True, persons: bool = False) -> None:
+    """Every governed read path against the oracle. With `persons`, also: the store's idea of
+    who is one person, every patient's compartment search of every type it holds (which
+    follows the person) and `subject:mdm` searches."""
     gov = sc.governance
     oracle = Oracle(world)
     types = sorted({r.type for r in world.resources})
@@ -291,6 +418,15 @@ def check_world(sc, world: World, viewers: list[Viewer], tally: Tally, reads: bo
     for r in world.resources:
         by_type[r.type].append(r)
     patients = [r for r in world.resources if r.type == "Patient"]
+    if persons:
+        with sc.engine.connect() as conn:
+            for p in patients:
+                got = set(patients_of_person(conn, p.id))
+                tally.checks["person links"] += 1
+                if got != oracle.same(p.id):
+                    tally.problems.append(f"store: Patient/{p.id} is one person with "
+                                          f"{sorted(got)}, the world's Persons say "
+                                          f"{sorted(oracle.same(p.id))}")
     for v in viewers:
         a = access_for(gov, v)
         visible = {r.ref for r in world.resources if oracle.may_see(v, r)}
@@ -355,12 +491,35 @@ def check_world(sc, world: World, viewers: list[Viewer], tally: Tally, reads: bo
                 if r.ref in visible and f"Patient/{r.patient}" in matched}
         tally.compare("Patient?_revinclude=Observation:subject", v, want, refs(page.includes),
                       oracle, world, len(by_type["Observation"]) if matched else 0)
+        if persons:
+            for p in patients:
+                person = oracle.same(p.id)
+                comp = [r for r in world.resources if person & set(r.compartment)]
+                # The compartment search of every type the person's record holds.
+                for t in sorted({r.type for r in comp}):
+                    page = gov.search(a, t, [("_count", "1000")], compartment=p.id)
+                    exp = {r.ref for r in comp if r.type == t} & visible
+                    tally.compare(f"Patient/{p.id}/{t}", v, exp, refs(page.matches), oracle,
+                                  world, len(by_type[t]))
+                    if page.total != len(exp):
+                        tally.problems.append(f"Patient/{p.id}/{t} total {page.total} != "
+                                              f"{len(exp)} for {v}")
+                # :mdm follows the person; the plain reference keeps its FHIR meaning.
+                for param, who in (("subject:mdm", person), ("subject", {p.id})):
+                    page = gov.search(a, "Observation", [(param, f"Patient/{p.id}"),
+                                                         ("_count", "1000")])
+                    exp = {r.ref for r in by_type["Observation"] if r.patient in who} & visible
+                    tally.compare(f"Observation?{param}=Patient/{p.id}", v, exp,
+                                  refs(page.matches), oracle, world,
+                                  len(by_type["Observation"]))
         # Every $everything page.
         if not everything:
             continue
         for p in patients:
             pid = p.id
-            comp = [r for r in world.resources if r.patient == pid]
+            person = oracle.same(pid)
+            # The person's record: the compartments of each of their Patients.
+            comp = [r for r in world.resources if person & set(r.compartment)]
             exp = {r.ref for r in comp} & visible
             n_withheld = sum(oracle.withheld_for_sensitivity(v, r) for r in comp)
             no_records = v.purpose != DIRECT_CARE or v.role in (

@@ -17,6 +17,10 @@ A viewer (organisation, role, purpose, kind) sees a resource iff it is directory
       legitimate relationship with the viewer's organisation (registered GP practice, open
       encounter, active episode, active referral, active care team), or a relationship this person
       declared, or a break-glass by this person.
+One person, several records: each partner keeps its own Patient, and a FHIR Person whose
+link[].target names them says they are one person (a Patient no Person links is a person alone).
+Relationships (c, e), break-glass and patient choices (d) recorded against ANY of the person's
+Patients count for ALL of them; a Person is in the compartment of every Patient it links.
 Roles without direct-care categories see only directory data, and secondary purposes (planning,
 research) go through governed extracts: the record itself shows them only directory data.
 """
@@ -68,6 +72,9 @@ COMPARTMENT = {
     "DocumentReference": "subject", "CarePlan": "subject", "AllergyIntolerance": "patient",
     "Flag": "subject", "Consent": "patient",
 }
+# In the compartment of several patients: a Person, of every Patient its link[].target names.
+MULTI_COMPARTMENT = {"Person"}
+COMPARTMENT_TYPES = set(COMPARTMENT) | MULTI_COMPARTMENT
 # What counts as "open"/"active" for the relationship-bearing resources.
 OPEN_ENCOUNTER = {"planned", "arrived", "triaged", "in-progress", "onleave"}
 ACTIVE_EPISODE = {"active"}
@@ -99,10 +106,17 @@ class Res:
     category: str
     labels: tuple[str, ...] = ()
     patient: str | None = None  # the compartment's patient (None for directory / no patient)
+    # A Person is in the compartment of every Patient it links (then `patient` is None).
+    patients: tuple[str, ...] = ()
 
     @property
     def ref(self) -> str:
         return f"{self.type}/{self.id}"
+
+    @property
+    def compartment(self) -> tuple[str, ...]:
+        """Every patient whose compartment holds this resource."""
+        return self.patients or ((self.patient,) if self.patient else ())
 
 
 @dataclass
@@ -125,9 +139,38 @@ class World:
     choices: list[tuple[str, str, str | None]] = field(default_factory=list)  # patient, kind, ods
     glass: list[tuple[str, str, bool]] = field(default_factory=list)  # username, patient, active
     declared: list[tuple[str, str, str, bool]] = field(default_factory=list)  # user, ods, pat, active
+    # After loading, identity unlinks: (Person id, the Patient it drops, or None: the Person is
+    # deleted). The Person resources in `resources` are what the store holds once it is done.
+    unlink: tuple[str, str | None] | None = None
 
     def by_ref(self) -> dict[str, Res]:
         return {r.ref: r for r in self.resources}
+
+
+def link_targets(person: dict) -> tuple[str, ...]:
+    """The Patient ids a Person's link[].target names."""
+    out = []
+    for link in person.get("link") or []:
+        ref = ((link or {}).get("target") or {}).get("reference") or ""
+        if ref.startswith("Patient/") and ref[8:] not in out:
+            out.append(ref[8:])
+    return tuple(out)
+
+
+def persons(world: World) -> dict[str, frozenset[str]]:
+    """patient id -> every Patient that is the same person (itself included), from the world's
+    current Person resources. A patient no Person links is alone (absent from the map)."""
+    out: dict[str, frozenset[str]] = {}
+    for r in world.resources:
+        if r.type != "Person":
+            continue
+        members = frozenset(link_targets(r.body))
+        for p in members:
+            if p in out and out[p] != members:
+                raise AssertionError(f"Patient/{p} is linked by two Persons: the world is "
+                                     "not one person per Patient")
+            out[p] = members
+    return out
 
 
 # ------------------------------------------------------------------------------------------ rules
@@ -190,22 +233,36 @@ class Oracle:
     def __init__(self, world: World):
         self.world = world
         self.rels = relationships(world)
+        self.persons = persons(world)
+
+    def same(self, patient: str | None) -> frozenset[str]:
+        """Every Patient record of this patient's person (itself included)."""
+        if patient is None:
+            return frozenset()
+        return self.persons.get(patient, frozenset({patient}))
+
+    def person_of(self, res: Res) -> frozenset[str]:
+        """Every Patient record of the person(s) whose compartment holds `res`."""
+        return frozenset().union(*(self.same(p) for p in res.compartment))
 
     def has_glass(self, viewer: Viewer, patient: str | None) -> bool:
-        return viewer.kind == "user" and patient is not None and any(
-            u == viewer.username and p == patient and active for u, p, active in self.world.glass)
+        mine = self.same(patient)
+        return viewer.kind == "user" and any(
+            u == viewer.username and p in mine and active for u, p, active in self.world.glass)
 
     def has_relationship(self, viewer: Viewer, patient: str) -> bool:
-        if (patient, viewer.ods) in self.rels:
+        mine = self.same(patient)
+        if any((p, viewer.ods) in self.rels for p in mine):
             return True
-        if any(u == viewer.username and o == viewer.ods and p == patient and active
+        if any(u == viewer.username and o == viewer.ods and p in mine and active
                for u, o, p, active in self.world.declared):
             return True
         return self.has_glass(viewer, patient)
 
     def objected(self, viewer: Viewer, res: Res) -> bool:
+        mine = self.person_of(res)
         for patient, kind, ods in self.world.choices:
-            if patient != res.patient:
+            if patient not in mine:
                 continue
             if kind == "objection-all":
                 return True
@@ -234,12 +291,13 @@ class Oracle:
         if res.category not in cats:
             return "(b) role category"
         hidden = set(res.labels) - ROLE_SENSITIVITY.get(viewer.role, set())
-        if hidden and not own and not self.has_glass(viewer, res.patient):
+        glass = any(self.has_glass(viewer, p) for p in res.compartment)
+        if hidden and not own and not glass:
             return "(c) sensitive"
         if not own and self.objected(viewer, res):
             return "(d) objection"
-        related = res.patient is not None and self.has_relationship(viewer, res.patient)
-        if viewer.kind == "user" and res.type in COMPARTMENT and not related:
+        related = any(self.has_relationship(viewer, p) for p in res.compartment)
+        if viewer.kind == "user" and res.type in COMPARTMENT_TYPES and not related:
             return "(e) no relationship"
         return None
 
@@ -247,7 +305,8 @@ class Oracle:
         """Would be visible but for its sensitivity labels (what $everything may count)."""
         if self.may_see(viewer, res):
             return False
-        plain = Res(res.type, res.id, res.body, res.source_org, res.category, (), res.patient)
+        plain = Res(res.type, res.id, res.body, res.source_org, res.category, (), res.patient,
+                    res.patients)
         return self.may_see(viewer, plain)
 
 
