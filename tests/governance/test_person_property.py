@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import date
 
+import pytest
 from gov_world import Tally, check_world, load, worlds
 from hypothesis import HealthCheck, Phase, given, settings
+from oracle import Res, Viewer, World
 from sqlalchemy import create_engine, text
 
 from sharedcare.app import SharedCare
+from sharedcare.fhir.codes import ODS_SYSTEM
 
 CASES = os.environ.get("SHAREDCARE_PROPERTY_CASES", "")
 if CASES == "large":
@@ -89,3 +93,37 @@ def test_reads_follow_the_person(database_url, tmp_path):
                       if not k.startswith(("Patient/", "Observation?", "$everything pat"))))
     assert shapes["joined"], "no world joined two partners' records under one Person"
     assert tally.total >= TARGET[backend]
+
+
+@pytest.mark.xfail(strict=False, reason="product: Governance.decide() permits a patient-"
+                   "compartment resource in no patient's compartment (here a Person whose last "
+                   "link was dropped; equally an Observation without a subject) that read and "
+                   "search refuse a person for want of a legitimate relationship")
+def test_a_person_linking_nobody(database_url, tmp_path):
+    """The smallest world the property found: one practice, its registered patient, a Person
+    the practice controls linking that Patient; the Person then drops its only link (written
+    through the API, not by identity, which would retire it). Read and search refuse the
+    practice's clinician (a compartment type with no patient has no legitimate relationship);
+    decide must say the same."""
+    ods = "A81001"
+    world = World(today=date.today(), orgs={ods: "gp-practice"})
+    world.resources += [
+        Res("Organization", f"org-{ods}", {"resourceType": "Organization", "name": "Practice",
+                                           "identifier": [{"system": ODS_SYSTEM, "value": ods}]},
+            ods, "other"),
+        Res("Patient", "pat-1", {"resourceType": "Patient", "id": "pat-1", "generalPractitioner":
+                                 [{"reference": f"Organization/org-{ods}"}]},
+            ods, "demographics", (), "pat-1"),
+        Res("Person", "person-1", {"resourceType": "Person", "id": "person-1",
+                                   "link": [{"target": {"reference": "Patient/pat-1"}}]},
+            ods, "other", (), None, ("pat-1",))]
+    world.unlink = ("person-1", "pat-1")
+    viewers = [Viewer(f"clinician.direct-care@{ods}", ods, "clinician")]
+    sc = fresh(database_url, tmp_path)
+    try:
+        load(sc, world, viewers)
+        tally = Tally()
+        check_world(sc, world, viewers, tally, persons=True)
+        assert not tally.problems, "\n".join(tally.problems)
+    finally:
+        sc.engine.dispose()
