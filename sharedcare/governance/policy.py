@@ -302,6 +302,11 @@ def decide(conn: Connection, access: Access, row: dict, patient_id: str | None) 
     if cat not in ROLE_CATEGORIES.get(access.role, frozenset()):
         deny.append(f"the {access.role} role does not include {cat} information")
     glass = False
+    if patient_id is None and access.needs_relationship and \
+            rtype in patient_compartment_types():
+        # As the query does: a record of a kind that belongs to a patient but names none (a
+        # Person that links nobody, an Observation without a subject) has no relationship.
+        deny.append("it belongs to no patient's record, so no legitimate relationship covers it")
     if patient_id is not None and access.needs_relationship:
         rels = explain_relationship(conn, access, patient_id)
         glass = any(r.startswith("you broke glass") for r in rels)
