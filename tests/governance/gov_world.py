@@ -507,6 +507,15 @@ def check_world(sc, world: World, viewers: list[Viewer], tally: Tally, reads: bo
                     if page.total != len(exp):
                         tally.problems.append(f"Patient/{p.id}/{t} total {page.total} != "
                                               f"{len(exp)} for {v}")
+                # What a compartment search includes stays in the person's record.
+                page = gov.search(a, "Patient", [("_revinclude", "Observation:subject"),
+                                                 ("_count", "1000")], compartment=p.id)
+                matched = refs(page.matches)
+                want = {r.ref for r in by_type["Observation"]
+                        if r.ref in visible and f"Patient/{r.patient}" in matched}
+                tally.compare(f"Patient/{p.id}/Patient?_revinclude=Observation:subject", v, want,
+                              refs(page.includes), oracle, world,
+                              len(by_type["Observation"]) if matched else 0)
                 # :mdm follows the person; the plain reference keeps its FHIR meaning.
                 for param, who in (("subject:mdm", person), ("subject", {p.id})):
                     page = gov.search(a, "Observation", [(param, f"Patient/{p.id}"),

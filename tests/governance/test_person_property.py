@@ -25,10 +25,11 @@ from datetime import date
 import pytest
 from gov_world import Tally, check_world, load, worlds
 from hypothesis import HealthCheck, Phase, given, settings
-from oracle import Res, Viewer, World
+from oracle import DIRECT_CARE, Oracle, Res, Viewer, World
 from sqlalchemy import create_engine, text
+from starlette.testclient import TestClient
 
-from sharedcare.app import SharedCare
+from sharedcare.app import SharedCare, create_app
 from sharedcare.fhir.codes import ODS_SYSTEM
 
 CASES = os.environ.get("SHAREDCARE_PROPERTY_CASES", "")
@@ -93,6 +94,89 @@ def test_reads_follow_the_person(database_url, tmp_path):
                       if not k.startswith(("Patient/", "Observation?", "$everything pat"))))
     assert shapes["joined"], "no world joined two partners' records under one Person"
     assert tally.total >= TARGET[backend]
+
+
+HTTP_WORLDS = {"sqlite": 6 if CASES else 1, "postgresql": 2 if CASES else 1}
+
+
+def test_fhir_api_follows_the_person(database_url, tmp_path):
+    """The same worlds through the HTTP API with real tokens (the identity worker running, as
+    in the server): every patient's `$everything` (all pages, and the withheld notice) and
+    compartment search of every type the person's record holds."""
+    backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
+
+    @settings(max_examples=HTTP_WORLDS[backend], deadline=None, derandomize=True,
+              database=None, phases=PHASES,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(worlds(n_viewers=(4, 6), persons=(2, 3)))
+    def prop(generated):
+        world, viewers = generated
+        sc = fresh(database_url, tmp_path)
+        problems: list[str] = []
+        try:
+            load(sc, world, viewers, staff=True)
+            gov, oracle = sc.governance, Oracle(world)
+            with TestClient(create_app(sc), base_url="http://testserver") as c:
+                for v in viewers:
+                    if v.kind == "system":
+                        tok = gov.issue_system_token(f"sys-{v.ods}", v.ods, purpose=v.purpose)
+                    else:
+                        tok = gov.issue_token(v.username, v.ods, v.role, purpose=v.purpose)
+                    h = {"Authorization": f"Bearer {tok}"}
+                    visible = {r.ref for r in world.resources if oracle.may_see(v, r)}
+                    for p in [r for r in world.resources if r.type == "Patient"]:
+                        person = oracle.same(p.id)
+                        comp = [r for r in world.resources if person & set(r.compartment)]
+                        exp = {r.ref for r in comp} & visible
+                        for t in sorted({r.type for r in comp}):
+                            got = pages(c, f"/fhir/Patient/{p.id}/{t}?_count=4", h)[0]
+                            want = {r.ref for r in comp if r.type == t} & visible
+                            if got != want:
+                                problems.append(f"Patient/{p.id}/{t} by {v}: extra "
+                                                f"{got - want}, missing {want - got}")
+                        if v.purpose != DIRECT_CARE:
+                            continue
+                        got, status, notes = pages(c, f"/fhir/Patient/{p.id}/$everything"
+                                                      f"?_count=3", h)
+                        if got - visible:
+                            problems.append(f"$everything {p.id} by {v} DISCLOSED "
+                                            f"{got - visible}")
+                        if status == 200:
+                            if got != exp:
+                                problems.append(f"$everything {p.id} by {v} missing "
+                                                f"{exp - got}")
+                            n = sum(oracle.withheld_for_sensitivity(v, r) for r in comp)
+                            if bool(n) != bool(notes) or (n and f"{n} item" not in notes):
+                                problems.append(f"$everything {p.id} by {v}: withheld {n}, "
+                                                f"the Bundle says {notes!r}")
+                        elif exp and p.ref in visible:
+                            problems.append(f"$everything {p.id} by {v}: {status}, the oracle "
+                                            f"shows {sorted(exp)}")
+            assert not problems, "\n".join(problems[:25])
+        finally:
+            sc.engine.dispose()
+
+    prop()
+
+
+def pages(c, url, headers) -> tuple[set[str], int, str]:
+    """Every match of every page, the first status, and the text of any outcome entries."""
+    got, status, notes = set(), None, ""
+    while url:
+        resp = c.get(url, headers=headers)
+        status = status or resp.status_code
+        if resp.status_code != 200:
+            break
+        b = resp.json()
+        for e in b.get("entry") or []:
+            r = e["resource"]
+            if e["search"]["mode"] == "match":
+                got.add(f"{r['resourceType']}/{r['id']}")
+            elif r["resourceType"] == "OperationOutcome":
+                notes += " ".join(i.get("diagnostics", "") for i in r.get("issue") or [])
+        url = next((lk["url"] for lk in b["link"] if lk["relation"] == "next"), None)
+    return got, status, notes
 
 
 @pytest.mark.xfail(strict=False, reason="product: Governance.decide() permits a patient-"
