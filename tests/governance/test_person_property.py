@@ -22,7 +22,6 @@ import os
 import uuid
 from datetime import date
 
-import pytest
 from gov_world import Tally, check_world, load, worlds
 from hypothesis import HealthCheck, Phase, given, settings
 from oracle import DIRECT_CARE, Oracle, Res, Viewer, World
@@ -179,16 +178,12 @@ def pages(c, url, headers) -> tuple[set[str], int, str]:
     return got, status, notes
 
 
-@pytest.mark.xfail(strict=False, reason="product: Governance.decide() permits a patient-"
-                   "compartment resource in no patient's compartment (here a Person whose last "
-                   "link was dropped; equally an Observation without a subject) that read and "
-                   "search refuse a person for want of a legitimate relationship")
 def test_a_person_linking_nobody(database_url, tmp_path):
-    """The smallest world the property found: one practice, its registered patient, a Person
-    the practice controls linking that Patient; the Person then drops its only link (written
-    through the API, not by identity, which would retire it). Read and search refuse the
-    practice's clinician (a compartment type with no patient has no legitimate relationship);
-    decide must say the same."""
+    """The smallest world the property found (decide() permitted what read refused, fixed in
+    c4078bc): one practice, its registered patient, a Person the practice controls linking that
+    Patient; the Person then drops its only link (written through the API, not by identity,
+    which would retire it). Read and search refuse the practice's clinician (a compartment type
+    with no patient has no legitimate relationship); decide must say the same."""
     ods = "A81001"
     world = World(today=date.today(), orgs={ods: "gp-practice"})
     world.resources += [
