@@ -25,6 +25,7 @@ from oracle import (
     World,
 )
 
+from sharedcare.app import SharedCare
 from sharedcare.fhir.categories import category_of
 from sharedcare.fhir.codes import (
     DATA_CATEGORY_SYSTEM,
@@ -567,3 +568,22 @@ def check_world(sc, world: World, viewers: list[Viewer], tally: Tally, reads: bo
                 if withheld != n_withheld:
                     tally.problems.append(f"$everything {pid} withheld {withheld} != "
                                           f"{n_withheld} for {v}")
+
+
+def fresh(database_url: str, tmp_path) -> SharedCare:
+    """A new SharedCare on an empty database (a new SQLite file, or a wiped PG schema), for
+    property tests that load a generated world per example."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    if database_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path / f'world-{uuid.uuid4().hex[:8]}.sqlite'}"
+    else:
+        url = database_url
+        eng = create_engine(url)
+        with eng.begin() as c:
+            c.execute(text("DROP SCHEMA public CASCADE"))
+            c.execute(text("CREATE SCHEMA public"))
+        eng.dispose()
+    return SharedCare.open(url, tmp_path / f"data-{uuid.uuid4().hex[:8]}")

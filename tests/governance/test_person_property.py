@@ -19,16 +19,14 @@ PostgreSQL; a number N for N SQLite worlds (N/4 on PostgreSQL).
 from __future__ import annotations
 
 import os
-import uuid
 from datetime import date
 
-from gov_world import Tally, check_world, load, worlds
+from gov_world import Tally, check_world, fresh, load, worlds
 from hypothesis import HealthCheck, Phase, given, settings
 from oracle import DIRECT_CARE, Oracle, Res, Viewer, World
-from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
-from sharedcare.app import SharedCare, create_app
+from sharedcare.app import create_app
 from sharedcare.fhir.codes import ODS_SYSTEM
 
 CASES = os.environ.get("SHAREDCARE_PROPERTY_CASES", "")
@@ -45,20 +43,6 @@ else:
 PHASES = [Phase.explicit, Phase.generate] + (
     [] if os.environ.get("SHAREDCARE_PROPERTY_SHRINK") == "0" else [Phase.shrink])
 TALLY: dict[str, Tally] = {}
-
-
-def fresh(database_url: str, tmp_path) -> SharedCare:
-    """A new SharedCare on an empty database (a new SQLite file, or a wiped PG schema)."""
-    if database_url.startswith("sqlite"):
-        url = f"sqlite:///{tmp_path / f'person-{uuid.uuid4().hex[:8]}.sqlite'}"
-    else:
-        url = database_url
-        eng = create_engine(url)
-        with eng.begin() as c:
-            c.execute(text("DROP SCHEMA public CASCADE"))
-            c.execute(text("CREATE SCHEMA public"))
-        eng.dispose()
-    return SharedCare.open(url, tmp_path / f"data-{uuid.uuid4().hex[:8]}")
 
 
 def test_reads_follow_the_person(database_url, tmp_path):

@@ -10,33 +10,17 @@ set and total), keyset paging, _include/_revinclude and every $everything page.
 from __future__ import annotations
 
 import os
-import uuid
 
-from gov_world import Tally, check_world, load, worlds
+from gov_world import Tally, check_world, fresh, load, worlds
 from hypothesis import HealthCheck, given, settings
 from oracle import DIRECT_CARE, Oracle
-from sqlalchemy import create_engine, text
 from starlette.testclient import TestClient
 
-from sharedcare.app import SharedCare, create_app
+from sharedcare.app import create_app
 
 TALLY: dict[str, Tally] = {}
 EXAMPLES = {"sqlite": int(os.environ.get("GOV_EXAMPLES", "24")),
             "postgresql": int(os.environ.get("GOV_PG_EXAMPLES", "4"))}
-
-
-def fresh(database_url: str, tmp_path) -> SharedCare:
-    """A new SharedCare on an empty database (a new SQLite file, or a wiped PG schema)."""
-    if database_url.startswith("sqlite"):
-        url = f"sqlite:///{tmp_path / f'world-{uuid.uuid4().hex[:8]}.sqlite'}"
-    else:
-        url = database_url
-        eng = create_engine(url)
-        with eng.begin() as c:
-            c.execute(text("DROP SCHEMA public CASCADE"))
-            c.execute(text("CREATE SCHEMA public"))
-        eng.dispose()
-    return SharedCare.open(url, tmp_path / f"data-{uuid.uuid4().hex[:8]}")
 
 
 def test_governed_reads_match_the_oracle(database_url, tmp_path):

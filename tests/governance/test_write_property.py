@@ -38,14 +38,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import orjson
-from gov_world import clinical_body, load, worlds
+from gov_world import clinical_body, fresh, load, worlds
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from oracle import COMPARTMENT, DIRECTORY, Oracle, Res, Viewer, World
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from sharedcare.app import SharedCare, create_app
+from sharedcare.app import create_app
 from sharedcare.fhir.categories import category_of
 from sharedcare.fhir.codes import DATA_CATEGORY_SYSTEM, SENSITIVITY_SYSTEM, SOURCE_ORG_SYSTEM
 from sharedcare.governance.schema import audit_event
@@ -92,20 +92,6 @@ SCOPES = {
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+00:00|Z)?")
 PROBE_RE = re.compile(r"[pf]\d{5}x")
-
-
-def fresh(database_url: str, tmp_path) -> SharedCare:
-    """A new SharedCare on an empty database (a new SQLite file, or a wiped PG schema)."""
-    if database_url.startswith("sqlite"):
-        url = f"sqlite:///{tmp_path / f'writes-{uuid.uuid4().hex[:8]}.sqlite'}"
-    else:
-        url = database_url
-        eng = create_engine(url)
-        with eng.begin() as c:
-            c.execute(text("DROP SCHEMA public CASCADE"))
-            c.execute(text("CREATE SCHEMA public"))
-        eng.dispose()
-    return SharedCare.open(url, tmp_path / f"data-{uuid.uuid4().hex[:8]}")
 
 
 # ------------------------------------------------------------------------------ the oracle
