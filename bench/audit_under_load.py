@@ -26,14 +26,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _common import Server  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
+from _common import Server
+from sqlalchemy import func, select
 
-from sharedcare.app import SharedCare  # noqa: E402
-from sharedcare.demo import generate  # noqa: E402
-from sharedcare.demo.load import already_loaded, load_demo  # noqa: E402
-from sharedcare.governance.schema import audit_event, care_relationship  # noqa: E402
-from sharedcare.store.schema import idx_token, resource  # noqa: E402
+from sharedcare.app import SharedCare
+from sharedcare.demo import generate
+from sharedcare.demo.load import already_loaded, load_demo
+from sharedcare.governance.schema import audit_event, care_relationship
+from sharedcare.store.schema import idx_token, resource
 
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
 

@@ -24,16 +24,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _common import summary  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
+from _common import summary
+from sqlalchemy import func, select
 
-from sharedcare.app import SharedCare  # noqa: E402
-from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, ODS_SYSTEM  # noqa: E402
-from sharedcare.governance.policy import Access  # noqa: E402
-from sharedcare.identity import nhs_number  # noqa: E402
-from sharedcare.store.persons import patients_of_person  # noqa: E402
-from sharedcare.store.repository import WriteOp  # noqa: E402
-from sharedcare.store.schema import resource  # noqa: E402
+from sharedcare.app import SharedCare
+from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, ODS_SYSTEM
+from sharedcare.governance.policy import Access
+from sharedcare.identity import nhs_number
+from sharedcare.store.persons import patients_of_person
+from sharedcare.store.repository import WriteOp
+from sharedcare.store.schema import resource
 
 PARTNERS = {"GPB01": "gp-practice", "RHOS1": "acute-trust", "RCOM1": "community"}
 BATCH = 200

@@ -38,8 +38,8 @@ from .auth import (
     parse_scopes,
     unauthorised,
 )
+from .consent import consent_for, derive_choices
 from .policy import (
-    one_person,
     BREAK_GLASS_MINUTES,
     BREAK_GLASS_ROLES,
     DIRECT_CARE,
@@ -51,11 +51,10 @@ from .policy import (
     decide,
     explain_relationship,
     now_text,
+    one_person,
 )
-from .consent import choices_in, consent_for, derive_choices
 from .relationships import derive_relationships
 from .request_audit import current_request
-from .writes import check_role, check_scopes, governed_match, governed_write
 from .schema import (
     agreement,
     agreement_party,
@@ -66,6 +65,7 @@ from .schema import (
     staff,
     staff_role,
 )
+from .writes import check_role, check_scopes, governed_match, governed_write
 
 MAX_FAILED_LOGINS = 5
 LOCKOUT_MINUTES = 15

@@ -112,9 +112,8 @@ class AuditFilters:
         Patient record carrying it; anything else is a record id."""
         from ..fhir.codes import NHS_NUMBER_SYSTEM
         from ..identity import nhs_number as nhs
-        from ..store.repository import PermitAll
-
         from ..store.persons import patients_of_person
+        from ..store.repository import PermitAll
 
         if not self.patient:
             self.patient_ids = None

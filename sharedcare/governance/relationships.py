@@ -20,8 +20,8 @@ from ..fhir.codes import ODS_SYSTEM
 from ..store.repository import WriteResult
 from ..store.schema import idx_token, resource
 from .policy import now_text
-from .writes import current_writer
 from .schema import care_relationship
+from .writes import current_writer
 
 # Only care that is happening now is a legitimate relationship: not a planned encounter, not a
 # draft referral.

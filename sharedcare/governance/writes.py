@@ -95,9 +95,9 @@ def check_relationships(store: Store, access: Access, ops: list[WriteOp],
         if not explain_relationship(conn, access, patient):
             raise forbidden("you have no legitimate relationship with this patient, so you "
                             "cannot change their record",
-                            [f"{access.ods} has no registration, open encounter, episode, "
-                             "referral, care-team membership or declared relationship for "
-                             "this patient"])
+                            [(f"{access.ods} has no registration, open encounter, episode, "
+                              "referral, care-team membership or declared relationship for "
+                              "this patient")])
 
 
 def governed_write(gov, access: Access, ops: list[WriteOp], conn: Connection,
