@@ -70,6 +70,8 @@ class AuditEveryRequest:
         async def capture(message):
             if message["type"] == "http.response.start":
                 record.status = message["status"]
+                # Committed before the answer leaves, like every other audit event.
+                await self._record(record)
             await send(message)
 
         try:
@@ -79,11 +81,16 @@ class AuditEveryRequest:
             raise
         finally:
             current_request.reset(token)
-            if not record.audited:
-                from starlette.concurrency import run_in_threadpool
+            await self._record(record)  # no response was started (an exception escaped)
 
-                # The entity is the path only: a query string can hold patient data.
-                await run_in_threadpool(
-                    self.audit, record.access or ANONYMOUS, action_of(record.method, record.path),
-                    outcome_of(record.status or 500), entity=record.path[:400].replace("\x00", ""),
-                    reason=record.reason or f"HTTP {record.status or 500}")
+    async def _record(self, record: RequestRecord) -> None:
+        if record.audited:
+            return
+        from starlette.concurrency import run_in_threadpool
+
+        record.audited = True
+        # The entity is the path only: a query string can hold patient data.
+        await run_in_threadpool(
+            self.audit, record.access or ANONYMOUS, action_of(record.method, record.path),
+            outcome_of(record.status or 500), entity=record.path[:400].replace("\x00", ""),
+            reason=record.reason or f"HTTP {record.status or 500}")
