@@ -19,6 +19,7 @@ from .store import migrate
 from .store.db import data_dir, make_engine
 from .store.indexing import Indexer
 from .store.repository import Store
+from .store.shared_state import SharedState, open_shared_state
 
 
 @dataclass
@@ -29,6 +30,9 @@ class SharedCare:
     store: Store
     governance: Governance
     data_dir: Path
+    # Sign-ins in progress, one-time codes, used assertion ids, export jobs: in the database
+    # (or Redis with $SHAREDCARE_REDIS_URL), so any server can answer the next request.
+    shared: SharedState | None = None
 
     @classmethod
     def open(cls, database: str | None = None, folder: Path | None = None,
@@ -42,7 +46,7 @@ class SharedCare:
         keys = folder / "keys"
         gov = Governance(engine, store, TokenService(load_signing_key(keys), engine=engine),
                          AuditTrail.open(engine, keys))
-        return cls(engine, store, gov, folder)
+        return cls(engine, store, gov, folder, open_shared_state(engine))
 
 
 _INDEXER: Indexer | None = None

@@ -19,8 +19,10 @@ Configured from the environment (nothing is offered when SHAREDCARE_OIDC_ISSUER 
 The ID token's signature (the provider's JWKS), iss, aud (and azp), exp, iat and nonce are
 checked; `sub` must be the `staff.oidc_subject` of an active account. The person then chooses a
 role and gets an `sc_session` cookie (httponly, samesite=lax) holding a `Governance.issue_token`
-token. Login state (state, nonce, PKCE verifier) is kept in this process for ten minutes and bound
-to the browser by a cookie.
+token. Login state (state, nonce, PKCE verifier) is kept for ten minutes in the shared state (the
+database, or Redis: `sharedcare.store.shared_state`), keyed by a hash of `state`, taken once, and
+bound to the browser by a cookie (only its hash is stored) -- so the provider may send the
+browser back to any server.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from ..store.shared_state import shared_state_of
 from .schema import staff
 from .smart import (
-    BROWSER_COOKIE,
-    Expiring,
     audit_sign_in,
+    browser_hash,
     browser_id,
     chosen_role,
     error_page,
@@ -53,6 +55,7 @@ from .smart import (
     public_base,
     role_options,
     s256,
+    same_browser,
     set_browser_cookie,
 )
 
@@ -61,6 +64,7 @@ SESSION_LIFETIME = 8 * 3600  # a working shift
 LOGIN_LIFETIME = 600
 METADATA_TTL = 3600
 CLOCK_SKEW = 60
+LOGIN, CHOOSING = "oidc-login", "oidc-choose"  # kinds of shared state
 ID_TOKEN_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
 
 
@@ -193,8 +197,9 @@ class OidcLogin:
         self.gov = sc.governance
         self._config = config
         self._provider: Provider | None = None
-        self.logins = Expiring()  # state -> {nonce, verifier, next, browser, redirect_uri}
-        self.choosing = Expiring()  # txn -> {username, next, browser}
+        # Shared by every server: state -> {nonce, verifier, next, browser, redirect_uri}
+        # ("oidc-login"); txn -> {username, next, browser} ("oidc-choose").
+        self.state = shared_state_of(sc)
 
     def routes(self) -> list[Route]:
         return [
@@ -229,9 +234,10 @@ class OidcLogin:
         state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         verifier = secrets.token_urlsafe(48)
         redirect_uri = cfg.redirect_uri or public_base(request) + "/auth/oidc/callback"
-        self.logins.put(state, {"nonce": nonce, "verifier": verifier, "browser": browser,
-                                "next": safe_next(request.query_params.get("next")),
-                                "redirect_uri": redirect_uri}, LOGIN_LIFETIME)
+        await run_in_threadpool(self.state.put, LOGIN, state, {
+            "nonce": nonce, "verifier": verifier, "browser": browser_hash(browser),
+            "next": safe_next(request.query_params.get("next")),
+            "redirect_uri": redirect_uri}, LOGIN_LIFETIME)
         q = {"response_type": "code", "client_id": cfg.client_id, "redirect_uri": redirect_uri,
              "scope": cfg.scope, "state": state, "nonce": nonce,
              "code_challenge": s256(verifier), "code_challenge_method": "S256"}
@@ -249,8 +255,9 @@ class OidcLogin:
         if provider is None:
             return self._unavailable(request, "Sign-in is not configured on this server.")
         qp = request.query_params
-        login = self.logins.pop(qp.get("state") or "")
-        if login is None or login["browser"] != request.cookies.get(BROWSER_COOKIE):
+        login = await run_in_threadpool(self.state.take, LOGIN, qp["state"]) \
+            if qp.get("state") else None
+        if login is None or not same_browser(request, login["browser"]):
             return error_page(request, "Sign-in expired", "This sign-in has expired or was "
                               "started in another browser. Please sign in again.")
         if qp.get("error"):
@@ -283,16 +290,17 @@ class OidcLogin:
             return await self._session(request, username, roles[0][0], roles[0][2],
                                        login["next"])
         txn = secrets.token_urlsafe(24)
-        self.choosing.put(txn, {"username": username, "next": login["next"],
-                                "browser": login["browser"]}, LOGIN_LIFETIME)
+        await run_in_threadpool(self.state.put, CHOOSING, txn, {
+            "username": username, "next": login["next"], "browser": login["browser"]},
+            LOGIN_LIFETIME)
         return page(request, "auth_choose.html", txn=txn, roles=role_options(roles),
                     action="/auth/oidc/role", ask_patient=False, cancellable=False)
 
     async def role(self, request: Request) -> Response:
         form = await request.form()
         txn = str(form.get("txn") or "")
-        pending = self.choosing.get(txn)
-        if pending is None or pending["browser"] != request.cookies.get(BROWSER_COOKIE):
+        pending = await run_in_threadpool(self.state.get, CHOOSING, txn) if txn else None
+        if pending is None or not same_browser(request, pending["browser"]):
             return error_page(request, "Sign-in expired", "Please sign in again.")
         roles = await run_in_threadpool(self.gov.roles_of, pending["username"])
         picked = chosen_role(form, roles)
@@ -300,7 +308,8 @@ class OidcLogin:
             return page(request, "auth_choose.html", 400, txn=txn, roles=role_options(roles),
                         action="/auth/oidc/role", ask_patient=False, cancellable=False,
                         message="Choose one of your roles.")
-        self.choosing.pop(txn)
+        if await run_in_threadpool(self.state.take, CHOOSING, txn) is None:
+            return error_page(request, "Sign-in expired", "Please sign in again.")
         return await self._session(request, pending["username"], picked[0], picked[1],
                                    pending["next"])
 

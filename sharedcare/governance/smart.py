@@ -20,10 +20,11 @@ Two ways in:
 Granted scopes are always the requested ones intersected with what the client is registered
 for; the governance policy still decides what any token can see.
 
-In-process state: pending authorisations, one-time codes (60 s) and used assertion `jti`s (until
-the assertion expires) live in memory in this process, so a deployment with several worker
-processes must route /auth/* to one process (or use sticky sessions). A restart forgets them --
-the worst case is that someone half way through signing in starts again.
+Shared state: pending authorisations (15 minutes), one-time codes (60 s) and used assertion `jti`s
+(until the assertion expires) live in the shared state (`sharedcare.store.shared_state`: the
+database, or Redis), so any server behind a load balancer can take the next step: a code issued
+by one is redeemed at another, once (taken atomically), and a replayed assertion is refused by
+every server. Codes and transaction ids are stored only as hashes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ import json
 import os
 import re
 import secrets
-import threading
 import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -53,6 +53,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from ..fhir.outcome import FHIRError
+from ..store.shared_state import shared_state_of
 from .auth import ALG, Scope, parse_scopes
 from .policy import DIRECT_CARE, PURPOSES, Access
 from .schema import api_client, staff
@@ -75,6 +76,8 @@ CAPABILITIES = ["launch-standalone", "authorize-post", "client-public",
                 "sso-openid-connect"]
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 CORS = {"Access-Control-Allow-Origin": "*"}
+# Kinds of shared state (sharedcare.store.shared_state)
+PENDING, CODE, JTI = "smart-pending", "smart-code", "smart-jti"
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -180,44 +183,6 @@ def _needs_patient(granted: Iterable[str]) -> bool:
     return any(s == "launch/patient" or s.startswith("patient/") for s in granted)
 
 
-# ------------------------------------------------------------------ small in-memory stores
-class Expiring:
-    """A dict whose entries expire; thread-safe (handlers run in a thread pool)."""
-
-    def __init__(self):
-        self._items: dict = {}
-        self._lock = threading.Lock()
-
-    def put(self, key, value, ttl: float) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._items) > 256:
-                self._items = {k: v for k, v in self._items.items() if v[0] > now}
-            self._items[key] = (now + ttl, value)
-
-    def add(self, key, ttl: float) -> bool:
-        """Remember `key`; False when it is already remembered (a replay)."""
-        now = time.monotonic()
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None and hit[0] > now:
-                return False
-            if len(self._items) > 256:
-                self._items = {k: v for k, v in self._items.items() if v[0] > now}
-            self._items[key] = (now + ttl, True)
-            return True
-
-    def get(self, key):
-        with self._lock:
-            hit = self._items.get(key)
-        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
-
-    def pop(self, key):
-        with self._lock:
-            hit = self._items.pop(key, None)
-        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
-
-
 # ------------------------------------------------------------------ helpers
 def public_base(request: Request) -> str:
     """This server's external URL: $SHAREDCARE_PUBLIC_URL, else what the request says."""
@@ -265,6 +230,17 @@ def browser_id(request: Request) -> tuple[str, bool]:
     return secrets.token_urlsafe(24), True
 
 
+def browser_hash(value: str) -> str:
+    """What the shared state keeps of the browser-binding cookie: its hash, never the value."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def same_browser(request: Request, stored: str | None) -> bool:
+    """Is this request from the browser whose cookie hashes to `stored`?"""
+    have = request.cookies.get(BROWSER_COOKIE)
+    return bool(have and stored) and hmac.compare_digest(browser_hash(have), stored)
+
+
 def set_browser_cookie(request: Request, resp: Response, value: str) -> None:
     resp.set_cookie(BROWSER_COOKIE, value, path="/auth", httponly=True, samesite="lax",
                     secure=request.url.scheme == "https")
@@ -308,9 +284,9 @@ class SmartServer:
         self.sc = sc
         self.gov = sc.governance
         self.engine = sc.engine
-        self.pending = Expiring()  # txn -> authorisation in progress
-        self.codes = Expiring()  # code -> what it grants
-        self.jtis = Expiring()  # (client_id, jti) of client assertions already used
+        # Shared by every server: txn -> authorisation in progress ("smart-pending"), code ->
+        # what it grants ("smart-code"), client_id + jti of assertions used ("smart-jti").
+        self.state = shared_state_of(sc)
 
     def routes(self) -> list[Route]:
         return [
@@ -398,11 +374,11 @@ class SmartServer:
                         "application")
         browser, new = browser_id(request)
         txn = secrets.token_urlsafe(24)
-        self.pending.put(txn, {
+        await run_in_threadpool(self.state.put, PENDING, txn, {
             "client_id": client.client_id, "client_name": client.name,
             "redirect_uri": redirect_uri, "state": state, "scope": granted,
             "code_challenge": params["code_challenge"], "nonce": params.get("nonce"),
-            "purpose": client.purpose, "browser": browser, "username": None,
+            "purpose": client.purpose, "browser": browser_hash(browser), "username": None,
         }, PENDING_LIFETIME)
         resp = self._sign_in_page(request, txn, client.name, granted)
         if new:
@@ -413,11 +389,10 @@ class SmartServer:
         return page(request, "auth_sign_in.html", status, txn=txn, client_name=client_name,
                     scopes=granted, message=message, action="/auth/authorize/sign-in")
 
-    def _txn(self, request: Request, form) -> tuple[str, dict] | None:
+    async def _txn(self, request: Request, form) -> tuple[str, dict] | None:
         txn = str(form.get("txn") or "")
-        pending = self.pending.get(txn)
-        if pending is None or not hmac.compare_digest(
-                pending["browser"], request.cookies.get(BROWSER_COOKIE) or ""):
+        pending = await run_in_threadpool(self.state.get, PENDING, txn) if txn else None
+        if pending is None or not same_browser(request, pending["browser"]):
             return None
         return txn, pending
 
@@ -426,8 +401,8 @@ class SmartServer:
                           "This sign-in has expired or was started in another browser. Go "
                           "back to the application and start again.")
 
-    def _deny(self, txn: str, pending: dict) -> Response:
-        self.pending.pop(txn)
+    async def _deny(self, txn: str, pending: dict) -> Response:
+        await run_in_threadpool(self.state.delete, PENDING, txn)
         q = {"error": "access_denied", "error_description": "the user cancelled"}
         if pending["state"]:
             q["state"] = pending["state"]
@@ -435,12 +410,12 @@ class SmartServer:
 
     async def sign_in(self, request: Request) -> Response:
         form = await request.form()
-        found = self._txn(request, form)
+        found = await self._txn(request, form)
         if found is None:
             return self._expired(request)
         txn, pending = found
         if form.get("cancel"):
-            return self._deny(txn, pending)
+            return await self._deny(txn, pending)
         username = str(form.get("username") or "").strip()
         password = str(form.get("password") or "")
         ok = bool(username and password) and await run_in_threadpool(
@@ -457,12 +432,12 @@ class SmartServer:
                                       message, 401 if not locked else 423)
         roles = await run_in_threadpool(self.gov.roles_of, username)
         if not roles:
-            self.pending.pop(txn)
+            await run_in_threadpool(self.state.delete, PENDING, txn)
             return error_page(request, "No role", "Your account holds no role at any "
                               "organisation, so it cannot be used to open records.", 403)
         pending["username"] = username
         pending["patient"] = await run_in_threadpool(own_patient, self.engine, username)
-        self.pending.put(txn, pending, PENDING_LIFETIME)
+        await run_in_threadpool(self.state.put, PENDING, txn, pending, PENDING_LIFETIME)
         if len(roles) == 1 and not (_needs_patient(pending["scope"]) and not pending["patient"]):
             return await self._finish(request, txn, pending, roles[0][0], roles[0][2],
                                       pending["patient"])
@@ -477,12 +452,12 @@ class SmartServer:
 
     async def choose(self, request: Request) -> Response:
         form = await request.form()
-        found = self._txn(request, form)
+        found = await self._txn(request, form)
         if found is None or not found[1].get("username"):
             return self._expired(request)
         txn, pending = found
         if form.get("cancel"):
-            return self._deny(txn, pending)
+            return await self._deny(txn, pending)
         roles = await run_in_threadpool(self.gov.roles_of, pending["username"])
         picked = chosen_role(form, roles)
         if picked is None:
@@ -498,10 +473,13 @@ class SmartServer:
         return await self._finish(request, txn, pending, picked[0], picked[1], patient)
 
     async def _finish(self, request, txn, pending, ods, role, patient) -> Response:
-        self.pending.pop(txn)
+        # The sign-in is taken, not read: a form posted twice (or to two servers) makes one code.
+        if await run_in_threadpool(self.state.take, PENDING, txn) is None:
+            return self._expired(request)
         code = secrets.token_urlsafe(32)
-        self.codes.put(code, {**pending, "ods": ods, "role": role, "patient": patient},
-                       CODE_LIFETIME)
+        await run_in_threadpool(self.state.put, CODE, code,
+                                {**pending, "ods": ods, "role": role, "patient": patient},
+                                CODE_LIFETIME)
         q = {"code": code}
         if pending["state"]:
             q["state"] = pending["state"]
@@ -541,7 +519,9 @@ class SmartServer:
             raise OAuthError("invalid_client", "unknown client_id")
         if form.get("client_assertion") or not client.public:
             self._authenticate_client(form, token_url, client)
-        granted = self.codes.pop(form["code"])  # one use only, even if the rest fails
+        # One use only, even if the rest fails; taken atomically, so of two servers redeeming
+        # the same code at once exactly one gets it.
+        granted = self.state.take(CODE, form["code"])
         if granted is None:
             raise OAuthError("invalid_grant", "the code is unknown, expired or already used")
         if granted["client_id"] != client.client_id:
@@ -625,8 +605,8 @@ class SmartServer:
         if exp > now + ASSERTION_MAX_LIFETIME + CLOCK_SKEW:
             raise OAuthError("invalid_client", "the client assertion's exp is more than five "
                              "minutes ahead")
-        if not self.jtis.add((client.client_id, tok.claims["jti"]),
-                             exp - now + CLOCK_SKEW + 1):
+        if not self.state.add(JTI, f"{client.client_id}\0{tok.claims['jti']}",
+                              exp - now + CLOCK_SKEW + 1):
             raise OAuthError("invalid_client", "this client assertion (jti) was already used")
         return client
 

@@ -20,7 +20,16 @@ before the manifest's ``transactionTime``. So a client exports exactly what it c
 through with ``GET /fhir/{type}``. The kick-off writes one audit event (action ``export``);
 status, files and cancel need the same token's identity (same client/user, organisation and
 role), and every response to anyone else is 403. The files are the stored JSON bytes, one
-resource a line, written without re-serialisation under ``<data dir>/exports/{job}/``.
+resource a line, written without re-serialisation under ``$SHAREDCARE_EXPORT_DIR/{job}/``
+(default ``<data dir>/exports/``).
+
+Several servers: the job runs on the server that took the kick-off, and its status (progress,
+manifest, error) is kept in the shared state (``sharedcare.store.shared_state``: the database,
+or Redis), so a poll, a download or a cancel may land on any server. Every server must see the
+same export directory (a shared volume: ``SHAREDCARE_EXPORT_DIR``). A cancel at another server
+is seen by the running job within a second; a job whose server stopped is reported as an error
+after ``STALLED`` seconds without progress. Finished jobs and their files are kept for
+``JOB_LIFETIME`` (24 hours, the manifest's ``Expires``) and then swept away by the servers.
 
 Only ``_outputFormat`` NDJSON (``application/fhir+ndjson``, ``application/ndjson``,
 ``ndjson``) is supported; ``_typeFilter``, ``_elements``, ``patient`` and
@@ -30,9 +39,12 @@ ignored. The routes must come before ``FhirApi``'s (``/fhir/{type}`` would match
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import shutil
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +64,7 @@ from ..governance.auth import forbidden, parse_scopes
 from ..governance.policy import Access
 from ..store.repository import instant, now_utc
 from ..store.schema import compartment, resource
+from ..store.shared_state import shared_state_of
 
 FHIR_JSON = "application/fhir+json"
 NDJSON = "application/fhir+ndjson"
@@ -61,6 +74,18 @@ MAX_PER_FILE = 100_000
 WINDOW = 10_000  # row keys per query
 _NAME_RE = re.compile(r"^[A-Z][A-Za-z]+-\d{1,6}$")
 _JOB_RE = re.compile(r"^[0-9a-f]{32}$")
+log = logging.getLogger(__name__)
+ENV_EXPORT_DIR = "SHAREDCARE_EXPORT_DIR"  # a directory every server shares
+JOB_LIFETIME = 24 * 3600  # a finished job's manifest and files (the manifest's Expires)
+STALLED = 300  # seconds without a sign of life before a running job is reported lost
+SAVE_EVERY = 0.5  # seconds between a running job's status writes (and cancel checks)
+SWEEP_EVERY = 600  # seconds between a server's sweeps of expired jobs' files
+JOB, CANCEL = "export", "export-cancel"  # kinds of shared state
+
+
+def export_root(sc) -> Path:
+    """Where export files go: $SHAREDCARE_EXPORT_DIR, else <data dir>/exports."""
+    return Path(os.environ.get(ENV_EXPORT_DIR) or Path(sc.data_dir) / "exports")
 
 
 class _Narrowed:
@@ -97,27 +122,44 @@ class Job:
     progress: int = 0
     output: list[dict] = field(default_factory=list)
     error: str | None = None
+    finished: float | None = None  # wall clock
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    saved: float = 0.0  # monotonic time of the last status write
 
     def manifest(self) -> dict:
-        return {
-            "transactionTime": instant(self.transaction_time),
-            "request": self.request,
-            "requiresAccessToken": True,
-            "output": self.output,
-            "error": [],
-        }
+        return _manifest(self.state())
+
+    def state(self) -> dict:
+        """What every server knows of the job (the shared state's "export" entry)."""
+        return {"requester": self.requester, "request": self.request,
+                "transaction_time": self.transaction_time, "base": self.base,
+                "types": self.types, "since": self.since, "level": self.level,
+                "status": self.status, "progress": self.progress, "output": self.output,
+                "error": self.error, "finished": self.finished, "beat": time.time()}
+
+
+def _manifest(state: dict) -> dict:
+    return {
+        "transactionTime": instant(state["transaction_time"]),
+        "request": state["request"],
+        "requiresAccessToken": True,
+        "output": state["output"],
+        "error": [],
+    }
 
 
 class BulkExport:
-    """Jobs of one SharedCare instance; ``routes()`` gives the HTTP interface."""
+    """Export jobs of one SharedCare instance; ``routes()`` gives the HTTP interface. Jobs run
+    here; their status is in the shared state, so any server answers polls, files and cancels."""
 
     def __init__(self, sc):
         self.sc = sc
-        self.root = Path(sc.data_dir) / "exports"
-        self.jobs: dict[str, Job] = {}
+        self.root = export_root(sc)
+        self.state = shared_state_of(sc)
+        self.jobs: dict[str, Job] = {}  # jobs running in this process
         self.lock = threading.Lock()
+        self._swept = 0.0
 
     # ------------------------------------------------------------------ HTTP
     def routes(self) -> list[Route]:
@@ -147,6 +189,7 @@ class BulkExport:
     def kickoff(self, request: Request) -> Response:
         gov = self.sc.governance
         access = gov.authenticate(request, cookie=False)  # starts work: no cookie
+        self.sweep()  # expired jobs' files, now and then
         gid = request.path_params.get("id")
         path = request.url.path
         level = "group" if gid is not None else "patient" if path.endswith(
@@ -211,6 +254,8 @@ class BulkExport:
         folder.mkdir(parents=True, exist_ok=True)
         job = Job(job_id, folder, _identity(access), str(request.url), tx, self._base(request),
                   readable, since, level)
+        self.state.put(JOB, job_id, job.state(), JOB_LIFETIME)
+        job.saved = time.monotonic()
         with self.lock:
             self.jobs[job_id] = job
         job.thread = threading.Thread(target=self._run, args=(job, policy), daemon=True,
@@ -279,30 +324,84 @@ class BulkExport:
                 n += 1
                 if not n % 1000:
                     job.progress = n
-                    if job.cancel.is_set():
+                    if self._tick(job):
                         break
             job.progress = n
             for t, h in handles.items():
                 h[0].close()
                 files.append((t, h[1], h[2]))
             handles.clear()
-            if job.cancel.is_set():
-                job.status = "cancelled"
-                shutil.rmtree(job.folder, ignore_errors=True)
+            if self._tick(job, force=True):
+                self._drop(job)
                 return
             job.output = [{"type": t, "url": f"{job.base}/$export-file/{job.id}/{name}.ndjson",
                            "count": c} for t, name, c in sorted(files)]
-            (job.folder / "manifest.json").write_bytes(orjson.dumps(job.manifest()))
             job.status = "complete"
-            if job.cancel.is_set():  # cancelled while finishing
-                job.status = "cancelled"
-                shutil.rmtree(job.folder, ignore_errors=True)
+            job.finished = time.time()
+            (job.folder / "manifest.json").write_bytes(orjson.dumps(job.manifest()))
+            self.state.put(JOB, job.id, job.state(), JOB_LIFETIME)
+            if self._cancelled(job):  # cancelled while finishing
+                self._drop(job)
         except Exception as e:  # noqa: BLE001 - reported to the client through the status URL
             job.error = f"{type(e).__name__}: {e}"
             job.status = "error"
+            job.finished = time.time()
+            try:
+                self.state.put(JOB, job.id, job.state(), JOB_LIFETIME)
+            except Exception:  # the poll will report the job as stalled
+                log.exception("export job %s: its error could not be recorded", job.id)
         finally:
             for h in handles.values():
                 h[0].close()
+            with self.lock:
+                self.jobs.pop(job.id, None)
+
+    def _cancelled(self, job: Job) -> bool:
+        if not job.cancel.is_set() and self.state.get(CANCEL, job.id) is not None:
+            job.cancel.set()  # cancelled through another server
+        return job.cancel.is_set()
+
+    def _tick(self, job: Job, force: bool = False) -> bool:
+        """Every SAVE_EVERY seconds (or when forced): look for a cancel from any server and
+        publish the progress. True when the job is cancelled."""
+        now = time.monotonic()
+        if not force and now - job.saved < SAVE_EVERY:
+            return job.cancel.is_set()
+        job.saved = now
+        if self._cancelled(job):
+            return True
+        self.state.put(JOB, job.id, job.state(), JOB_LIFETIME)
+        return False
+
+    def _drop(self, job: Job) -> None:
+        job.status = "cancelled"
+        self.state.delete(JOB, job.id)
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+    def sweep(self, force: bool = False) -> int:
+        """Remove the files of jobs that are gone (expired, cancelled, or lost with their
+        server) and expired shared-state entries; at most every SWEEP_EVERY seconds unless
+        forced. How many jobs' folders went."""
+        now = time.monotonic()
+        if not force and now - self._swept < SWEEP_EVERY:
+            return 0
+        self._swept = now
+        self.state.purge()
+        if not self.root.is_dir():
+            return 0
+        gone = 0
+        for folder in self.root.iterdir():
+            if not folder.is_dir() or not _JOB_RE.match(folder.name):
+                continue
+            try:
+                age = time.time() - folder.stat().st_mtime
+            except OSError:
+                continue
+            # A folder just made may belong to a job whose state is being written elsewhere.
+            if age > 2 * STALLED and self.state.get(JOB, folder.name) is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                gone += 1
+        return gone
 
     def _rows(self, policy, job: Job):
         """``iter_current`` over consecutive row-key windows: each query is an index range scan
@@ -314,49 +413,55 @@ class BulkExport:
         if lo is None:
             return
         start = lo - 1
-        while start < hi and not job.cancel.is_set():
+        while start < hi and not self._tick(job):
             end = start + WINDOW
             window = _Narrowed(policy, resource.c.pk > start, resource.c.pk <= end)
             yield from self.sc.store.iter_current(window, job.types, job.since, batch=WINDOW)
             start = end
 
-    def _job_for(self, request: Request) -> tuple[Access, Job]:
+    def _job_for(self, request: Request) -> tuple[Access, str, dict]:
+        """The job's shared state, from whichever server started it."""
         access = self.sc.governance.authenticate(request)
         jid = request.path_params["job"]
-        job = self.jobs.get(jid) if _JOB_RE.match(jid) else None
-        if job is None or job.status == "cancelled":
+        job = self.state.get(JOB, jid) if _JOB_RE.match(jid) else None
+        if job is None or job["status"] == "cancelled":
             raise FHIRError.of(404, "not-found", "no such export job (finished jobs' files are "
-                               "kept until deleted; cancelled jobs are gone)")
-        if job.requester != _identity(access):
+                               "kept for 24 hours or until deleted; cancelled jobs are gone)")
+        if job["requester"] != _identity(access):
             raise forbidden("this export belongs to another client")
-        return access, job
+        return access, jid, job
 
     def status(self, request: Request) -> Response:
-        _access, job = self._job_for(request)
+        _access, jid, job = self._job_for(request)
         if request.method == "DELETE":
-            job.cancel.set()
-            if job.status != "running":
-                job.status = "cancelled"
-                shutil.rmtree(job.folder, ignore_errors=True)
+            # Whichever server runs the job sees the cancel within SAVE_EVERY and stops.
+            self.state.put(CANCEL, jid, True, JOB_LIFETIME)
+            self.state.delete(JOB, jid)
             with self.lock:
-                self.jobs.pop(job.id, None)
+                local = self.jobs.get(jid)
+            if local is not None:
+                local.cancel.set()
+            if job["status"] != "running":
+                shutil.rmtree(self.root / jid, ignore_errors=True)
             return Response(status_code=202)
-        if job.status == "running":
+        if job["status"] == "running":
+            if time.time() - job["beat"] > STALLED:
+                return _error_response("the export stopped making progress (the server "
+                                       "running it may have stopped); start it again")
             return Response(status_code=202, headers={
-                "X-Progress": f"{job.progress} resources exported", "Retry-After": "1"})
-        if job.status == "error":
-            return Response(orjson.dumps(operation_outcome([Issue("exception", job.error or
-                                                                  "export failed")])),
-                            500, media_type=FHIR_JSON)
-        return Response(orjson.dumps(job.manifest()), 200, media_type="application/json",
-                        headers={"Expires": _http_date_in(hours=24)})
+                "X-Progress": f"{job['progress']} resources exported", "Retry-After": "1"})
+        if job["status"] == "error":
+            return _error_response(job["error"] or "export failed")
+        expires = (job.get("finished") or time.time()) + JOB_LIFETIME
+        return Response(orjson.dumps(_manifest(job)), 200, media_type="application/json",
+                        headers={"Expires": _http_date(expires)})
 
     def file(self, request: Request) -> Response:
-        _access, job = self._job_for(request)
+        _access, jid, job = self._job_for(request)
         name = request.path_params["name"]
-        if job.status != "complete" or not _NAME_RE.match(name):
+        if job["status"] != "complete" or not _NAME_RE.match(name):
             raise FHIRError.of(404, "not-found", f"no file {name}.ndjson in this export")
-        path = job.folder / f"{name}.ndjson"
+        path = self.root / jid / f"{name}.ndjson"
         if not path.is_file():
             raise FHIRError.of(404, "not-found", f"no file {name}.ndjson in this export")
         return FileResponse(path, media_type=NDJSON)
@@ -374,11 +479,15 @@ def _stored_time(text: str) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
-def _http_date_in(hours: int) -> str:
-    from datetime import timedelta
+def _http_date(epoch: float) -> str:
     from email.utils import format_datetime
 
-    return format_datetime(datetime.now(UTC) + timedelta(hours=hours), usegmt=True)
+    return format_datetime(datetime.fromtimestamp(epoch, UTC), usegmt=True)
+
+
+def _error_response(message: str) -> Response:
+    return Response(orjson.dumps(operation_outcome([Issue("exception", message)])), 500,
+                    media_type=FHIR_JSON)
 
 
 def routes(sc) -> list[Route]:
