@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 
+from . import notify
 from .governance import Governance
 from .governance.audit import AuditTrail
 from .governance.auth import TokenService, load_signing_key
@@ -46,7 +47,9 @@ class SharedCare:
         keys = folder / "keys"
         gov = Governance(engine, store, TokenService(load_signing_key(keys), engine=engine),
                          AuditTrail.open(engine, keys))
-        return cls(engine, store, gov, folder, open_shared_state(engine))
+        sc = cls(engine, store, gov, folder, open_shared_state(engine))
+        notify.install(sc)  # events in an outbox, in the write's own transaction
+        return sc
 
 
 _INDEXER: Indexer | None = None
@@ -76,7 +79,8 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
     # otherwise catch /fhir/$export-poll/... and /fhir/.well-known/smart-configuration.
     routes = (web.routes(sc) + programme_pages.routes(sc) + governance_pages.routes(sc)
               + population_pages.routes(sc) + identity_pages.routes(sc) + smart.routes(sc)
-              + bulk_export.routes(sc) + FhirApi(sc.store, sc.governance, sc).routes())
+              + bulk_export.routes(sc) + notify.routes(sc)
+              + FhirApi(sc.store, sc.governance, sc).routes())
     from .governance.request_audit import AuditEveryRequest
     from .web.core import CsrfMiddleware
     from .web.security import SecurityMiddleware
@@ -92,6 +96,7 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
     from .identity.worker import attach_identity_worker
 
     attach_identity_worker(app, sc)  # queued patients get their Person within seconds
+    notify.attach_notify_worker(app, sc)  # subscribers told of events, governed and audited
     return app
 
 

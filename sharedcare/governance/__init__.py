@@ -92,6 +92,9 @@ class Governance:
         self._agreements: dict[tuple[str, str], tuple[float, dict]] = {}
         store.after_write.append(derive_relationships)
         store.after_write.append(derive_choices)
+        # Called as hook(conn, kind, access, patient_id) inside the break-glass and declared-
+        # relationship transactions (notify/ puts an event in its outbox there).
+        self.event_hooks: list = []
 
     # ------------------------------------------------------------------ who is asking
     def authenticate(self, request, cookie: bool = True) -> Access:
@@ -461,6 +464,8 @@ class Governance:
                 "patient_id": patient_id, "reason": reason,
                 "started": start.strftime("%Y-%m-%dT%H:%M:%S.%f"),
                 "expires": (start + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%S.%f")}])
+            for hook in self.event_hooks:
+                hook(conn, "break-glass", access, patient_id)
             return self.audit(access, "break-glass", "0", patient_id=patient_id,
                                            reason=reason, glass=True, conn=conn)
 
@@ -479,6 +484,8 @@ class Governance:
                 "username": access.username, "reason": reason, "review_status": "pending",
                 "created": now.strftime("%Y-%m-%dT%H:%M:%S.%f"),
                 "expires": (now + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%S.%f")}])
+            for hook in self.event_hooks:
+                hook(conn, "declared-relationship", access, patient_id)
             self.audit(access, "declare-relationship", "0", patient_id=patient_id,
                                     reason=reason, conn=conn)
 
