@@ -22,29 +22,26 @@ from ..logsafe import log_failure
 from ..store.repository import Store, Stored, WriteOp, instant
 from . import bundle as bundles
 from .capability import capability_statement
+from .operations import lastn as lastn_op
+from .operations import openapi as openapi_op
+from .operations import patch as patch_op
+from .operations import summary as summary_op
+from .operations.http import (
+    error_response,
+    fhir_response,
+    not_modified,
+    prefer_return,
+    written_response,
+)
+from .operations.http import resource_headers as _resource_headers
 from .outcome import FHIRError, Issue, operation_outcome
 from .validation import ID_RE, problems, resource_types
 
-FHIR_JSON = "application/fhir+json"
 log = logging.getLogger(__name__)
 # Longest query parameter value taken: longer ones are refused, not run (a 60,000-character
 # :contains would otherwise be a pattern the database cannot compile).
 MAX_PARAM = 2048
 MAX_INT = 2**63 - 1
-
-
-def fhir_response(body, status: int = 200, headers: dict | None = None) -> Response:
-    content = body if isinstance(body, bytes) else orjson.dumps(body)
-    return Response(content, status, headers=headers, media_type=FHIR_JSON)
-
-
-def error_response(err: FHIRError) -> Response:
-    return fhir_response(err.outcome(), err.status, err.headers)
-
-
-def _resource_headers(s: Stored) -> dict:
-    return {"ETag": s.etag, "Last-Modified": instant(s.last_updated),
-            "Location": f"{s.type}/{s.id}/_history/{s.version}"}
 
 
 def _check_type(rtype: str) -> None:
@@ -124,19 +121,29 @@ class FhirApi:
     def base(self, request: Request) -> str:
         return str(request.base_url).rstrip("/") + "/fhir"
 
+    @staticmethod
+    def version_of(etag: str | None) -> int | None:
+        return _version(etag)
+
     def routes(self) -> list[Route]:
         h = self.handle
         return [
             Route("/fhir/metadata", h(self.metadata), methods=["GET"]),
-            Route("/fhir", h(self.system), methods=["POST"]),
-            Route("/fhir/", h(self.system), methods=["POST"]),
+            Route("/fhir/openapi.json", h(self.openapi), methods=["GET"]),
+            Route("/fhir", h(self.system), methods=["GET", "POST"]),
+            Route("/fhir/", h(self.system), methods=["GET", "POST"]),
+            Route("/fhir/_search", h(self.system_search_post), methods=["POST"]),
             Route("/fhir/_history", h(self.history), methods=["GET"]),
             Route("/fhir/Patient/$match", h(self.match), methods=["POST"]),
             Route("/fhir/Patient/{id}/$everything", h(self.everything), methods=["GET", "POST"]),
-            Route("/fhir/{type}", h(self.type_level), methods=["GET", "POST", "PUT", "DELETE"]),
+            Route("/fhir/Patient/{id}/$summary", h(self.summary), methods=["GET"]),
+            Route("/fhir/Observation/$lastn", h(self.lastn), methods=["GET"]),
+            Route("/fhir/{type}", h(self.type_level),
+                  methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
             Route("/fhir/{type}/_search", h(self.search_post), methods=["POST"]),
             Route("/fhir/{type}/_history", h(self.history), methods=["GET"]),
-            Route("/fhir/{type}/{id}", h(self.instance), methods=["GET", "PUT", "DELETE"]),
+            Route("/fhir/{type}/{id}", h(self.instance),
+                  methods=["GET", "PUT", "DELETE", "PATCH"]),
             Route("/fhir/{type}/{id}/_history", h(self.history), methods=["GET"]),
             Route("/fhir/{type}/{id}/_history/{vid}", h(self.vread), methods=["GET"]),
             Route("/fhir/Patient/{id}/{ctype}", h(self.compartment_search), methods=["GET"]),
@@ -175,18 +182,26 @@ class FhirApi:
     def metadata(self, request: Request, raw: bytes) -> Response:
         return fhir_response(capability_statement(self.store.indexer, self.base(request)))
 
+    def openapi(self, request: Request, raw: bytes) -> Response:
+        return Response(orjson.dumps(openapi_op.document(self.store.indexer, self.base(request))),
+                        media_type="application/json")
+
     def system(self, request: Request, raw: bytes) -> Response:
+        if request.method == "GET":
+            return self._search(request, None, list(request.query_params.multi_items()))
         access = self.gov.authenticate(request)
         body = _body(raw)
         if body.get("resourceType") != "Bundle":
             raise FHIRError.of(400, "invalid", "POST to the base URL takes a batch or transaction Bundle")
         writer = bundles.GovernedWriter(self.gov, access)
         btype = body.get("type")
+        prefer = prefer_return(request.headers)
         if btype == "batch":
             result = bundles.batch(writer, body, self.base(request),
-                                   reader=lambda url: self._batch_read(access, url))
+                                   reader=lambda url: self._batch_read(access, url),
+                                   prefer=prefer)
         elif btype == "transaction":
-            result = bundles.transaction(writer, body, self.base(request))
+            result = bundles.transaction(writer, body, self.base(request), prefer=prefer)
         else:
             raise FHIRError.of(400, "invalid", f"Bundle.type must be transaction or batch, not "
                                f"{str(btype)[:40]}", "Bundle.type")
@@ -210,6 +225,8 @@ class FhirApi:
         _check_type(rtype)
         if request.method == "GET":
             return self._search(request, rtype, list(request.query_params.multi_items()))
+        if request.method == "PATCH":
+            return patch_op.handle(self, request, raw)
         access = self.gov.authenticate(request)
         query = request.url.query
         # Conditional writes match under the caller's policy (Governance.match), inside the
@@ -250,8 +267,8 @@ class FhirApi:
                 rid = ids[0] if ids else (given or str(uuid.uuid4()))
                 result = self.gov.write(access, [WriteOp("PUT", rtype, rid, body, if_match)],
                                         conn)[0]
-            return fhir_response(result.stored.content, 201 if result.created else 200,
-                                 _resource_headers(result.stored))
+            return written_response(request, result.stored, 201 if result.created else 200,
+                                    "created" if result.created else "updated")
         # POST: create, or conditional create with If-None-Exist.
         cond = request.headers.get("if-none-exist")
         with self.store.begin_write() as conn, conn.begin():
@@ -264,10 +281,14 @@ class FhirApi:
                     s = self.store.read(rtype, ids[0], access.policy, conn)
                     self.gov.audit(access, "read", "0", entity=f"{rtype}/{s.id}",
                                    reason="If-None-Exist matched an existing resource", conn=conn)
-                    return fhir_response(s.content, 200, _resource_headers(s))
+                    return written_response(request, s, 200, "already exists (If-None-Exist)")
             result = self.gov.write(access, [WriteOp("POST", rtype, str(uuid.uuid4()), body)],
                                     conn)[0]
-        return fhir_response(result.stored.content, 201, _resource_headers(result.stored))
+        return written_response(request, result.stored, 201, "created")
+
+    def system_search_post(self, request: Request, raw: bytes) -> Response:
+        form = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+        return self._search(request, None, list(request.query_params.multi_items()) + form)
 
     def search_post(self, request: Request, raw: bytes) -> Response:
         rtype = request.path_params["type"]
@@ -282,17 +303,24 @@ class FhirApi:
         return self._search(request, ctype, list(request.query_params.multi_items()),
                                   compartment=request.path_params["id"])
 
-    def _search(self, request: Request, rtype: str, params, compartment: str | None = None):
+    def _search(self, request: Request, rtype: str | None, params,
+                compartment: str | None = None):
         access = self.gov.authenticate(request)
         lenient = "handling=lenient" in (request.headers.get("prefer") or "")
+        if rtype is None:
+            params = _system_params(params)
         page = self.gov.search(access, rtype, params, lenient=lenient, compartment=compartment)
-        path = f"{self.base(request)}/{rtype}" if compartment is None else \
-            f"{self.base(request)}/Patient/{compartment}/{rtype}"
+        if rtype is None:
+            path = self.base(request)
+        elif compartment is None:
+            path = f"{self.base(request)}/{rtype}"
+        else:
+            path = f"{self.base(request)}/Patient/{compartment}/{rtype}"
         return fhir_response(self._searchset(page, path, rtype, params))
 
     def _searchset(self, page, path: str, rtype: str, params) -> dict:
         req = page.request
-        base = path.rsplit("/", 1)[0] if path else ""
+        base = (path.rsplit("/", 1)[0] if rtype else path) if path else ""
         entries = [{"fullUrl": f"{base}/{s.type}/{s.id}" if base else f"{s.type}/{s.id}",
                     "resource": _shape(s, req), "search": {"mode": "match"}}
                    for s in page.matches]
@@ -317,10 +345,10 @@ class FhirApi:
         access = self.gov.authenticate(request)
         if request.method == "GET":
             s = self.gov.read(access, rtype, rid)
-            if_none = request.headers.get("if-none-match")
-            if if_none and if_none.strip() == s.etag:
-                return Response(status_code=304, headers={"ETag": s.etag})
-            return fhir_response(s.content, 200, _resource_headers(s))
+            return not_modified(request, s) or fhir_response(s.content, 200,
+                                                             _resource_headers(s))
+        if request.method == "PATCH":
+            return patch_op.handle(self, request, raw)
         if request.method == "DELETE":
             result = self.gov.write(access, [WriteOp("DELETE", rtype, rid, None)])[0]
             return Response(status_code=204, headers={"ETag": result.stored.etag})
@@ -331,8 +359,14 @@ class FhirApi:
             raise FHIRError.of(400, "invalid", f"the resource id must be '{rid}' (the URL's id)", "id")
         result = self.gov.write(access, [WriteOp("PUT", rtype, rid, body,
                                                  _version(request.headers.get("if-match")))])[0]
-        return fhir_response(result.stored.content, 201 if result.created else 200,
-                             _resource_headers(result.stored))
+        return written_response(request, result.stored, 201 if result.created else 200,
+                                "created" if result.created else "updated")
+
+    def lastn(self, request: Request, raw: bytes) -> Response:
+        return lastn_op.handle(self, request)
+
+    def summary(self, request: Request, raw: bytes) -> Response:
+        return summary_op.handle(self, request)
 
     def match(self, request: Request, raw: bytes) -> Response:
         """Patient/$match (IHE PDQm): scored candidates, governed like any search."""
@@ -410,6 +444,18 @@ class FhirApi:
         if page.total is not None:
             out["total"] = page.total
         return fhir_response(out)
+
+
+def _system_params(params) -> list:
+    """System-level search: `_type` must name resource types (each checked here, so the
+    refusal names it); the store searches across them with the common parameters."""
+    for name, value in params:
+        if name == "_type":
+            for t in value.split(","):
+                if t.strip() not in resource_types():
+                    raise FHIRError.of(400, "invalid", f"_type: '{t.strip()[:60]}' is not a "
+                                       "FHIR R4 resource type", "_type")
+    return params
 
 
 def _shape(s: Stored, req) -> object:

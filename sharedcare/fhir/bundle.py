@@ -65,8 +65,7 @@ def _version_of(etag: str | None, where: str) -> int | None:
     if etag is None:
         return None
     v = etag.strip()
-    if v.startswith("W/"):
-        v = v[2:]
+    v = v.removeprefix("W/")
     v = v.strip('"')
     if not v.isdigit():
         raise FHIRError.of(400, "invalid", f"If-Match '{etag}' is not a version ETag", where)
@@ -124,10 +123,10 @@ class Writer:
     def write(self, ops: list[WriteOp], conn, entity: str | None = None) -> list[WriteResult]:
         return self.store.write(ops, conn, self.source_org)
 
-    def refused(self, entry: "Entry", err: FHIRError) -> None:
+    def refused(self, entry: Entry, err: FHIRError) -> None:
         """A batch entry that failed on its own (its transaction already rolled back)."""
 
-    def answered(self, entry: "Entry", response: dict, conn) -> None:
+    def answered(self, entry: Entry, response: dict, conn) -> None:
         """A batch entry that wrote nothing (a conditional create that matched, a delete of
         nothing): still one access."""
 
@@ -144,13 +143,13 @@ class GovernedWriter(Writer):
     def write(self, ops: list[WriteOp], conn, entity: str | None = None) -> list[WriteResult]:
         return self.gov.write(self.access, ops, conn, entity=entity)
 
-    def answered(self, entry: "Entry", response: dict, conn) -> None:
+    def answered(self, entry: Entry, response: dict, conn) -> None:
         location = (response.get("response") or {}).get("location")
         self.gov.audit(self.access, "read" if location else "delete", "0",
                        entity=location or f"{entry.where} {entry.url.split('?')[0]} (no match)",
                        conn=conn)
 
-    def refused(self, entry: "Entry", err: FHIRError) -> None:
+    def refused(self, entry: Entry, err: FHIRError) -> None:
         self.gov.audit(self.access, {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(
             entry.method, "read"), "4", entity=f"{entry.where} {entry.url.split('?')[0]}"[:400],
             reason=str(err)[:1000])
@@ -169,13 +168,15 @@ def process(store: Store, bundle: dict, base_url: str, source_org: str | None = 
                        "Bundle.type")
 
 
-def transaction(writer: Writer, bundle: dict, base_url: str) -> dict:
+def transaction(writer: Writer, bundle: dict, base_url: str, prefer: str | None = None) -> dict:
+    """`prefer` is the request's `Prefer: return=`: `representation` puts each written
+    resource in its entry, `OperationOutcome` an outcome in each response."""
     entries = parse_entries(bundle)
     with writer.store.begin_write() as conn, conn.begin():
         ops, op_entries, responses = plan_writes(writer.store, entries, conn, writer.match)
         results = writer.write(ops, conn, f"Bundle ({len(entries)} entries)") if ops else []
     for index, result in zip(op_entries, results, strict=True):
-        responses[index] = _response_entry(result, base_url)
+        responses[index] = _response_entry(result, base_url, prefer)
     return {"resourceType": "Bundle", "type": "transaction-response",
             "entry": [responses[e.index] for e in entries]}
 
@@ -286,12 +287,16 @@ def plan_writes(store: Store, entries: list[Entry], conn, match=None
     return ops, op_entries, responses
 
 
-def _response_entry(r: WriteResult, base_url: str) -> dict:
+def _response_entry(r: WriteResult, base_url: str, prefer: str | None = None) -> dict:
     s = r.stored
     if s.deleted:
-        return {"response": {"status": "204 No Content"}}
+        out = {"response": {"status": "204 No Content"}}
+        if prefer == "OperationOutcome":
+            out["response"]["outcome"] = operation_outcome([Issue(
+                "informational", f"{s.type}/{s.id} deleted", severity="information")])
+        return out
     status = "201 Created" if r.created else "200 OK"
-    return {
+    out = {
         "fullUrl": f"{base_url}/{s.type}/{s.id}",
         "response": {
             "status": status,
@@ -300,9 +305,17 @@ def _response_entry(r: WriteResult, base_url: str) -> dict:
             "lastModified": instant(s.last_updated),
         },
     }
+    if prefer == "representation":
+        out["resource"] = orjson.Fragment(s.content)
+    elif prefer == "OperationOutcome":
+        out["response"]["outcome"] = operation_outcome([Issue(
+            "informational", f"{s.type}/{s.id} {'created' if r.created else 'updated'}: now "
+            f"version {s.version}", severity="information")])
+    return out
 
 
-def batch(writer: Writer, bundle: dict, base_url: str, reader=None) -> dict:
+def batch(writer: Writer, bundle: dict, base_url: str, reader=None,
+          prefer: str | None = None) -> dict:
     """Each entry on its own: a failure becomes that entry's OperationOutcome, not the Bundle's."""
     entries = parse_entries(bundle)
     out = []
@@ -318,7 +331,8 @@ def batch(writer: Writer, bundle: dict, base_url: str, reader=None) -> dict:
                 results = writer.write(ops, conn) if ops else []
                 if not results:
                     writer.answered(e, responses[e.index], conn)
-            out.append(_response_entry(results[0], base_url) if results else responses[e.index])
+            out.append(_response_entry(results[0], base_url, prefer) if results
+                       else responses[e.index])
         except FHIRError as err:
             writer.refused(e, err)
             issues = [Issue(i.code, i.diagnostics, i.expression) for i in err.issues]

@@ -7,8 +7,31 @@ from functools import cache
 from .. import __version__
 from ..store.search import MODIFIERS, NOT_SUPPORTED
 
-INTERACTIONS = ["read", "vread", "update", "delete", "history-instance", "history-type",
-                "create", "search-type"]
+INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance",
+                "history-type", "create", "search-type"]
+SYSTEM_INTERACTIONS = ["transaction", "batch", "history-system", "search-system"]
+
+HL7_OPS = "http://hl7.org/fhir/OperationDefinition"
+# Every operation the server answers, and where: the CapabilityStatement and the OpenAPI
+# document (operations/openapi.py) are both generated from this list.
+# (name, canonical definition, resource type or None for system level, path under /fhir,
+#  HTTP methods, what it does)
+OPERATIONS = [
+    ("everything", f"{HL7_OPS}/Patient-everything", "Patient", "/Patient/{id}/$everything",
+     ("GET", "POST"), "everything about the person, paged, governed like a read"),
+    ("match", f"{HL7_OPS}/Patient-match", "Patient", "/Patient/$match", ("POST",),
+     "IHE PDQm patient matching: scored candidates"),
+    ("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export", "Patient",
+     "/Patient/$export", ("GET",), "FHIR Bulk Data export of every patient's data"),
+    ("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export", "Group",
+     "/Group/{id}/$export", ("GET",), "FHIR Bulk Data export of a group's data"),
+    ("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export", None, "/$export",
+     ("GET",), "FHIR Bulk Data export of the whole system"),
+    ("lastn", f"{HL7_OPS}/Observation-lastn", "Observation", "/Observation/$lastn", ("GET",),
+     "the latest max Observations of each code for one patient"),
+    ("summary", "http://hl7.org/fhir/uv/ips/OperationDefinition/summary", "Patient",
+     "/Patient/{id}/$summary", ("GET",), "an International Patient Summary document"),
+]
 
 
 @cache
@@ -43,9 +66,10 @@ def _resources(indexer) -> tuple:
                                       if sp.type == "reference"],
             "searchRevInclude": ["*"],
         }
-        if rtype == "Patient":
-            res["operation"] = [{"name": "everything",
-                                 "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
+        ops = [{"name": name, "definition": definition}
+               for name, definition, on, *_ in OPERATIONS if on == rtype]
+        if ops:
+            res["operation"] = ops
         out.append(res)
     return tuple(out)
 
@@ -60,6 +84,7 @@ def capability_statement(indexer, base_url: str) -> dict:
         "implementation": {"description": "sharedcare shared care record", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "security": {
@@ -75,7 +100,8 @@ def capability_statement(indexer, base_url: str) -> dict:
                          "valueUri": base_url.rsplit("/fhir", 1)[0] + "/auth/authorize"}]}],
             },
             "resource": list(_resources(indexer)),
-            "interaction": [{"code": "transaction"}, {"code": "batch"},
-                            {"code": "history-system"}],
+            "interaction": [{"code": c} for c in SYSTEM_INTERACTIONS],
+            "operation": [{"name": name, "definition": definition}
+                          for name, definition, on, *_ in OPERATIONS if on is None],
         }],
     }
