@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+
+from ._support import Receiver
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    server = r.serve()
+    yield r
+    if r.hold is not None:
+        r.hold.set()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def smtp(monkeypatch):
+    """A real SMTP server (aiosmtpd) on a free port; SHAREDCARE_SMTP_URL points at it."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    from tests.conftest import free_port
+
+    class Inbox(Message):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def handle_message(self, message):
+            self.messages.append(message)
+
+    handler = Inbox()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    monkeypatch.setenv("SHAREDCARE_SMTP_URL", f"smtp://127.0.0.1:{port}?from=notify@sharedcare.test")
+    monkeypatch.setenv("SHAREDCARE_BASE_URL", "https://care.example.org")
+    yield handler.messages
+    controller.stop()
