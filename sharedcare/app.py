@@ -17,7 +17,7 @@ from .governance.auth import TokenService, load_signing_key
 from .identity import hook as identity_hook
 from .programme import schema as _programme_schema  # noqa: F401  (tables in metadata)
 from .store import migrate
-from .store.db import data_dir, make_engine
+from .store.db import ReadReplica, data_dir, make_engine, make_read_replica
 from .store.indexing import Indexer
 from .store.repository import Store
 from .store.shared_state import SharedState, open_shared_state
@@ -34,10 +34,13 @@ class SharedCare:
     # Sign-ins in progress, one-time codes, used assertion ids, export jobs: in the database
     # (or Redis with $SHAREDCARE_REDIS_URL), so any server can answer the next request.
     shared: SharedState | None = None
+    # $SHAREDCARE_DATABASE_READ_URL: a streaming replica for searches, history, $everything,
+    # their pages and exports (read-your-writes: see store.db.ReadReplica).
+    replica: ReadReplica | None = None
 
     @classmethod
     def open(cls, database: str | None = None, folder: Path | None = None,
-             upgrade: bool = True) -> "SharedCare":
+             upgrade: bool = True, read_database: str | None = None) -> "SharedCare":
         folder = Path(folder) if folder else data_dir()
         engine = make_engine(database, folder)
         if upgrade:
@@ -47,7 +50,10 @@ class SharedCare:
         keys = folder / "keys"
         gov = Governance(engine, store, TokenService(load_signing_key(keys), engine=engine),
                          AuditTrail.open(engine, keys))
-        sc = cls(engine, store, gov, folder, open_shared_state(engine))
+        shared = open_shared_state(engine)
+        replica = make_read_replica(engine, shared, read_database)
+        store.replica = replica
+        sc = cls(engine, store, gov, folder, shared, replica)
         notify.install(sc)  # events in an outbox, in the write's own transaction
         return sc
 
@@ -91,13 +97,23 @@ def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
                                                Middleware(GZipMiddleware, minimum_size=2048),
                                                Middleware(CsrfMiddleware),
                                                Middleware(AuditEveryRequest,
-                                                          audit=sc.governance.audit)])
+                                                          audit=sc.governance.audit)]
+                    + _replica_middleware(sc))
     app.state.sc = sc
     from .identity.worker import attach_identity_worker
 
     attach_identity_worker(app, sc)  # queued patients get their Person within seconds
     notify.attach_notify_worker(app, sc)  # subscribers told of events, governed and audited
     return app
+
+
+def _replica_middleware(sc) -> list[Middleware]:
+    """With a read replica: route each request's reads, note each write's WAL position."""
+    if getattr(sc, "replica", None) is None:
+        return []
+    from .store.db import ReadReplicaMiddleware
+
+    return [Middleware(ReadReplicaMiddleware, replica=sc.replica)]
 
 
 async def _http_error(request, exc):

@@ -111,12 +111,29 @@ def serve(database: str = DatabaseOpt, data_dir: Path = DataDirOpt,
           host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
           port: int = typer.Option(8000, help="HTTP port."),
           mllp_port: int = typer.Option(None, help="Also listen for HL7 v2 over MLLP here."),
-          workers: int = typer.Option(1, help="Worker processes (one per core suits PostgreSQL).")):
-    """Serve the FHIR API (/fhir) and the web pages."""
+          workers: int = typer.Option(1, help="Worker processes (one per core suits PostgreSQL)."),
+          read_database: str = typer.Option(
+              None, "--read-database", envvar="SHAREDCARE_DATABASE_READ_URL",
+              help="A PostgreSQL streaming replica for searches, history, $everything and "
+                   "exports (read-your-writes kept)."),
+          redis_url: str = typer.Option(
+              None, "--redis-url", envvar="SHAREDCARE_REDIS_URL",
+              help="Keep sign-ins, one-time codes and export jobs in Redis, not the database."),
+          export_dir: Path = typer.Option(
+              None, "--export-dir", envvar="SHAREDCARE_EXPORT_DIR",
+              help="Bulk export files: a folder every server shares (default <data dir>/exports).")):
+    """Serve the FHIR API (/fhir) and the web pages. Several servers (or --workers) on one
+    PostgreSQL database share everything a request may need from an earlier one."""
     import uvicorn
 
     from .app import create_app
 
+    # Through the environment, so that every worker process opens the same (see app_from_env).
+    for name, value in (("SHAREDCARE_DATABASE_READ_URL", read_database),
+                        ("SHAREDCARE_REDIS_URL", redis_url),
+                        ("SHAREDCARE_EXPORT_DIR", str(export_dir) if export_dir else None)):
+        if value:
+            os.environ[name] = value
     sc = _open(database, data_dir)
     _warn_audit_key(sc)
     console.print(f"sharedcare on http://{host}:{port}/  (FHIR base http://{host}:{port}/fhir)")

@@ -30,6 +30,8 @@ same export directory (a shared volume: ``SHAREDCARE_EXPORT_DIR``). A cancel at 
 is seen by the running job within a second; a job whose server stopped is reported as an error
 after ``STALLED`` seconds without progress. Finished jobs and their files are kept for
 ``JOB_LIFETIME`` (24 hours, the manifest's ``Expires``) and then swept away by the servers.
+With a read replica (``SHAREDCARE_DATABASE_READ_URL``) the job reads from it once it has replayed
+the primary's WAL up to the kick-off (waiting up to ``REPLICA_WAIT``), else from the primary.
 
 Only ``_outputFormat`` NDJSON (``application/fhir+ndjson``, ``application/ndjson``,
 ``ndjson``) is supported; ``_typeFilter``, ``_elements``, ``patient`` and
@@ -62,6 +64,7 @@ from ..fhir.outcome import FHIRError, Issue, operation_outcome
 from ..fhir.validation import resource_types
 from ..governance.auth import forbidden, parse_scopes
 from ..governance.policy import Access
+from ..store.db import reads_from_replica
 from ..store.repository import instant, now_utc
 from ..store.schema import compartment, resource
 from ..store.shared_state import shared_state_of
@@ -79,6 +82,7 @@ ENV_EXPORT_DIR = "SHAREDCARE_EXPORT_DIR"  # a directory every server shares
 JOB_LIFETIME = 24 * 3600  # a finished job's manifest and files (the manifest's Expires)
 STALLED = 300  # seconds without a sign of life before a running job is reported lost
 SAVE_EVERY = 0.5  # seconds between a running job's status writes (and cancel checks)
+REPLICA_WAIT = 30  # seconds an export waits for the read replica to catch up
 SWEEP_EVERY = 600  # seconds between a server's sweeps of expired jobs' files
 JOB, CANCEL = "export", "export-cancel"  # kinds of shared state
 
@@ -126,6 +130,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     saved: float = 0.0  # monotonic time of the last status write
+    position: str | None = None  # the primary's WAL position at kick-off (with a replica)
 
     def manifest(self) -> dict:
         return _manifest(self.state())
@@ -254,6 +259,9 @@ class BulkExport:
         folder.mkdir(parents=True, exist_ok=True)
         job = Job(job_id, folder, _identity(access), str(request.url), tx, self._base(request),
                   readable, since, level)
+        replica = getattr(self.sc, "replica", None)
+        if replica is not None:
+            job.position = replica.write_position()
         self.state.put(JOB, job_id, job.state(), JOB_LIFETIME)
         job.saved = time.monotonic()
         with self.lock:
@@ -302,6 +310,15 @@ class BulkExport:
 
     # ------------------------------------------------------------------ the job
     def _run(self, job: Job, policy) -> None:
+        # With a read replica the export reads from it, once it has replayed everything
+        # committed before the kick-off (transactionTime); else from the primary.
+        replica = getattr(self.sc, "replica", None)
+        use = replica is not None and job.position is not None and \
+            replica.caught_up(job.position, REPLICA_WAIT)
+        with reads_from_replica(use):
+            self._export(job, policy)
+
+    def _export(self, job: Job, policy) -> None:
         handles: dict[str, tuple] = {}  # type -> (file, name, count in file)
         counts: dict[str, int] = {}
         files: list[tuple[str, str, int]] = []

@@ -1,11 +1,19 @@
-"""Database connection: one URL, SQLite (embedded default) or PostgreSQL."""
+"""Database connection: one URL, SQLite (embedded default) or PostgreSQL; optionally a
+PostgreSQL streaming replica for reads ($SHAREDCARE_DATABASE_READ_URL), with read-your-writes."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+
+log = logging.getLogger(__name__)
 
 ENV_DATABASE_URL = "SHAREDCARE_DATABASE_URL"
 ENV_DATA_DIR = "SHAREDCARE_DATA_DIR"
@@ -27,7 +35,7 @@ def database_url(explicit: str | None = None, folder: Path | None = None) -> str
         folder.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{folder / 'sharedcare.sqlite'}"
     # Plain postgresql:// means psycopg 3 here (not psycopg2).
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
+    if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
 
@@ -70,3 +78,162 @@ def make_engine(url: str | None = None, folder: Path | None = None) -> Engine:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+# ------------------------------------------------------------------ read replicas
+ENV_DATABASE_READ_URL = "SHAREDCARE_DATABASE_READ_URL"
+ENV_REPLICA_WAIT = "SHAREDCARE_REPLICA_WAIT"  # seconds a read waits for the replica (0.5)
+WRITE_LSN = "write-lsn"  # shared-state kind: a client's last write position
+WRITE_LSN_LIFETIME = 600  # a write older than this is on every healthy replica
+
+# Set for the duration of one request (or one export job): may the store's reads -- search,
+# $everything, history, their pages, exports -- go to the replica? Off by default: reads go to
+# the primary unless a replica was chosen for this request.
+_replica_reads: ContextVar[bool] = ContextVar("sharedcare_replica_reads", default=False)
+
+
+def read_database_url(explicit: str | None = None) -> str | None:
+    """--read-database beats $SHAREDCARE_DATABASE_READ_URL; None: no replica."""
+    url = explicit or os.environ.get(ENV_DATABASE_READ_URL)
+    if not url:
+        return None
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def replica_reads() -> bool:
+    return _replica_reads.get()
+
+
+@contextmanager
+def reads_from_replica(allowed: bool = True):
+    """Within the block, the store's reads may use the replica (when there is one)."""
+    token = _replica_reads.set(allowed)
+    try:
+        yield
+    finally:
+        _replica_reads.reset(token)
+
+
+class ReadReplica:
+    """A PostgreSQL streaming replica for reads, with read-your-writes.
+
+    After a client's write its position in the primary's WAL (``pg_current_wal_lsn()``, taken
+    once the write has committed) is kept in the shared state under a hash of the client's
+    token, so whichever server gets the client's next read knows it. That read uses the replica
+    once ``pg_last_wal_replay_lsn()`` there has passed the position -- waiting up to
+    ``wait`` seconds -- and otherwise the primary. A replica that cannot be reached is not used.
+    """
+
+    def __init__(self, primary: Engine, replica: Engine, state, wait: float | None = None):
+        if primary.dialect.name != "postgresql" or replica.dialect.name != "postgresql":
+            raise ValueError("read replicas are for PostgreSQL (SHAREDCARE_DATABASE_READ_URL "
+                             "must be a postgresql:// URL of a standby of the primary)")
+        self.primary = primary
+        self.engine = replica
+        self.state = state
+        self.wait = float(os.environ.get(ENV_REPLICA_WAIT) or 0.5) if wait is None else wait
+
+    def write_position(self) -> str:
+        with self.primary.connect() as conn:
+            return conn.execute(text("SELECT pg_current_wal_lsn()::text")).scalar_one()
+
+    def note_write(self, client: str) -> None:
+        """Remember where the primary's WAL stood after this client's write."""
+        self.state.put(WRITE_LSN, client, self.write_position(), WRITE_LSN_LIFETIME)
+
+    def caught_up(self, position: str, wait: float | None = None) -> bool:
+        """Has the replica replayed the WAL up to `position` (waiting up to `wait` s)?"""
+        deadline = time.monotonic() + (self.wait if wait is None else wait)
+        try:
+            with self.engine.connect() as conn:
+                while True:
+                    done = conn.execute(text(
+                        "SELECT pg_last_wal_replay_lsn() >= CAST(:p AS pg_lsn)"),
+                        {"p": position}).scalar()
+                    conn.rollback()
+                    if done:
+                        return True
+                    if time.monotonic() >= deadline:
+                        return False
+                    time.sleep(0.005)
+        except Exception:  # noqa: BLE001 - an unreachable replica is simply not used
+            log.warning("the read replica cannot be reached; reading from the primary")
+            return False
+
+    def usable_for(self, client: str | None) -> bool:
+        """May this client's read go to the replica? (Yes unless it wrote lately and the
+        replica has not caught up within the wait.)"""
+        position = self.state.get(WRITE_LSN, client) if client else None
+        if position is None:
+            return True
+        return self.caught_up(position)
+
+
+def make_read_replica(primary: Engine, state, url: str | None = None) -> ReadReplica | None:
+    """The replica named by `url` or $SHAREDCARE_DATABASE_READ_URL, if any."""
+    url = read_database_url(url)
+    if not url:
+        return None
+    if primary.dialect.name != "postgresql":
+        raise ValueError("SHAREDCARE_DATABASE_READ_URL needs a PostgreSQL primary "
+                         "(SHAREDCARE_DATABASE_URL); the embedded SQLite has no replicas")
+    replica = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=False,
+                            pool_recycle=1800, connect_args={"options": "-c jit=off"})
+    return ReadReplica(primary, replica, state)
+
+
+def client_key(scope) -> str | None:
+    """Who is asking, for read-your-writes: a hash of the bearer token or session cookie."""
+    token = None
+    for k, v in scope.get("headers", ()):
+        if k == b"authorization" and v[:7].lower() == b"bearer ":
+            token = v[7:].strip()
+            break
+        if k == b"cookie" and token is None:
+            for part in v.split(b";"):
+                name, _, value = part.strip().partition(b"=")
+                if name == b"sc_session" and value:
+                    token = value
+    return hashlib.sha256(token).hexdigest() if token else None
+
+
+class ReadReplicaMiddleware:
+    """Routes each request's store reads: GET/HEAD requests (and POST ``_search``) read from
+    the replica when `ReadReplica.usable_for` the client says so; any other request that
+    succeeds is a write, and its WAL position is noted before the response starts -- so the
+    client cannot send its next read before the position is known."""
+
+    def __init__(self, app, replica: ReadReplica):
+        self.app = app
+        self.replica = replica
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.concurrency import run_in_threadpool
+
+        client = client_key(scope)
+        method = scope.get("method", "GET")
+        if method in ("GET", "HEAD") or (method == "POST"
+                                         and scope.get("path", "").endswith("/_search")):
+            use = await run_in_threadpool(self.replica.usable_for, client)
+            token = _replica_reads.set(use)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                _replica_reads.reset(token)
+            return
+
+        async def send_noting(message):
+            if message["type"] == "http.response.start" and client \
+                    and message.get("status", 500) < 400:
+                try:
+                    await run_in_threadpool(self.replica.note_write, client)
+                except Exception:  # the write stands; the next read may miss it
+                    log.exception("could not note a write's WAL position")
+            await send(message)
+
+        await self.app(scope, receive, send_noting)
