@@ -1,0 +1,242 @@
+"""Delivery end to end, on SQLite and PostgreSQL: HL7 v2 in, a real HTTP receiver, a real SMTP
+server and the staff inbox out -- governed at send time, audited, retried, dead-lettered."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import select
+
+from sharedcare.notify import NotifyWorker, retry_dead, subscribe
+from sharedcare.notify.schema import notify_delivery, notify_subscription
+
+from ._support import (
+    AGREEMENT,
+    FEED,
+    GP,
+    HOSPITAL,
+    NHS,
+    OTHER_GP,
+    ack_ok,
+    admission,
+    audits,
+    deliveries,
+    inbox,
+    world,
+)
+
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+
+
+def worker(sc, **kw) -> NotifyWorker:
+    kw.setdefault("backoff_base", 0.02)
+    return NotifyWorker(sc, **kw)
+
+
+def until_settled(w: NotifyWorker, sc, timeout: float = 20.0) -> dict:
+    """Run passes until nothing is pending (back-offs included)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        w.run_once()
+        got = deliveries(sc)
+        if not got.get("pending"):
+            with sc.engine.connect() as c:
+                from sharedcare.notify.schema import notify_event
+
+                if not c.execute(select(notify_event.c.id).where(
+                        notify_event.c.dispatched.is_(False))).first():
+                    return got
+        time.sleep(0.02)
+    raise AssertionError(f"deliveries still pending after {timeout}s: {deliveries(sc)}")
+
+
+def sub_row(sc, sid):
+    with sc.engine.connect() as c:
+        return c.execute(select(notify_subscription).where(notify_subscription.c.id == sid)
+                         ).first()
+
+
+def test_admission_over_hl7_reaches_the_gp_rest_hook_inbox_and_mail(sc, receiver, smtp):
+    feeds = world(sc)
+    hook = subscribe(sc, ods=GP, topics=["admission", "discharge"], channel="rest-hook",
+                     endpoint=receiver.url, headers=["Authorization: Bearer gp-secret"])
+    box = subscribe(sc, ods=GP, topics=["admission"], channel="inbox")
+    mail = subscribe(sc, ods=GP, topics=["admission"], channel="email",
+                     endpoint="duty.gp@brookside.example")
+    # Another practice's subscription: the patient is not registered there.
+    subscribe(sc, ods=OTHER_GP, topics=["admission"], channel="rest-hook", endpoint=receiver.url)
+    assert ack_ok(feeds.ingest_hl7(admission(1), FEED))
+    w = worker(sc)
+    assert until_settled(w, sc) == {"sent": 3}
+
+    (got,) = receiver.received
+    assert got.key == f"{hook}/1" or got.key.startswith(f"{hook}/")
+    assert got.headers["authorization"] == "Bearer gp-secret"
+    assert got.headers["content-type"] == "application/fhir+json"
+    bundle = got.json()
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "history"
+    status = bundle["entry"][0]["resource"]
+    params = {p["name"]: p for p in status["parameter"]}
+    assert params["type"]["valueCode"] == "event-notification"
+    assert params["topic"]["valueCanonical"].endswith("/SubscriptionTopic/admission")
+    event = {p["name"]: p for p in params["notification-event"]["part"]}
+    assert event["event-number"]["valueString"] == "1"
+    focus = event["focus"]["valueReference"]["reference"]
+    assert focus.startswith("Encounter/")
+    # id-only: where to look, never what the record says
+    assert b"Smith" not in got.body and NHS.encode() not in got.body
+
+    (item,) = inbox(sc, GP)
+    assert item.kind == "admission" and item.focus == focus and item.role is None
+
+    (message,) = smtp
+    text = message.get_payload()
+    assert message["To"] == "duty.gp@brookside.example"
+    assert "https://care.example.org/notifications" in text
+    for secret in ("Smith", "Jane", NHS, "1980", "WARD1", "Leeds"):
+        assert secret not in text and secret not in message["Subject"]
+    assert message["Idempotency-Key"].startswith(f"{mail}/")
+
+    trail = audits(sc)
+    assert len(trail) == 3 and {a.ods for a in trail} == {GP}
+    assert {a.outcome for a in trail} == {"0"}
+    assert all(a.patient_id for a in trail)
+    assert {sub_row(sc, s).sent for s in (hook, box, mail)} == {1}
+
+
+def test_a_subscriber_whose_agreement_is_suspended_receives_nothing(sc, receiver):
+    feeds = world(sc)
+    hook = subscribe(sc, ods=GP, topics=["admission"], channel="rest-hook",
+                     endpoint=receiver.url)
+    box = subscribe(sc, ods=GP, topics=["admission"], channel="inbox")
+    sc.governance.set_agreement_status(AGREEMENT, "suspended")
+    assert ack_ok(feeds.ingest_hl7(admission(1), FEED))
+    assert until_settled(worker(sc), sc) == {"refused": 2}
+    assert receiver.received == []
+    assert inbox(sc, GP) == []
+    assert sub_row(sc, hook).refused == 1 and sub_row(sc, hook).sent == 0
+    trail = audits(sc)
+    assert [a.outcome for a in trail] == ["4", "4"]
+    assert all("agreement" in a.reason for a in trail)
+    # Active again: the next admission goes out.
+    sc.governance.set_agreement_status(AGREEMENT, "active")
+    assert ack_ok(feeds.ingest_hl7(admission(2, nhs="9434765870"), FEED))
+    assert until_settled(worker(sc), sc) == {"refused": 2, "sent": 2}
+    assert len(receiver.received) == 1 and len(inbox(sc, GP)) == 1
+    assert sub_row(sc, box).sent == 1
+
+
+def test_payload_never_holds_more_than_the_subscriber_may_read(sc, receiver):
+    """A GP system's criteria Subscriptions with full payloads: encounters are shared with the
+    practice, results are not -- so the result is refused, never sent."""
+    feeds = world(sc, categories=("demographics", "encounters"))
+    from starlette.testclient import TestClient
+
+    from sharedcare.app import create_app
+
+    gp_token = sc.governance.issue_system_token("gp-system", GP)
+    with TestClient(create_app(sc)) as client:
+        client.headers["Authorization"] = f"Bearer {gp_token}"
+        for criteria in ("Encounter?class=IMP", "Observation?status=final"):
+            r = client.post("/fhir/Subscription", json={
+                "resourceType": "Subscription", "status": "requested", "reason": "ours",
+                "criteria": criteria,
+                "channel": {"type": "rest-hook", "endpoint": receiver.url,
+                            "payload": "application/fhir+json"}})
+            assert r.status_code == 201, r.text
+    assert ack_ok(feeds.ingest_hl7(admission(1), FEED))
+    patient = sc.store.search("Patient", [], _permit()).matches[0].id
+    from sharedcare.store.repository import WriteOp
+
+    sc.store.write([WriteOp("PUT", "Observation", "hb1", {
+        "resourceType": "Observation", "status": "final", "code": {"text": "Haemoglobin"},
+        "subject": {"reference": f"Patient/{patient}"}, "valueQuantity": {"value": 99}})],
+        source_org=HOSPITAL)
+    w = worker(sc)
+    assert until_settled(w, sc) == {"sent": 1, "refused": 1}
+    (got,) = receiver.received
+    assert got.json()["resourceType"] == "Encounter"
+    assert b"Haemoglobin" not in b"".join(r.body for r in receiver.received)
+    with sc.engine.connect() as c:
+        subs = {r.criteria: r for r in c.execute(select(notify_subscription))}
+    assert subs["Observation?status=final"].refused == 1
+    assert subs["Encounter?class=IMP"].ods == GP and subs["Encounter?class=IMP"].role == "system"
+    # requested -> active on the resource itself
+    res = sc.store.read("Subscription", subs["Encounter?class=IMP"].resource_id, _permit())
+    assert res.json()["status"] == "active"
+
+
+def _permit():
+    from sharedcare.store.repository import PermitAll
+
+    return PermitAll()
+
+
+def test_receiver_failing_three_times_gets_each_notification_once_and_in_order(sc, receiver):
+    feeds = world(sc)
+    hook = subscribe(sc, ods=GP, topics=["admission", "discharge"], channel="rest-hook",
+                     endpoint=receiver.url)
+    receiver.fail = 3
+    assert ack_ok(feeds.ingest_hl7(admission(1), FEED))
+    assert ack_ok(feeds.ingest_hl7(admission(1, discharged=True), FEED))
+    assert ack_ok(feeds.ingest_hl7(admission(2, nhs="9434765870"), FEED))
+    assert until_settled(worker(sc), sc) == {"sent": 3}
+    keys = receiver.keys()
+    assert len(keys) == len(set(keys)) == 3  # each exactly once
+    assert [int(k.rsplit("/", 1)[1]) for k in keys] == sorted(
+        int(k.rsplit("/", 1)[1]) for k in keys)  # in event order
+    topics = [{p["name"]: p for p in r.json()["entry"][0]["resource"]["parameter"]}
+              ["topic"]["valueCanonical"].rsplit("/", 1)[1] for r in receiver.received]
+    assert topics == ["admission", "discharge", "admission"]
+    with sc.engine.connect() as c:
+        attempts = [a for (a,) in c.execute(select(notify_delivery.c.attempts)
+                                             .order_by(notify_delivery.c.id))]
+    assert attempts == [4, 1, 1]  # three failures and the success, then straight through
+    assert len(audits(sc)) == 3  # one audit event per delivery, not per attempt
+    assert sub_row(sc, hook).status == "active"
+
+
+def test_dead_letter_after_max_attempts_then_retry(sc, receiver):
+    feeds = world(sc)
+    hook = subscribe(sc, ods=GP, topics=["admission"], channel="rest-hook",
+                     endpoint=receiver.url)
+    receiver.fail = 2
+    assert ack_ok(feeds.ingest_hl7(admission(1), FEED))
+    assert ack_ok(feeds.ingest_hl7(admission(2, nhs="9434765870"), FEED))
+    w = worker(sc, max_attempts=2)
+    # The first dies after two failures; the second, behind it, then goes out.
+    assert until_settled(w, sc) == {"dead": 1, "sent": 1}
+    row = sub_row(sc, hook)
+    assert row.dead == 1 and row.last_error == "HTTP 503"
+    assert len(receiver.received) == 1
+    assert retry_dead(sc, subscription_id=hook) == 1
+    assert until_settled(w, sc) == {"sent": 2}
+    assert len(set(receiver.keys())) == 2
+
+
+@pytest.mark.parametrize("content", ["full-resource", "empty"])
+def test_topic_subscription_backport_bundle(sc, client, receiver, content):
+    feeds = world(sc)
+    r = client.post("/fhir/Subscription", json={
+        "resourceType": "Subscription", "status": "requested", "reason": "admissions",
+        "criteria": "https://fhir.sharedcare.org.uk/SubscriptionTopic/admission",
+        "_criteria": {"extension": [{"url": BACKPORT + "backport-filter-criteria",
+                                     "valueString": "Encounter?class=IMP"}]},
+        "channel": {"type": "rest-hook", "endpoint": receiver.url,
+                    "payload": "application/fhir+json",
+                    "_payload": {"extension": [{"url": BACKPORT + "backport-payload-content",
+                                                "valueCode": content}]}}})
+    assert r.status_code == 201, r.text
+    assert ack_ok(feeds.ingest_hl7(admission(1), FEED))
+    assert ack_ok(feeds.ingest_hl7(admission(2, nhs="9434765870", klass="E"), FEED))
+    assert until_settled(worker(sc), sc) == {"sent": 1}  # the A&E attendance is filtered out
+    entries = receiver.received[0].json()["entry"]
+    params = {p["name"]: p for p in entries[0]["resource"]["parameter"]}
+    assert params["subscription"]["valueReference"]["reference"] == f"Subscription/{r.json()['id']}"
+    event = {p["name"] for p in params["notification-event"]["part"]}
+    if content == "full-resource":
+        assert entries[1]["resource"]["resourceType"] == "Encounter"
+        assert "focus" in event
+    else:
+        assert len(entries) == 1 and "focus" not in event
