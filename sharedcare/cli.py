@@ -56,6 +56,7 @@ def _population_app() -> typer.Typer:
 
 app.add_typer(_population_app(), name="population")
 app.add_typer(__import__("sharedcare.identity.cli", fromlist=["x"]).identity_app, name="identity")
+app.add_typer(__import__("sharedcare.notify.cli", fromlist=["x"]).notify_app, name="notify")
 console = Console(stderr=True)
 
 DatabaseOpt = typer.Option(None, "--database", "-d", envvar="SHAREDCARE_DATABASE_URL",
