@@ -138,6 +138,10 @@ def _system_paths() -> dict[str, dict]:
         "/openapi.json": {"get": {**_op("openapi", "this document", {"200": {
             "description": "OpenAPI 3.1", "content": {"application/json": {
                 "schema": {"type": "object"}}}}}, tags=sys_tag), "security": []}},
+        "/.well-known/smart-configuration": {"get": {**_op(
+            "smart-configuration", "SMART App Launch configuration (endpoints, scopes)",
+            {"200": {"description": "SMART configuration", "content": {"application/json": {
+                "schema": {"type": "object"}}}}}, tags=sys_tag), "security": []}},
         "/": {
             "get": _op("search-system", "search across types (_type=Patient,Practitioner)",
                        _responses(schema="Bundle"),

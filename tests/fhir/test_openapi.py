@@ -1,0 +1,94 @@
+"""The OpenAPI 3.1 document at /fhir/openapi.json: valid OpenAPI 3.1 (openapi-spec-validator),
+generated from the same source as the CapabilityStatement, listing every route the FHIR API
+answers; and the CapabilityStatement's operations and interactions."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from openapi_spec_validator import validate
+from starlette.routing import Route
+
+from sharedcare.fhir.capability import OPERATIONS
+from sharedcare.fhir.compartment import patient_compartment_types
+
+from ._support import FHIR_JSON
+
+
+@pytest.fixture
+def spec(client):
+    r = client.get("/fhir/openapi.json", headers={"Authorization": ""})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    return r.json()
+
+
+def test_the_document_is_valid_openapi_31(spec):
+    assert spec["openapi"].startswith("3.1")
+    validate(spec)  # raises on any violation of the OpenAPI 3.1 schema
+    assert spec["servers"] == [{"url": "http://testserver/fhir"}]
+    ids = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)), "operationIds are unique"
+
+
+def _fhir_routes(sc) -> list[tuple[str, set[str]]]:
+    from sharedcare.app import create_app
+
+    out = []
+    for route in create_app(sc).routes:
+        if isinstance(route, Route) and route.path.startswith("/fhir"):
+            out.append((route.path, set(route.methods or ()) - {"HEAD"}))
+    return out
+
+
+def test_every_route_is_listed(spec, sc, client):
+    types = [r["type"] for r in client.get("/fhir/metadata").json()["rest"][0]["resource"]]
+    paths = spec["paths"]
+    missing = []
+    for path, methods in _fhir_routes(sc):
+        rel = path.removeprefix("/fhir") or "/"
+        if rel == "/":
+            candidates = ["/"]
+        elif rel == "/Patient/{id}/{ctype}":
+            candidates = ["/Patient/{id}/{compartment}"]
+        elif "{type}" in rel:
+            candidates = [rel.replace("{type}", t) for t in types]
+        else:
+            candidates = [rel]
+        for p in candidates:
+            if p not in paths:
+                missing.append(p)
+                continue
+            for m in methods:
+                if m.lower() not in paths[p]:
+                    missing.append(f"{m} {p}")
+    assert not missing, missing[:20]
+    comp = paths["/Patient/{id}/{compartment}"]["get"]["parameters"][1]["schema"]["enum"]
+    assert set(comp) == set(patient_compartment_types())
+
+
+def test_search_parameters_come_from_the_capability_statement(spec, client):
+    cs = client.get("/fhir/metadata").json()
+    observation = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Observation")
+    listed = {p["name"] for p in spec["paths"]["/Observation"]["get"]["parameters"]}
+    assert {p["name"] for p in observation["searchParam"]} <= listed
+    assert {"code", "patient", "_count", "_include"} <= listed
+    patch = spec["paths"]["/Observation/{id}"]["patch"]["requestBody"]["content"]
+    assert set(patch) == {"application/json-patch+json", FHIR_JSON}
+
+
+def test_capability_statement_lists_operations_and_patch(client):
+    cs = client.get("/fhir/metadata").json()
+    assert "application/json-patch+json" in cs["patchFormat"]
+    rest = cs["rest"][0]
+    assert {"transaction", "batch", "history-system", "search-system"} <= {
+        i["code"] for i in rest["interaction"]}
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert {"patch"} <= {i["code"] for i in by_type["Condition"]["interaction"]}
+    assert {o["name"] for o in by_type["Patient"]["operation"]} >= {
+        "everything", "match", "export", "summary"}
+    assert {o["name"] for o in by_type["Observation"]["operation"]} == {"lastn"}
+    assert {o["name"] for o in by_type["Group"]["operation"]} == {"export"}
+    assert {o["name"] for o in rest["operation"]} == {"export"}
+    for name, definition, *_ in OPERATIONS:
+        assert re.match(r"^https?://", definition), name
