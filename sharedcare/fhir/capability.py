@@ -71,6 +71,9 @@ def _resources(indexer) -> tuple:
         if ops:
             res["operation"] = ops
         out.append(res)
+    from ..notify.capability import subscription_resource
+
+    out.append(subscription_resource())  # stored by the generic routes, served by notify/
     return tuple(out)
 
 
@@ -84,7 +87,8 @@ def capability_statement(indexer, base_url: str) -> dict:
         "implementation": {"description": "sharedcare shared care record", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json",
+                        "application/merge-patch+json"],
         "rest": [{
             "mode": "server",
             "security": {
