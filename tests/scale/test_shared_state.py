@@ -20,8 +20,7 @@ from sharedcare.store.shared_state import (
     open_shared_state,
     shared_state,
 )
-
-from .conftest import REDIS_URL
+from tests.scale.conftest import REDIS_URL
 
 
 @pytest.fixture

@@ -24,8 +24,7 @@ from sharedcare.fhir.codes import ODS_SYSTEM
 from sharedcare.governance.smart import ASSERTION_TYPE, register_client
 from sharedcare.population import export
 from sharedcare.store.repository import WriteOp
-
-from .conftest import BASE, ORG
+from tests.scale.conftest import BASE, ORG
 
 REDIRECT = "https://app.example/callback"
 PASSWORD = "correct horse battery staple"
