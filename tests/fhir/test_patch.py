@@ -298,3 +298,30 @@ def test_the_controller_patches_its_own_record_once_audited(world):
                    **bearer(sc, "gp.doc", "GP1"))
     assert r.status_code == 200, r.text
     assert stored(sc, "Observation", "o-sexual")["meta"]["security"]
+
+
+# ------------------------------------------------------------------ merge patch, a real client
+def test_merge_patch(client):
+    p = create(client, patient("mp-1", gender="male"))
+    r = client.patch(f"/fhir/Patient/{p['id']}", json={
+        "gender": None, "birthDate": "1970-01-01", "name": [{"family": "Merged"}]},
+        headers={"Content-Type": "application/merge-patch+json"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert "gender" not in body and body["birthDate"] == "1970-01-01"
+    assert body["name"] == [{"family": "Merged"}] and body["identifier"] == p["identifier"]
+
+
+def test_fhirpy_patch_over_a_socket(live_server, system_token):
+    from fhirpy import SyncFHIRClient
+
+    client = SyncFHIRClient(f"{live_server}/fhir", authorization=f"Bearer {system_token}")
+    pat = client.resource("Patient", identifier=[{"system": MRN, "value": "fhirpy-patch"}],
+                          name=[{"family": "Pyclient"}], birthDate="1990-01-01")
+    pat.save()
+    # fhirpy sends part of the resource as application/json: a merge patch
+    changed = client.patch("Patient", pat.id, gender="female", birthDate="1991-02-03")
+    assert changed["gender"] == "female" and changed["birthDate"] == "1991-02-03"
+    assert changed["meta"]["versionId"] == "2"
+    again = client.reference("Patient", pat.id).to_resource()
+    assert again["name"] == [{"family": "Pyclient"}] and again["gender"] == "female"

@@ -71,7 +71,8 @@ def _op(op_id: str, summary: str, responses: dict, params: list | None = None,
 
 def _patch_body() -> dict:
     return {"content": {JSON_PATCH: {"schema": _ref("JsonPatch")},
-                        FHIR_JSON: {"schema": _ref("Parameters")}}}
+                        FHIR_JSON: {"schema": _ref("Parameters")},
+                        "application/merge-patch+json": {"schema": {"type": "object"}}}}
 
 
 def _type_paths(res: dict) -> dict[str, dict]:

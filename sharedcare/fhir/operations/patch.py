@@ -1,5 +1,7 @@
-"""PATCH: JSON Patch (RFC 6902, `application/json-patch+json`) and FHIRPath Patch (a
-`Parameters` resource of `operation` parts, `application/fhir+json`).
+"""PATCH: JSON Patch (RFC 6902, `application/json-patch+json`), FHIRPath Patch (a
+`Parameters` resource of `operation` parts, `application/fhir+json`), and -- for clients such
+as fhirpy that send part of a resource -- JSON Merge Patch (RFC 7386,
+`application/merge-patch+json`, or `application/json` with a body that is not Parameters).
 
 The patch is applied to the current version the caller may see, read inside the write's own
 transaction, and the result is written through the one write door (`Governance.write`) as an
@@ -26,6 +28,7 @@ from ..validation import problems
 from .http import written_response
 
 JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
 FHIRPATH_OPS = ("add", "insert", "delete", "replace", "move")
 
 
@@ -36,7 +39,7 @@ def handle(api, request, raw: bytes):
     rid = request.path_params.get("id")
     access = api.gov.authenticate(request)
     kind = _kind(request.headers.get("content-type") or "")
-    document = _document(raw, kind)
+    kind, document = _document(raw, kind)
     if_match = api.version_of(request.headers.get("if-match"))
     store = api.store
     with store.begin_write() as conn, conn.begin():
@@ -57,8 +60,12 @@ def handle(api, request, raw: bytes):
             raise FHIRError.of(412, "conflict", f"{rtype}/{rid} is at version "
                                f"{current.version}, not {if_match} (If-Match)", "If-Match")
         before = current.json()
-        after = apply_json_patch(before, document) if kind == "json-patch" else \
-            apply_fhirpath_patch(before, document)
+        if kind == "json-patch":
+            after = apply_json_patch(before, document)
+        elif kind == "merge-patch":
+            after = apply_merge_patch(before, document)
+        else:
+            after = apply_fhirpath_patch(before, document)
         _check_result(after, rtype, rid)
         result = api.gov.write(access, [WriteOp("PUT", rtype, rid, after, current.version)],
                                conn, entity=f"{rtype}/{rid} (patch)")[0]
@@ -69,14 +76,18 @@ def _kind(content_type: str) -> str:
     media = content_type.split(";")[0].strip().lower()
     if media == JSON_PATCH:
         return "json-patch"
-    if media in ("application/fhir+json", "application/json", ""):
+    if media == MERGE_PATCH:
+        return "merge-patch"
+    if media == "application/json":
+        return "json"
+    if media in ("application/fhir+json", ""):
         return "fhirpath-patch"
-    raise FHIRError(415, [Issue("not-supported", f"PATCH takes {JSON_PATCH} (JSON Patch) or "
-                                f"application/fhir+json (FHIRPath Patch Parameters), not "
-                                f"{media[:80]}", "Content-Type")])
+    raise FHIRError(415, [Issue("not-supported", f"PATCH takes {JSON_PATCH} (JSON Patch), "
+                                f"application/fhir+json (FHIRPath Patch Parameters) or "
+                                f"{MERGE_PATCH}, not {media[:80]}", "Content-Type")])
 
 
-def _document(raw: bytes, kind: str):
+def _document(raw: bytes, kind: str) -> tuple[str, object]:
     if not raw:
         raise FHIRError.of(400, "invalid", "the PATCH request has no body")
     try:
@@ -86,14 +97,34 @@ def _document(raw: bytes, kind: str):
     if kind == "json-patch":
         if not isinstance(doc, list):
             raise FHIRError.of(400, "structure", "a JSON Patch is an array of operations")
-        return doc
+        return kind, doc
+    if kind == "json":
+        kind = "fhirpath-patch" if isinstance(doc, dict) and \
+            doc.get("resourceType") == "Parameters" else "merge-patch"
+    if kind == "merge-patch":
+        if not isinstance(doc, dict):
+            raise FHIRError.of(400, "structure", "a JSON Merge Patch is an object")
+        return kind, doc
     if not isinstance(doc, dict) or doc.get("resourceType") != "Parameters":
         raise FHIRError.of(400, "invalid", "a FHIRPath Patch is a Parameters resource (send "
                            f"a JSON Patch as {JSON_PATCH})", "resourceType")
     found = problems(doc, "Parameters")
     if found:
         raise FHIRError(400, found)
-    return doc
+    return kind, doc
+
+
+def apply_merge_patch(resource: dict, patch: dict) -> dict:
+    """RFC 7386: objects merge, null removes, anything else (arrays too) replaces."""
+    out = dict(resource)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = apply_merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _check_result(after: dict, rtype: str, rid: str) -> None:
