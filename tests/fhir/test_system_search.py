@@ -52,6 +52,10 @@ def test_paging_and_post(client, loaded):
     got = pages(client, "/fhir", {"_type": "Patient,Practitioner,Observation", "_count": "1"})
     assert len(got) == 4
     assert sorted(keys(got)) == sorted(loaded)
+    newest = search(client, "/fhir", {"_type": "Patient,Practitioner,Observation",
+                                      "_sort": "-_lastUpdated", "_count": "2"})
+    assert keys(newest) == [loaded[3], loaded[2]]
+    assert search(client, "/fhir", {"_type": "Patient", "_summary": "count"})["total"] == 2
     r = client.post("/fhir/_search", content="_type=Patient",
                     headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 200, r.text
