@@ -17,6 +17,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
@@ -278,3 +279,56 @@ def test_export_whose_server_went_away_is_reported(servers, clients):
         "beat": time.time() - export.STALLED - 5}, 60)
     r = cb.get(f"/fhir/$export-poll/{jid}", headers=auth)
     assert r.status_code == 500 and "stopped" in r.text
+
+
+# ------------------------------------------------------------------ OpenID Connect staff sign-in
+@pytest.fixture
+def provider(monkeypatch):
+    """The OpenID provider of tests/governance/test_oidc.py, on a real local port."""
+    import uvicorn
+
+    from tests.conftest import free_port
+    from tests.governance.test_oidc import CLIENT_ID, SECRET, FakeProvider
+
+    op = FakeProvider()
+    port = free_port()
+    op.issuer = f"http://127.0.0.1:{port}"
+    server = uvicorn.Server(uvicorn.Config(op.app(), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 10
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    monkeypatch.setenv("SHAREDCARE_OIDC_ISSUER", op.issuer)
+    monkeypatch.setenv("SHAREDCARE_OIDC_CLIENT_ID", CLIENT_ID)
+    monkeypatch.setenv("SHAREDCARE_OIDC_CLIENT_SECRET", SECRET)
+    yield op
+    server.should_exit = True
+    thread.join(5)
+
+
+def test_oidc_login_started_at_a_completes_at_b(servers, clients, provider):
+    import httpx
+
+    servers.a.governance.add_organisation("RGP01", "Riverside Surgery", "gp-practice")
+    servers.a.governance.add_staff("drjones", "Dr Alex Jones",
+                                   [(ORG, "clinician"), ("RGP01", "admin")],
+                                   oidc_subject=provider.subject)
+    ca, cb = clients
+    browser = Browser(ca, cb)
+    r = browser.send(0, "GET", "/auth/oidc/login", params={"next": "/patients"})
+    assert r.status_code == 302, r.text
+    back = httpx.get(r.headers["location"], follow_redirects=False)  # the provider approves
+    callback = urlsplit(back.headers["location"])
+    r = browser.send(1, "GET", f"{callback.path}?{callback.query}")  # ... and returns to B
+    assert r.status_code == 200 and "Choose your role" in r.text, r.text
+    r = browser.send(0, "POST", "/auth/oidc/role", data={"txn": _txn(r.text),
+                                                        "role": f"{ORG}|clinician"})
+    assert r.status_code == 303 and r.headers["location"] == "/patients", r.text
+    claims = servers.b.governance.tokens.verify(browser.jar["sc_session"])
+    assert (claims["sub"], claims["role"]) == ("drjones", "clinician")
+    # The provider's answer was taken once: replayed at either server, it is refused.
+    for server in (0, 1):
+        r = browser.send(server, "GET", f"{callback.path}?{callback.query}")
+        assert r.status_code == 400 and "expired" in r.text
