@@ -332,3 +332,29 @@ def test_oidc_login_started_at_a_completes_at_b(servers, clients, provider):
     for server in (0, 1):
         r = browser.send(server, "GET", f"{callback.path}?{callback.query}")
         assert r.status_code == 400 and "expired" in r.text
+
+
+def test_expired_exports_are_swept_by_any_server(servers, clients, monkeypatch):
+    import os
+
+    _load(servers.a)
+    auth = {"Authorization": "Bearer " + servers.a.governance.issue_system_token("sys", ORG)}
+    ca, cb = clients
+    status = ca.get("/fhir/$export", headers={**ASYNC, **auth}).headers["Content-Location"]
+    _poll(cb, status, auth)
+    live = status.rsplit("/", 1)[1]
+    # A job whose 24 hours are over: its shared state has expired, its files are still there.
+    gone = "e" * 32
+    (servers.export_dir / gone).mkdir()
+    (servers.export_dir / gone / "Patient-1.ndjson").write_bytes(b"{}\n")
+    old = time.time() - 2 * export.STALLED - 60
+    os.utime(servers.export_dir / gone, (old, old))
+    os.utime(servers.export_dir / live, (old, old))
+    servers.a.shared.put(export.JOB, "d" * 32, {"status": "complete"}, 0.05)
+    time.sleep(0.1)
+    bulk_b = servers.b._bulk_export  # made by create_app
+    assert bulk_b.sweep(force=True) == 1
+    assert not (servers.export_dir / gone).exists()
+    assert (servers.export_dir / live / "Patient-1.ndjson").is_file()  # its job is live
+    assert cb.get(status, headers=auth).status_code == 200
+    assert servers.a.shared.get(export.JOB, "d" * 32) is None
