@@ -7,13 +7,14 @@ failure rolls the whole Bundle back with an OperationOutcome naming the entry.
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 from dataclasses import dataclass
 
 import orjson
 
-from ..store.repository import PermitAll, Store, WriteOp, WriteResult, instant
+from ..store.repository import PermitAll, Store, Stored, WriteOp, WriteResult, instant
 from .outcome import FHIRError, Issue, operation_outcome
 from .validation import ID_RE, resource_types
 
@@ -54,7 +55,7 @@ def parse_entries(bundle: dict) -> list[Entry]:
             raise FHIRError.of(400, "not-supported", f"method {method} is not supported",
                                f"{where}.request.method")
         res = e.get("resource")
-        if method in ("POST", "PUT") and not isinstance(res, dict):
+        if method in ("POST", "PUT", "PATCH") and not isinstance(res, dict):
             raise FHIRError.of(400, "required", f"{method} needs a resource", f"{where}.resource")
         out.append(Entry(n, method, str(req["url"]).lstrip("/"), e.get("fullUrl"), res,
                          req.get("ifNoneExist"), req.get("ifMatch")))
@@ -120,6 +121,10 @@ class Writer:
     def match(self, rtype: str, query: str, conn, limit: int = 2) -> list[str]:
         return self.store.match_ids(rtype, query, conn, limit=limit, policy=PermitAll())
 
+    def read(self, rtype: str, rid: str, conn) -> Stored:
+        """The current version a PATCH entry applies to."""
+        return self.store.read(rtype, rid, PermitAll(), conn)
+
     def write(self, ops: list[WriteOp], conn, entity: str | None = None) -> list[WriteResult]:
         return self.store.write(ops, conn, self.source_org)
 
@@ -140,6 +145,10 @@ class GovernedWriter(Writer):
     def match(self, rtype: str, query: str, conn, limit: int = 2) -> list[str]:
         return self.gov.match(self.access, rtype, query, conn, limit)
 
+    def read(self, rtype: str, rid: str, conn) -> Stored:
+        # As the caller sees the store: a hidden resource is a missing one (404).
+        return self.store.read(rtype, rid, self.access.policy, conn)
+
     def write(self, ops: list[WriteOp], conn, entity: str | None = None) -> list[WriteResult]:
         return self.gov.write(self.access, ops, conn, entity=entity)
 
@@ -150,7 +159,8 @@ class GovernedWriter(Writer):
                        conn=conn)
 
     def refused(self, entry: Entry, err: FHIRError) -> None:
-        self.gov.audit(self.access, {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(
+        self.gov.audit(self.access, {"POST": "create", "PUT": "update", "PATCH": "update",
+                                     "DELETE": "delete"}.get(
             entry.method, "read"), "4", entity=f"{entry.where} {entry.url.split('?')[0]}"[:400],
             reason=str(err)[:1000])
 
@@ -173,7 +183,8 @@ def transaction(writer: Writer, bundle: dict, base_url: str, prefer: str | None 
     resource in its entry, `OperationOutcome` an outcome in each response."""
     entries = parse_entries(bundle)
     with writer.store.begin_write() as conn, conn.begin():
-        ops, op_entries, responses = plan_writes(writer.store, entries, conn, writer.match)
+        ops, op_entries, responses = plan_writes(writer.store, entries, conn, writer.match,
+                                                 writer.read)
         results = writer.write(ops, conn, f"Bundle ({len(entries)} entries)") if ops else []
     for index, result in zip(op_entries, results, strict=True):
         responses[index] = _response_entry(result, base_url, prefer)
@@ -181,16 +192,18 @@ def transaction(writer: Writer, bundle: dict, base_url: str, prefer: str | None 
             "entry": [responses[e.index] for e in entries]}
 
 
-def plan_writes(store: Store, entries: list[Entry], conn, match=None
+def plan_writes(store: Store, entries: list[Entry], conn, match=None, read=None
                 ) -> tuple[list[WriteOp], list[int], dict[int, dict]]:
     """Turn entries into write operations: ids assigned, references resolved, conditions met.
 
-    `match(rtype, query, conn, limit)` finds conditional matches (the caller's view of the store;
-    the system's own view when not given).
+    `match(rtype, query, conn, limit)` finds conditional matches and `read(rtype, id, conn)`
+    the version a PATCH entry applies to (the caller's view of the store; the system's own view
+    when not given).
     Returns the operations, the entry index of each, and the ready responses of entries that
     need no write (a conditional create that matched, a delete of nothing).
     """
     match = match or Writer(store).match
+    read = read or Writer(store).read
     mapping: dict[str, str] = {}
     ops: list[WriteOp] = []
     op_entries: list[int] = []
@@ -203,6 +216,22 @@ def plan_writes(store: Store, entries: list[Entry], conn, match=None
             raise FHIRError.of(400, "not-supported", "GET entries are only allowed in a batch",
                                f"{e.where}.request.method")
         rtype, rid, query = _split_url(e.url, e.where)
+        if e.method == "PATCH":
+            if query and not rid:
+                found = match(rtype, query, conn)
+                if len(found) != 1:
+                    raise FHIRError.of(412 if found else 404, "not-found" if not found else
+                                       "multiple-matches", f"conditional patch '{e.url}' "
+                                       f"matches {len(found)} resources (exactly one is "
+                                       "required)", f"{e.where}.request.url")
+                rid = found[0]
+            if not rid:
+                raise FHIRError.of(400, "invalid", "PATCH needs Type/id or Type?query",
+                                   f"{e.where}.request.url")
+            targets[e.index] = ("PATCH", rtype, rid)
+            if e.full_url:
+                mapping[e.full_url] = f"{rtype}/{rid}"
+            continue
         if e.resource is not None and e.resource.get("resourceType") != rtype:
             raise FHIRError.of(400, "invalid",
                                f"resourceType {e.resource.get('resourceType')!r} does not match "
@@ -260,6 +289,10 @@ def plan_writes(store: Store, entries: list[Entry], conn, match=None
         if method == "DELETE" and not rid:
             responses[e.index] = {"response": {"status": "204 No Content"}}
             continue
+        if method == "PATCH":
+            ops.append(_patched(read, e, rtype, rid, mapping, conn))
+            op_entries.append(e.index)
+            continue
         res = None
         if e.resource is not None:
             unresolved: list[str] = []
@@ -285,6 +318,51 @@ def plan_writes(store: Store, entries: list[Entry], conn, match=None
                            f"{e.where}.resource"))
         op_entries.append(e.index)
     return ops, op_entries, responses
+
+
+def _patched(read, e: Entry, rtype: str, rid: str, mapping: dict[str, str], conn) -> WriteOp:
+    """A PATCH entry as the update it makes. Its resource is a FHIRPath Patch (Parameters) or a
+    JSON Patch carried in a Binary (contentType application/json-patch+json), as FHIR says."""
+    from .operations import patch as patching
+
+    current = read(rtype, rid, conn)
+    if_match = _version_of(e.if_match, f"{e.where}.request.ifMatch")
+    if if_match is not None and if_match != current.version:
+        raise FHIRError.of(412, "conflict", f"{rtype}/{rid} is at version {current.version}, "
+                           f"not {if_match} (ifMatch)", f"{e.where}.request.ifMatch")
+    body = e.resource or {}
+    try:
+        if body.get("resourceType") == "Binary":
+            if body.get("contentType") != patching.JSON_PATCH:
+                raise FHIRError.of(400, "invalid", "a PATCH entry's Binary must have "
+                                   f"contentType {patching.JSON_PATCH}", "contentType")
+            try:
+                document = orjson.loads(base64.b64decode(body.get("data") or "", validate=True))
+            except (ValueError, orjson.JSONDecodeError):
+                raise FHIRError.of(400, "structure", "the Binary's data is not base64 of a JSON "
+                                   "Patch", "data") from None
+            if not isinstance(document, list):
+                raise FHIRError.of(400, "structure", "a JSON Patch is an array of operations",
+                                   "data")
+            after = patching.apply_json_patch(current.json(), document)
+        elif body.get("resourceType") == "Parameters":
+            after = patching.apply_fhirpath_patch(current.json(), patching.checked_parameters(
+                body))
+        else:
+            raise FHIRError.of(400, "invalid", "a PATCH entry's resource is a Parameters "
+                               "(FHIRPath Patch) or a Binary holding a JSON Patch",
+                               "resourceType")
+        patching.check_result(after, rtype, rid)
+    except FHIRError as err:
+        raise FHIRError(err.status, [Issue(i.code, i.diagnostics, f"{e.where}.resource"
+                                           + (f".{i.expression}" if i.expression else ""),
+                                           i.severity) for i in err.issues]) from None
+    unresolved: list[str] = []
+    after = resolve_references(after, mapping, unresolved, [])
+    if unresolved:
+        raise FHIRError.of(400, "invalid", f"reference {unresolved[0]} does not resolve to any "
+                           "entry in this Bundle", f"{e.where}.resource")
+    return WriteOp("PUT", rtype, rid, after, current.version, f"{e.where}.resource")
 
 
 def _response_entry(r: WriteResult, base_url: str, prefer: str | None = None) -> dict:
@@ -327,7 +405,8 @@ def batch(writer: Writer, bundle: dict, base_url: str, reader=None,
                 out.append({"resource": reader(e.url), "response": {"status": "200 OK"}})
                 continue
             with writer.store.begin_write() as conn, conn.begin():
-                ops, _, responses = plan_writes(writer.store, [e], conn, writer.match)
+                ops, _, responses = plan_writes(writer.store, [e], conn, writer.match,
+                                                writer.read)
                 results = writer.write(ops, conn) if ops else []
                 if not results:
                     writer.answered(e, responses[e.index], conn)

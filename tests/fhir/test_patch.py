@@ -325,3 +325,70 @@ def test_fhirpy_patch_over_a_socket(live_server, system_token):
     assert changed["meta"]["versionId"] == "2"
     again = client.reference("Patient", pat.id).to_resource()
     assert again["name"] == [{"family": "Pyclient"}] and again["gender"] == "female"
+
+
+# ------------------------------------------------------------------ PATCH entries in Bundles
+def _b64(value) -> str:
+    import base64
+    import json
+
+    return base64.b64encode(json.dumps(value).encode()).decode()
+
+
+def test_patch_entries_in_a_transaction(client, sc):
+    p = create(client, patient("tx-1"))
+    o = create(client, {"resourceType": "Observation", "status": "preliminary",
+                        "code": {"text": "pulse"}})
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:new-patient", "resource": patient("tx-2"),
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Observation"},
+            {"name": "name", "valueString": "subject"},
+            {"name": "value", "valueReference": {"reference": "urn:uuid:new-patient"}}]}]},
+         "request": {"method": "PATCH", "url": f"Observation/{o['id']}"}},
+        {"resource": {"resourceType": "Binary", "contentType": JSON_PATCH,
+                      "data": _b64([{"op": "add", "path": "/gender", "value": "female"}])},
+         "request": {"method": "PATCH", "url": f"Patient?identifier={MRN}|tx-1",
+                     "ifMatch": 'W/"1"'}}]}
+    r = client.post("/fhir", json=bundle, headers={"Prefer": "return=representation"})
+    assert r.status_code == 200, r.text
+    entries = r.json()["entry"]
+    new_id = entries[0]["resource"]["id"]
+    assert [e["response"]["status"] for e in entries] == ["201 Created", "200 OK", "200 OK"]
+    assert stored(sc, "Observation", o["id"])["subject"] == {"reference": f"Patient/{new_id}"}
+    assert stored(sc, "Patient", p["id"])["gender"] == "female"
+    # a patch that cannot apply rolls the whole transaction back, naming the entry
+    bad = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient("tx-3"), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Binary", "contentType": JSON_PATCH,
+                      "data": _b64([{"op": "remove", "path": "/telecom"}])},
+         "request": {"method": "PATCH", "url": f"Patient/{p['id']}"}}]}
+    r = client.post("/fhir", json=bad)
+    assert r.status_code == 422 and "Bundle.entry[1]" in outcome(r)
+    assert client.get("/fhir/Patient", params={"identifier": f"{MRN}|tx-3"}).json()["total"] == 0
+    stale = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Binary", "contentType": JSON_PATCH,
+                      "data": _b64([{"op": "remove", "path": "/gender"}])},
+         "request": {"method": "PATCH", "url": f"Patient/{p['id']}", "ifMatch": 'W/"1"'}}]}
+    r = client.post("/fhir", json=stale)
+    assert r.status_code == 412 and "ifMatch" in outcome(r)
+
+
+def test_patch_entries_in_a_batch_are_governed_each(world):
+    sc, c = world
+    change = {"resourceType": "Binary", "contentType": JSON_PATCH, "data": _b64(CHANGE)}
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": change, "request": {"method": "PATCH", "url": "Observation/o-hos"}},
+        {"resource": change, "request": {"method": "PATCH", "url": "Observation/o-plain"}},
+        {"resource": change, "request": {"method": "PATCH", "url": "Observation/o-p2"}}]}
+    before = audit_count(sc)
+    r = c.post("/fhir", json=bundle, headers=bearer(sc, "hos.doc", "HOS"))
+    assert r.status_code == 200, r.text
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert statuses[0] == "200 OK" and statuses[1] == "403" and statuses[2] == "404"
+    assert stored(sc, "Observation", "o-hos")["status"] == "amended"
+    assert stored(sc, "Observation", "o-plain")["status"] == "final"
+    assert stored(sc, "Observation", "o-p2")["status"] == "final"
+    assert "GP1" not in str(r.json()["entry"][2])  # nothing about the hidden record
+    assert audit_count(sc) - before == 3  # one per entry, as every batch entry is

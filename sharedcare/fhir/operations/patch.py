@@ -66,7 +66,7 @@ def handle(api, request, raw: bytes):
             after = apply_merge_patch(before, document)
         else:
             after = apply_fhirpath_patch(before, document)
-        _check_result(after, rtype, rid)
+        check_result(after, rtype, rid)
         result = api.gov.write(access, [WriteOp("PUT", rtype, rid, after, current.version)],
                                conn, entity=f"{rtype}/{rid} (patch)")[0]
     return written_response(request, result.stored, 200, "patched")
@@ -108,10 +108,14 @@ def _document(raw: bytes, kind: str) -> tuple[str, object]:
     if not isinstance(doc, dict) or doc.get("resourceType") != "Parameters":
         raise FHIRError.of(400, "invalid", "a FHIRPath Patch is a Parameters resource (send "
                            f"a JSON Patch as {JSON_PATCH})", "resourceType")
+    return kind, checked_parameters(doc)
+
+
+def checked_parameters(doc: dict) -> dict:
     found = problems(doc, "Parameters")
     if found:
         raise FHIRError(400, found)
-    return kind, doc
+    return doc
 
 
 def apply_merge_patch(resource: dict, patch: dict) -> dict:
@@ -127,7 +131,7 @@ def apply_merge_patch(resource: dict, patch: dict) -> dict:
     return out
 
 
-def _check_result(after: dict, rtype: str, rid: str) -> None:
+def check_result(after: dict, rtype: str, rid: str) -> None:
     """The patched resource must still be this resource, and valid: 422 naming each field."""
     if not isinstance(after, dict):
         raise FHIRError.of(422, "processing", "the patch does not leave a resource")
