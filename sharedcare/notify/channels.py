@@ -17,6 +17,7 @@ module only shapes and sends it:
 
 from __future__ import annotations
 
+import http.client
 import os
 import smtplib
 import ssl
@@ -24,7 +25,6 @@ import threading
 from email.message import EmailMessage
 from urllib.parse import parse_qs, unquote, urlparse
 
-import httpx
 import orjson
 
 from ..store.repository import Stored, instant
@@ -100,13 +100,53 @@ def _uuid(*parts) -> str:
 _local = threading.local()
 
 
-def _client() -> httpx.Client:
-    c = getattr(_local, "client", None)
-    if c is None:
-        c = httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=False,
-                         headers={"User-Agent": USER_AGENT})
-        _local.client = c
-    return c
+def _connection(url) -> http.client.HTTPConnection:
+    """A kept-alive connection per sending thread and receiver (a light client: the worker's
+    cost per notification is mostly the receiver's)."""
+    key = (url.scheme, url.hostname, url.port)
+    pool = getattr(_local, "pool", None)
+    if pool is None:
+        pool = _local.pool = {}
+    conn = pool.get(key)
+    if conn is None:
+        if url.scheme == "https":
+            conn = http.client.HTTPSConnection(url.hostname, url.port, timeout=HTTP_TIMEOUT,
+                                               context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=HTTP_TIMEOUT)
+        pool[key] = conn
+    return conn
+
+
+def _drop(url) -> None:
+    conn = getattr(_local, "pool", {}).pop((url.scheme, url.hostname, url.port), None)
+    if conn is not None:
+        conn.close()
+
+
+def post(endpoint: str, body: bytes, headers: dict) -> int:
+    """POST on a kept-alive connection; a connection the receiver closed while idle is
+    reopened once. Returns the status; the answer's body is read and dropped, never logged."""
+    url = urlparse(endpoint)
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    headers = {"User-Agent": USER_AGENT, "Content-Length": str(len(body)), **headers}
+    for attempt in (1, 2):
+        conn = _connection(url)
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            r = conn.getresponse()
+            r.read()
+            if r.will_close:
+                _drop(url)
+            return r.status
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
+            _drop(url)
+            if attempt == 2:
+                raise DeliveryFailed(type(e).__name__) from None
+        except (OSError, http.client.HTTPException) as e:
+            _drop(url)
+            raise DeliveryFailed(type(e).__name__) from None
+    raise DeliveryFailed("unreachable")
 
 
 def rest_hook(sub, ev, number: int, stored: Stored | None) -> None:
@@ -124,12 +164,9 @@ def rest_hook(sub, ev, number: int, stored: Stored | None) -> None:
         body = orjson.dumps(notification_bundle(sub, ev, number, sub.payload or "id-only",
                                                 stored))
         headers["Content-Type"] = "application/fhir+json"
-    try:
-        r = _client().post(sub.endpoint, content=body or b"", headers=headers)
-    except httpx.HTTPError as e:
-        raise DeliveryFailed(type(e).__name__) from None
-    if not 200 <= r.status_code < 300:
-        raise DeliveryFailed(f"HTTP {r.status_code}")
+    status = post(sub.endpoint, body or b"", headers)
+    if not 200 <= status < 300:
+        raise DeliveryFailed(f"HTTP {status}")
 
 
 # ------------------------------------------------------------------ e-mail

@@ -36,13 +36,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl
 
-from sqlalchemy import and_, false, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, false, func, insert, or_, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..fhir.outcome import FHIRError
 from ..governance.policy import Access, one_person
 from ..governance.schema import care_relationship
 from ..logsafe import log_failure
-from ..store.repository import PermitAll, WriteOp, now_utc
+from ..store.repository import PermitAll, Stored, WriteOp, now_utc
+from ..store.schema import resource
 from .channels import SENDERS, DeliveryFailed
 from .events import GOVERNANCE_EVENTS, main_code
 from .schema import notify_delivery, notify_event, notify_inbox, notify_subscription
@@ -118,6 +120,9 @@ class NotifyWorker:
         try:
             self.store.write([WriteOp("PUT", "Subscription", rid, res, if_match=s.version)])
         except FHIRError:  # changed meanwhile: the next pass looks again
+            return 0
+        except SQLAlchemyError as e:  # another worker wrote it at the same moment
+            log_failure(log, "subscription status update failed", e)
             return 0
         return 1
 
@@ -199,15 +204,19 @@ class NotifyWorker:
                        care_relationship.c.expires > now_utc())]
             if sub.scope == "registered":
                 rel.append(care_relationship.c.kind == "registered")
-            out = []
-            known: dict[str, bool] = {}
-            for e in hits:
-                if e.patient_id not in known:
-                    known[e.patient_id] = conn.execute(select(care_relationship.c.patient_id)
-                                                       .where(one_person(care_relationship.c.patient_id, e.patient_id), *rel)
-                                                       .limit(1)).first() is not None
-                if known[e.patient_id]:
-                    out.append(e)
+            # The relationship is usually on the very record the event is about: one query for
+            # all of them; the others are looked for across the person's records.
+            patients = sorted({e.patient_id for e in hits})
+            known = {p: True for i in range(0, len(patients), 500)
+                     for p in conn.execute(select(care_relationship.c.patient_id).where(
+                         care_relationship.c.patient_id.in_(patients[i:i + 500]), *rel)
+                     ).scalars()}
+            for p in patients:
+                if p not in known:
+                    known[p] = conn.execute(select(care_relationship.c.patient_id).where(
+                        one_person(care_relationship.c.patient_id, p), *rel).limit(1)
+                    ).first() is not None
+            out = [e for e in hits if known[e.patient_id]]
             return sorted(own + out, key=lambda e: e.id)
         if sub.kind == "topic":
             hits = [e for e in clinical if _codes(e) & topics]
@@ -299,13 +308,14 @@ class NotifyWorker:
         if self.after_claim is not None:
             self.after_claim(sid, rows)
         access = self.access_of(sub)
+        visible = self.visible(access, rows)
         done: list[tuple] = []
         finished = 0
         now = now_utc()
         for d in rows:
             if d.next_attempt > now:
                 break  # an earlier delivery is waiting to be retried: keep the order
-            ok, stored, reason = self.govern(sub, access, d)
+            ok, stored, reason = self.govern(sub, access, d, visible)
             if not ok:
                 done.append((d, "refused", reason))
             elif sub.channel == "inbox":
@@ -335,8 +345,32 @@ class NotifyWorker:
         finished += self._flush(sub, access, done)
         return finished
 
-    def govern(self, sub, access: Access, ev) -> tuple[bool, object, str | None]:
-        """May this subscriber read the event's resource now? (read under its policy)"""
+    def visible(self, access: Access, rows) -> dict[tuple[str, str], Stored]:
+        """The events' resources this subscriber may read now: one query per type, under the
+        policy reads use (``resource_filter`` inside the query, as ``Store.read`` does)."""
+        by_type: dict[str, set[str]] = {}
+        for d in rows:
+            if d.version > 0:
+                by_type.setdefault(d.rtype, set()).add(d.rid)
+        pred = access.policy.resource_filter() if access.policy is not None else None
+        out: dict[tuple[str, str], Stored] = {}
+        with self.sc.engine.connect() as conn:
+            for rtype, ids in by_type.items():
+                ids = sorted(ids)
+                for i in range(0, len(ids), 500):
+                    where = [resource.c.type == rtype, resource.c.id.in_(ids[i:i + 500]),
+                             resource.c.deleted == false()]
+                    if pred is not None:
+                        where.append(pred)
+                    for rid, v, lu, content in conn.execute(select(
+                            resource.c.id, resource.c.version, resource.c.last_updated,
+                            resource.c.content).where(*where)):
+                        out[(rtype, rid)] = Stored(rtype, rid, v, lu, content.encode())
+        return out
+
+    def govern(self, sub, access: Access, ev, visible: dict | None = None
+               ) -> tuple[bool, Stored | None, str | None]:
+        """May this subscriber read the event's resource now? (under its policy)"""
         codes = _codes(ev)
         if ev.version == 0 and codes & set(GOVERNANCE_EVENTS):
             # Governance events name no clinical content: they go to the IG lead of the
@@ -344,13 +378,13 @@ class NotifyWorker:
             if sub.kind in ("governance", "org") and sub.ods == ev.ods:
                 return True, None, None
             return False, None, "governance events go to the acting organisation only"
-        try:
-            return True, self.store.read(ev.rtype, ev.rid, access.policy), None
-        except FHIRError as e:
-            if e.status == 410:
-                return False, None, "the record was deleted"
-            if e.status != 404:
-                raise
+        if visible is None:
+            visible = self.visible(access, [ev])
+        stored = visible.get((ev.rtype, ev.rid))
+        if stored is not None:
+            return True, stored, None
+        if not self.store.exists(ev.rtype, ev.rid):
+            return False, None, "the record was deleted"
         d = self.gov.decide(access, ev.rtype, ev.rid)
         return False, None, "; ".join(d.reasons)[:900] or "not permitted"
 
@@ -362,14 +396,23 @@ class NotifyWorker:
         with self.store.begin_write() as conn, conn.begin():
             sent = refused = 0
             inbox = []
+            # Still pending (and locked until commit): another worker whose lease outlived ours
+            # may have finished some; those are neither counted nor audited twice.
+            q = select(notify_delivery.c.id).where(
+                notify_delivery.c.id.in_([d.delivery_id for d, _, _ in done]),
+                notify_delivery.c.status == "pending")
+            if self.pg:
+                q = q.with_for_update()
+            pending = set(conn.execute(q).scalars())
+            done = [x for x in done if x[0].delivery_id in pending]
+            if done:
+                conn.execute(update(notify_delivery).where(
+                    notify_delivery.c.id == bindparam("b_id")).values(
+                    status=bindparam("b_status"), done=stamp, attempts=bindparam("b_attempts"),
+                    last_error=None), [
+                    {"b_id": d.delivery_id, "b_status": status,
+                     "b_attempts": d.attempts + (status == "sent")} for d, status, _ in done])
             for d, status, reason in done:
-                n = conn.execute(update(notify_delivery).where(
-                    notify_delivery.c.id == d.delivery_id,
-                    notify_delivery.c.status == "pending").values(
-                    status=status, done=stamp, attempts=d.attempts + (status == "sent"),
-                    last_error=None)).rowcount
-                if n != 1:
-                    continue  # another worker finished it after our lease expired
                 if status == "sent":
                     sent += 1
                     if sub.channel == "inbox":

@@ -5,6 +5,13 @@ import pytest
 from ._support import Receiver
 
 
+@pytest.fixture(autouse=True)
+def _tests_drive_the_worker(monkeypatch):
+    """An app made by a fixture (``client``) runs no worker of its own here: each test drives
+    its worker, so what ran when is what the test says."""
+    monkeypatch.setenv("SHAREDCARE_NOTIFY_WORKER", "0")
+
+
 @pytest.fixture
 def receiver():
     r = Receiver()
