@@ -36,7 +36,19 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl
 
-from sqlalchemy import and_, bindparam, false, func, insert, or_, select, text, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..fhir.outcome import FHIRError
@@ -57,6 +69,8 @@ BACKOFF_BASE = float(os.environ.get("SHAREDCARE_NOTIFY_BACKOFF", "1.0"))  # seco
 BACKOFF_CAP = 3600.0
 FLUSH_EVERY = 100
 DISPATCH_LOCK = 7346013
+KEEP_DAYS = 7.0  # events that went to nobody are kept this long
+PRUNE_EVERY = 600.0
 
 
 def later(seconds: float) -> str:
@@ -82,6 +96,7 @@ class NotifyWorker:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"[:64]
         self.pg = sc.engine.dialect.name == "postgresql"
         self._pool: ThreadPoolExecutor | None = None
+        self._pruned = time.monotonic()
         # Test hook: called after a subscriber's deliveries are claimed, before any is sent.
         self.after_claim = None
 
@@ -464,8 +479,26 @@ class NotifyWorker:
         return dead
 
     # ------------------------------------------------------------------ passes
+    def prune(self, older_than_days: float = KEEP_DAYS) -> int:
+        """Forget dispatched events that nobody was sent (most of them) after a while; events
+        with deliveries stay while their deliveries do (the dead-letter page shows them)."""
+        cutoff = (datetime.now(UTC) - timedelta(days=older_than_days)).strftime(
+            "%Y-%m-%dT%H:%M:%S.%f")
+        delivered = select(notify_delivery.c.id).where(
+            notify_delivery.c.event_id == notify_event.c.id).exists()
+        with self.store.begin_write() as conn, conn.begin():
+            return conn.execute(delete(notify_event).where(
+                notify_event.c.dispatched == true(), notify_event.c.created < cutoff,
+                ~delivered)).rowcount
+
     def run_once(self) -> int:
         """One pass: activate, dispatch, deliver. Returns how much work was done."""
+        if time.monotonic() - self._pruned > PRUNE_EVERY:
+            self._pruned = time.monotonic()
+            try:
+                self.prune()
+            except SQLAlchemyError as e:
+                log_failure(log, "notification prune failed", e)
         work = self.activate() + self.dispatch()
         claimed = self.claim()
         if not claimed:

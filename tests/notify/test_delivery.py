@@ -240,3 +240,22 @@ def test_topic_subscription_backport_bundle(sc, client, receiver, content):
         assert "focus" in event
     else:
         assert len(entries) == 1 and "focus" not in event
+
+
+def test_prune_forgets_only_events_that_went_to_nobody(sc, receiver):
+    from sharedcare.store.repository import WriteOp
+
+    from ._support import events
+
+    feeds = world(sc)
+    subscribe(sc, ods=GP, topics=["admission"], channel="rest-hook", endpoint=receiver.url)
+    assert ack_ok(feeds.ingest_hl7(admission(1), FEED))
+    sc.store.write([WriteOp("PUT", "Observation", "o1", {
+        "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": "Patient/nobody"}})], source_org=HOSPITAL)
+    w = worker(sc)
+    assert until_settled(w, sc) == {"sent": 1}
+    assert len(events(sc)) == 2
+    assert w.prune(older_than_days=7) == 0  # too recent
+    assert w.prune(older_than_days=-1) == 1
+    assert [e.rtype for e in events(sc)] == ["Encounter"]
