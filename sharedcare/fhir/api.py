@@ -308,7 +308,7 @@ class FhirApi:
         access = self.gov.authenticate(request)
         lenient = "handling=lenient" in (request.headers.get("prefer") or "")
         if rtype is None:
-            params = _system_params(params)
+            rtype, params = _system_params(params)
         page = self.gov.search(access, rtype, params, lenient=lenient, compartment=compartment)
         if rtype is None:
             path = self.base(request)
@@ -446,16 +446,21 @@ class FhirApi:
         return fhir_response(out)
 
 
-def _system_params(params) -> list:
+def _system_params(params) -> tuple[str | None, list]:
     """System-level search: `_type` must name resource types (each checked here, so the
-    refusal names it); the store searches across them with the common parameters."""
+    refusal names it); the store searches across them with the common parameters. One type
+    is that type's own search, with all of its parameters."""
+    types = []
     for name, value in params:
         if name == "_type":
             for t in value.split(","):
                 if t.strip() not in resource_types():
                     raise FHIRError.of(400, "invalid", f"_type: '{t.strip()[:60]}' is not a "
                                        "FHIR R4 resource type", "_type")
-    return params
+                types.append(t.strip())
+    if len(set(types)) == 1:
+        return types[0], [(k, v) for k, v in params if k != "_type"]
+    return None, params
 
 
 def _shape(s: Stored, req) -> object:

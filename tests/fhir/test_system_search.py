@@ -65,8 +65,12 @@ def test_paging_and_post(client, loaded):
 def test_refusals_name_the_parameter(client, loaded):
     bad_type = client.get("/fhir", params={"_type": "Patient,Nonsense"})
     assert bad_type.status_code == 400 and "_type" in outcome(bad_type)
-    not_common = client.get("/fhir", params={"_type": "Patient", "family": "Systema"})
+    not_common = client.get("/fhir", params={"_type": "Patient,Practitioner",
+                                             "family": "Systema"})
     assert not_common.status_code == 400 and "family" in outcome(not_common)
+    # one type is that type's search, with its own parameters
+    one = search(client, "/fhir", {"_type": "Patient", "family": "Systema"})
+    assert keys(one) == [loaded[0]]
 
 
 def test_system_search_is_governed_and_audited_once(sc):

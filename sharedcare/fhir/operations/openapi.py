@@ -53,6 +53,8 @@ def _query(name: str, description: str | None = None) -> dict:
     return out
 
 
+CREATED = {"201": {"description": "created (no resource had this id, or none matched)",
+                   "content": {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/Resource"}}}}}
 PREFER = _header("Prefer", "return=minimal | representation | OperationOutcome")
 IF_MATCH = _header("If-Match", 'the version this change is based on, as an ETag (W/"3")')
 
@@ -87,11 +89,13 @@ def _type_paths(res: dict) -> dict[str, dict]:
             "get": _op(f"search-{t}", f"search {t}", _responses(schema="Bundle"), search,
                        tags=tag),
             "post": _op(f"create-{t}", f"create a {t} (If-None-Exist: conditional create)",
-                        _responses("201"), [PREFER, _header(
+                        _responses("201", extra={"200": {
+                            "description": "If-None-Exist found it: the existing resource",
+                            **_body()}}), [PREFER, _header(
                             "If-None-Exist", "create only when this search finds nothing")],
                         _body(), tags=tag),
             "put": _op(f"conditional-update-{t}", f"update the one {t} the search finds",
-                       _responses(), cond + [PREFER, IF_MATCH], _body(), tags=tag),
+                       _responses(extra=CREATED), cond + [PREFER, IF_MATCH], _body(), tags=tag),
             "patch": _op(f"conditional-patch-{t}", f"patch the one {t} the search finds",
                          _responses(), cond + [PREFER, IF_MATCH], _patch_body(), tags=tag),
             "delete": _op(f"conditional-delete-{t}", f"delete the one {t} the search finds",
@@ -112,7 +116,8 @@ def _type_paths(res: dict) -> dict[str, dict]:
                 "304": {"description": "not modified (If-None-Match / If-Modified-Since)"}}),
                 [rid, _header("If-None-Match", 'the ETag the client holds (W/"3")'),
                  _header("If-Modified-Since", "an HTTP date")], tags=tag),
-            "put": _op(f"update-{t}", f"update (or create with this id) a {t}", _responses(),
+            "put": _op(f"update-{t}", f"update (or create with this id) a {t}",
+                       _responses(extra=CREATED),
                        [rid, PREFER, IF_MATCH], _body(), tags=tag),
             "patch": _op(f"patch-{t}", f"patch a {t}: JSON Patch or FHIRPath Patch",
                          _responses(), [rid, PREFER, IF_MATCH], _patch_body(), tags=tag),
@@ -170,9 +175,10 @@ def _system_paths() -> dict[str, dict]:
             "delete": _op("export-cancel", "cancel a bulk export",
                           _responses("202", None), [_path_param("job")], tags=sys_tag)},
         "/$export-file/{job}/{name}.ndjson": {"get": _op(
-            "export-file", "one NDJSON file of a finished export", {"200": {
-                "description": "NDJSON", "content": {"application/fhir+ndjson": {
-                    "schema": {"type": "string"}}}}}, [_path_param("job"), _path_param("name")],
+            "export-file", "one NDJSON file of a finished export", _responses(
+                schema=None, extra={"200": {"description": "NDJSON", "content": {
+                    "application/fhir+ndjson": {"schema": {"type": "string"}}}}}),
+            [_path_param("job"), _path_param("name")],
             tags=sys_tag)},
     }
 
