@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sharedcare.feeds.hl7v2 import mllp_send, serve_mllp  # noqa: E402
+from sharedcare.feeds.hl7v2 import mllp_send, serve_mllp
 
 MSG = ("MSH|^~\\&|PAS|RBENCH|SC|SC|2024010112{mm:02d}{ss:02d}||ADT^A01^ADT_A01|{run}-{i:06d}|P|2.5\r"
        "EVN|A01|20240101120000\r"
@@ -107,14 +107,14 @@ def main() -> None:
         from pyinstrument import Profiler
 
         profiler = Profiler(async_mode="disabled")
-    modes = [("identity linking on", None)]
-    if args.compare_identity:
-        modes.append(("identity linking off", [h for h in sc.store.after_write
-                                               if "identity" not in h.__module__]))
+    modes = ["identity linking on"] + (["identity linking off"] if args.compare_identity else [])
     salt = 1
-    for label, hooks in modes:
-        if hooks is not None:
-            sc.store.after_write[:] = hooks
+    for label in modes:
+        if label.endswith("off"):
+            sc.store.before_write[:] = [h for h in sc.store.before_write
+                                        if "identity" not in h.__module__]
+            sc.store.after_write[:] = [h for h in sc.store.after_write
+                                       if "identity" not in h.__module__]
         for c in args.connections:
             salt += 1
             nhs = nhs_numbers(args.messages, salt + os.getpid() % 50) if args.nhs_numbers else None

@@ -86,14 +86,19 @@ def derive_relationships(conn: Connection, results: list[WriteResult]) -> None:
     touched = [r.stored for r in results if r.stored.type in DERIVED_TYPES]
     if not touched:
         return
-    sources = [f"{s.type}/{s.id}" for s in touched]
+    # A resource just created has established nothing yet (a deleted one's rows went with it).
+    sources = [f"{r.stored.type}/{r.stored.id}" for r in results
+               if r.stored.type in DERIVED_TYPES and not r.created]
     # What partners' records already established stays the organisation's: a person's edit
     # that changes nothing about the relationship (a phone number) must not make it theirs.
-    established = {(r.patient_id, r.ods, r.kind, r.source) for r in conn.execute(
-        select(care_relationship.c.patient_id, care_relationship.c.ods, care_relationship.c.kind,
-               care_relationship.c.source)
-        .where(care_relationship.c.source.in_(sources), care_relationship.c.username.is_(None)))}
-    conn.execute(delete(care_relationship).where(care_relationship.c.source.in_(sources)))
+    established = set()
+    if sources:
+        established = {(r.patient_id, r.ods, r.kind, r.source) for r in conn.execute(
+            select(care_relationship.c.patient_id, care_relationship.c.ods,
+                   care_relationship.c.kind, care_relationship.c.source)
+            .where(care_relationship.c.source.in_(sources),
+                   care_relationship.c.username.is_(None)))}
+        conn.execute(delete(care_relationship).where(care_relationship.c.source.in_(sources)))
     ods_of = OdsResolver(conn)
     rows = []
     stamp = now_text()

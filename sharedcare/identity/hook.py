@@ -1,4 +1,4 @@
-"""Identity on every intake path: a store ``after_write`` hook.
+"""Identity on every intake path: a store ``before_write`` hook.
 
 Whatever writes a ``Patient`` -- the FHIR API (create, update, batch, transaction), HL7 v2, CSV
 and FHIR feeds, ``sharedcare load`` -- runs this hook inside its own transaction:
@@ -13,8 +13,8 @@ and FHIR feeds, ``sharedcare load`` -- runs this hook inside its own transaction
   of that number and is queued again.
 
 Several Patients of one unit of work are handled together: the Persons they touch are read in
-one query and each is written once. The hook's own Person writes run the store's hooks again;
-they carry no Patient, and a flag on the connection stops any recursion.
+one query and each is written once, in the same batch of statements as the Patients (a nested
+write cost a quarter of an HL7 message's time).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..fhir.codes import NHS_NUMBER_SYSTEM
-from ..store.repository import WriteResult, now_utc
+from ..store.repository import WriteOp, WriteResult, now_utc
 from .links import (
     LinkPlan,
     _chunks,
@@ -34,8 +34,6 @@ from .links import (
     valid_nhs_number,
 )
 from .schema import identity_queue
-
-_ACTIVE = "sharedcare.identity.hook"
 
 
 def enqueue(conn: Connection, patient_ids) -> None:
@@ -60,38 +58,26 @@ def dequeue(conn: Connection, patient_ids) -> None:
         conn.execute(delete(identity_queue).where(identity_queue.c.patient_id.in_(chunk)))
 
 
-def link_written_patients(store, conn: Connection, results: list[WriteResult]) -> None:
-    if conn.info.get(_ACTIVE):
-        return
-    patients = {}
-    for r in results:
-        if r.stored.type == "Patient" and not r.unchanged:
-            patients[r.stored.id] = r.stored  # the last write of one id wins
+def person_ops(conn: Connection, ops: list[WriteOp]) -> list[WriteOp]:
+    """The Person writes that go with the Patient writes of one unit of work."""
+    patients: dict[str, dict | None] = {}
+    for op in ops:
+        if op.rtype == "Patient":
+            patients[op.rid] = None if op.method == "DELETE" else op.resource  # last one wins
     if not patients:
-        return
-    conn.info[_ACTIVE] = True
-    try:
-        _link(store, conn, patients)
-    finally:
-        conn.info.pop(_ACTIVE, None)
-
-
-def _link(store, conn: Connection, patients: dict) -> None:
+        return []
     plan = LinkPlan(conn)
-    numbers: dict[str, str | None] = {}
-    for pid, s in patients.items():
-        numbers[pid] = None if s.deleted else valid_nhs_number(s.json())
+    numbers = {pid: valid_nhs_number(res) if res is not None else None
+               for pid, res in patients.items()}
     plan.load(patients, {person_id_for_nhs(n) for n in numbers.values() if n})
-    queue, done = [], []
-    for pid, s in patients.items():
+    queue = []
+    for pid, res in patients.items():
         number = numbers[pid]
-        if s.deleted:
+        if res is None:
             plan.remove(pid)
-            done.append(pid)
         elif number:
             plan.move(pid, person_id_for_nhs(number), make_link(pid, "level4", "nhs-number"),
                       {"system": NHS_NUMBER_SYSTEM, "value": number})
-            done.append(pid)
         else:
             link = plan.link_of(pid)
             if link is None:
@@ -101,17 +87,22 @@ def _link(store, conn: Connection, patients: dict) -> None:
                 # belongs to that number's Person; the model decides again.
                 plan.remove(pid)
                 queue.append(pid)
-    ops = plan.ops()
-    if ops:
-        store.write(ops, conn)
-    dequeue(conn, done)
     enqueue(conn, queue)
+    # A Person the caller writes itself in this unit is the caller's to write.
+    own = {op.rid for op in ops if op.rtype == "Person"}
+    return [op for op in plan.ops() if op.rid not in own]
+
+
+def leave_queue(conn: Connection, results: list[WriteResult]) -> None:
+    """After the write: Patients now linked by NHS number, or deleted, leave the worker's queue.
+    A Patient just created was never queued, so the common case costs no statement."""
+    done = [r.stored.id for r in results if r.stored.type == "Patient" and not r.created
+            and (r.stored.deleted or valid_nhs_number(r.stored.json()))]
+    dequeue(conn, done)
 
 
 def install(store) -> None:
-    """Register the hook on a store (once)."""
-    if not any(getattr(h, "_identity_hook", False) for h in store.after_write):
-        def hook(conn, results, store=store):
-            link_written_patients(store, conn, results)
-        hook._identity_hook = True
-        store.after_write.append(hook)
+    """Register the hooks on a store (once)."""
+    if person_ops not in store.before_write:
+        store.before_write.append(person_ops)
+        store.after_write.append(leave_queue)

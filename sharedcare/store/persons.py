@@ -12,7 +12,7 @@ very next query.
 from __future__ import annotations
 
 import orjson
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from .schema import person_link
@@ -48,35 +48,36 @@ def maintain_person_links(conn: Connection, results) -> None:
     Person no longer links (or a deleted Person's) go back to being their own person."""
     patients = [r.stored.id for r in results if r.stored.type == "Patient" and not r.stored.deleted]
     persons = [r.stored for r in results if r.stored.type == "Person"]
-    if patients:
-        have = {p for chunk in _chunks(patients) for p in conn.execute(
-            select(person_link.c.patient_id).where(person_link.c.patient_id.in_(chunk))).scalars()}
-        new = [{"patient_id": p, "person_key": p} for p in dict.fromkeys(patients) if p not in have]
-        if new:
-            conn.execute(insert(person_link), new)
-    if not persons:
-        return
     # In bulk: a load that writes thousands of Persons costs a few statements, not a few each.
     linked: dict[str, str] = {}
     for s in persons:
         if not s.deleted and s.content:
             for p in _targets(orjson.loads(s.content)):
                 linked[p] = s.id
-    keys = sorted({s.id for s in persons})
-    for chunk in _chunks(keys):
-        # Patients these Persons linked before and no longer do become their own person again.
+    # Patients these Persons linked before and no longer do become their own person again
+    # (a Person just created linked nobody before).
+    for chunk in _chunks(sorted({r.stored.id for r in results
+                                 if r.stored.type == "Person" and not r.created})):
         stale = conn.execute(select(person_link.c.patient_id).where(
             person_link.c.person_key.in_(chunk))).scalars().all()
         gone = [p for p in stale if p not in linked]
         for part in _chunks(gone):
             conn.execute(update(person_link).where(person_link.c.patient_id.in_(part))
                          .values(person_key=person_link.c.patient_id))
-    targets = sorted(linked)
-    for chunk in _chunks(targets):
-        conn.execute(delete(person_link).where(person_link.c.patient_id.in_(chunk)))
-    if targets:
-        conn.execute(insert(person_link), [{"patient_id": p, "person_key": linked[p]}
-                                           for p in targets])
+    # Linked patients take their Person's key; other new Patients are their own person.
+    _upsert(conn, sorted(linked.items()), replace=True)
+    _upsert(conn, [(p, p) for p in dict.fromkeys(patients) if p not in linked], replace=False)
+
+
+def _upsert(conn: Connection, rows: list[tuple[str, str]], replace: bool) -> None:
+    # Plain SQL to the driver's executemany: this runs on every Patient write, and compiling an
+    # ON CONFLICT statement each time cost more than running it. Same syntax on both backends.
+    if not rows:
+        return
+    mark = "?" if conn.dialect.name == "sqlite" else "%s"
+    action = "DO UPDATE SET person_key = excluded.person_key" if replace else "DO NOTHING"
+    conn.exec_driver_sql(f"INSERT INTO {person_link.name} (patient_id, person_key) "
+                         f"VALUES ({mark}, {mark}) ON CONFLICT (patient_id) {action}", rows)
 
 
 def _chunks(seq, n: int = 500):

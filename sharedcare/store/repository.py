@@ -27,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.sql.elements import ColumnElement
@@ -175,6 +176,11 @@ class Store:
         from .persons import maintain_person_links
 
         self.after_write: list = [maintain_person_links]
+        # Named hook point: called inside every write transaction before anything is written,
+        # with the unit's operations; returns more operations for the same unit (identity adds
+        # the Person links of the Patients written, so both land in one batch of statements).
+        # Their results go to the after_write hooks but not back to the caller.
+        self.before_write: list = []
 
     # ------------------------------------------------------------------ writes
     def begin_write(self):
@@ -213,6 +219,9 @@ class Store:
 
     def _write(self, conn: Connection, ops: list[WriteOp], writer: str | None = None
                ) -> list[WriteResult]:
+        asked = len(ops)
+        for hook in self.before_write:
+            ops = ops + hook(conn, ops)
         keys = list({(op.rtype, op.rid) for op in ops})
         existing: dict[tuple[str, str], tuple[int, int, bool]] = {}
         labels_of: dict[tuple[str, str], str] = {}
@@ -221,13 +230,14 @@ class Store:
             by_type.setdefault(t, []).append(i)
         # One lookup per type, so the (type, id) unique index is used: a row-value IN list is
         # a full scan on SQLite, which made ingest slow down as the store grew.
-        lookups = [(t, chunk) for t, ids in by_type.items() for chunk in _chunks(ids, 500)]
-        for t, chunk in lookups:
-            rows = conn.execute(
-                select(resource.c.type, resource.c.id, resource.c.pk, resource.c.version,
-                       resource.c.deleted, resource.c.source_org, resource.c.sensitivity)
-                .where(resource.c.type == t, resource.c.id.in_(chunk))
-            )
+        # The per-type SELECTs go as one UNION ALL statement: one round trip for a message
+        # that writes a Patient, an Encounter, a Location and a Practitioner.
+        lookups = [select(resource.c.type, resource.c.id, resource.c.pk, resource.c.version,
+                          resource.c.deleted, resource.c.source_org, resource.c.sensitivity)
+                   .where(resource.c.type == t, resource.c.id.in_(chunk))
+                   for t, ids in by_type.items() for chunk in _chunks(ids, 500)]
+        for part in _chunks(lookups, 20):
+            rows = conn.execute(part[0] if len(part) == 1 else union_all(*part))
             for t, i, pk, v, d, src, sens in rows:
                 existing[(t, i)] = (pk, v, d)
                 if sens and not d:
@@ -321,7 +331,7 @@ class Store:
         self._insert_index(conn, [(existing[k][0], k[0], rows) for k, rows in indexed if rows])
         for hook in self.after_write:
             hook(conn, results)
-        return results
+        return results[:asked]
 
     def _insert_index(self, conn: Connection, items: list[tuple[int, str, IndexRows]]) -> None:
         # The hottest loop of ingest: rows go to the driver's executemany as plain tuples,
@@ -407,9 +417,9 @@ class Store:
         )
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
-        if rid and not rows and before_seq is None:
-            if not self.exists(rtype, rid) and not self._any_version(rtype, rid):
-                raise not_found(rtype, rid)
+        if (rid and not rows and before_seq is None and not self.exists(rtype, rid)
+                and not self._any_version(rtype, rid)):
+            raise not_found(rtype, rid)
         out = [(m, Stored(t, i, v, lu, c.encode() if c else None, d), t)
                for t, i, v, lu, d, c, m, _ in rows[:count]]
         nxt = rows[count - 1][7] if len(rows) > count else None

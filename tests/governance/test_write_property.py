@@ -225,10 +225,13 @@ def snapshot(engine) -> dict:
 
 
 def audit_after(engine, seq: int) -> list[tuple[int, str, str]]:
+    """The requests' audit events since `seq`: the server's own background work (the identity
+    worker linking, the notification worker delivering) is audited too, in between."""
     with engine.connect() as c:
         return [tuple(r) for r in c.execute(
             select(audit_event.c.seq, audit_event.c.action, audit_event.c.outcome)
-            .where(audit_event.c.seq > seq, audit_event.c.action.not_like("identity%"))
+            .where(audit_event.c.seq > seq, audit_event.c.action.not_like("identity%"),
+                   audit_event.c.action != "notify")
             .order_by(audit_event.c.seq))]
 
 
