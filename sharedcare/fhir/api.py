@@ -389,7 +389,7 @@ class FhirApi:
             raise FHIRError.of(400, "invalid", "version ids are whole numbers")
         access = self.gov.authenticate(request)
         s = self.gov.vread(access, rtype, rid, int(vid))
-        return fhir_response(s.content, 200, _resource_headers(s))
+        return not_modified(request, s) or fhir_response(s.content, 200, _resource_headers(s))
 
     def history(self, request: Request, raw: bytes) -> Response:
         rtype = request.path_params.get("type")

@@ -57,7 +57,7 @@ def _resources(indexer) -> tuple:
             "conditionalCreate": True,
             "conditionalUpdate": True,
             "conditionalDelete": "single",
-            "conditionalRead": "not-supported",
+            "conditionalRead": "full-support",  # If-Modified-Since, If-None-Match
             "referencePolicy": ["literal", "local"],
             "interaction": [{"code": c} for c in INTERACTIONS],
             "searchParam": params,

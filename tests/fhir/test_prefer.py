@@ -100,6 +100,12 @@ def test_if_none_match_on_read(client, sc):
     assert stale.status_code == 200 and stale.json()["gender"] == "male"
     # each conditional read is still one audited read
     assert audit_count(sc) == before + 6
+    # a version never changes: vread answers 304 to its own ETag
+    assert client.get(f"{url}/_history/1", headers={"If-None-Match": 'W/"1"'}).status_code == 304
+    assert client.get(f"{url}/_history/1", headers={"If-None-Match": 'W/"2"'}).status_code == 200
+    cs = client.get("/fhir/metadata").json()
+    patient_cs = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Patient")
+    assert patient_cs["conditionalRead"] == "full-support"
 
 
 def test_if_modified_since_on_read(client):
