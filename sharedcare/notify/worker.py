@@ -52,11 +52,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..fhir.outcome import FHIRError
-from ..governance.policy import Access, one_person
+from ..governance.policy import Access, explain_relationship, one_person
 from ..governance.schema import care_relationship
 from ..logsafe import log_failure
 from ..store.repository import PermitAll, Stored, WriteOp, now_utc
-from ..store.schema import resource
+from ..store.schema import compartment, resource
 from .channels import SENDERS, DeliveryFailed
 from .events import GOVERNANCE_EVENTS, main_code
 from .schema import notify_delivery, notify_event, notify_inbox, notify_subscription
@@ -361,27 +361,62 @@ class NotifyWorker:
         return finished
 
     def visible(self, access: Access, rows) -> dict[tuple[str, str], Stored]:
-        """The events' resources this subscriber may read now: one query per type, under the
-        policy reads use (``resource_filter`` inside the query, as ``Store.read`` does)."""
+        """The events' resources this subscriber may read now, under the policy reads use.
+
+        A person or an organisation's staff (who need a legitimate relationship) are checked
+        as ``$everything`` checks them: the relationship once per patient
+        (``explain_relationship``, as ``Governance.check_patient``), then the patient-confined
+        policy (agreements, role, sensitivity -- lifted by break-glass -- and objections) inside
+        one query per type, confined to resources still in that patient's record. A partner
+        system needs no relationship: the full read policy goes inside the query."""
         by_type: dict[str, set[str]] = {}
+        patients: set[str] = set()
         for d in rows:
             if d.version > 0:
                 by_type.setdefault(d.rtype, set()).add(d.rid)
-        pred = access.policy.resource_filter() if access.policy is not None else None
+                if d.patient_id:
+                    patients.add(d.patient_id)
         out: dict[tuple[str, str], Stored] = {}
+        if not by_type or access.policy is None:
+            return out
         with self.sc.engine.connect() as conn:
-            for rtype, ids in by_type.items():
-                ids = sorted(ids)
-                for i in range(0, len(ids), 500):
-                    where = [resource.c.type == rtype, resource.c.id.in_(ids[i:i + 500]),
-                             resource.c.deleted == false()]
-                    if pred is not None:
-                        where.append(pred)
-                    for rid, v, lu, content in conn.execute(select(
-                            resource.c.id, resource.c.version, resource.c.last_updated,
-                            resource.c.content).where(*where)):
-                        out[(rtype, rid)] = Stored(rtype, rid, v, lu, content.encode())
+            if not access.needs_relationship:
+                self._select(conn, by_type, access.policy.resource_filter(), out)
+                return out
+            groups: dict[bool, list[str]] = {False: [], True: []}
+            for p in sorted(patients):
+                reasons = explain_relationship(conn, access, p)
+                if reasons:
+                    groups[any(r.startswith("you broke glass") for r in reasons)].append(p)
+            for glass, related in groups.items():
+                if not related:
+                    continue
+                mine = resource.c.pk.in_(select(compartment.c.resource_pk).where(
+                    compartment.c.patient_id.in_(related)))
+                self._select(conn, by_type,
+                             and_(access.policy.for_patient(glass).resource_filter(), mine),
+                             out)
+            # Directory resources and records of no patient: the full policy decides.
+            loose = {t: {d.rid for d in rows if d.rtype == t and not d.patient_id}
+                     for t in by_type}
+            loose = {t: ids for t, ids in loose.items() if ids}
+            if loose:
+                self._select(conn, loose, access.policy.resource_filter(), out)
         return out
+
+    @staticmethod
+    def _select(conn, by_type: dict[str, set[str]], pred, out: dict) -> None:
+        for rtype, ids in by_type.items():
+            ids = sorted(ids)
+            for i in range(0, len(ids), 500):
+                where = [resource.c.type == rtype, resource.c.id.in_(ids[i:i + 500]),
+                         resource.c.deleted == false()]
+                if pred is not None:
+                    where.append(pred)
+                for rid, v, lu, content in conn.execute(select(
+                        resource.c.id, resource.c.version, resource.c.last_updated,
+                        resource.c.content).where(*where)):
+                    out[(rtype, rid)] = Stored(rtype, rid, v, lu, content.encode())
 
     def govern(self, sub, access: Access, ev, visible: dict | None = None
                ) -> tuple[bool, Stored | None, str | None]:

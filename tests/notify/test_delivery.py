@@ -259,3 +259,20 @@ def test_prune_forgets_only_events_that_went_to_nobody(sc, receiver):
     assert w.prune(older_than_days=7) == 0  # too recent
     assert w.prune(older_than_days=-1) == 1
     assert [e.rtype for e in events(sc)] == ["Encounter"]
+
+
+def test_death_reaches_the_registered_practice_and_not_a_stranger(sc):
+    from sharedcare.store.repository import WriteOp
+
+    feeds = world(sc)
+    subscribe(sc, ods=GP, topics=["death"], channel="inbox")
+    subscribe(sc, ods=OTHER_GP, topics=["death"], channel="inbox", scope="caseload")
+    assert ack_ok(feeds.ingest_hl7(admission(1), FEED))
+    (patient,) = sc.store.search("Patient", [], _permit()).matches
+    sc.store.write([WriteOp("PUT", "Patient", patient.id, {
+        **patient.json(), "deceasedDateTime": "2026-01-03T04:00:00Z"})], source_org=HOSPITAL)
+    assert until_settled(worker(sc), sc) == {"sent": 1}
+    (item,) = inbox(sc, GP)
+    assert (item.kind, item.focus, item.patient_id) == ("death", f"Patient/{patient.id}",
+                                                         patient.id)
+    assert inbox(sc, OTHER_GP) == []
