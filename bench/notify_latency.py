@@ -161,7 +161,15 @@ def run_backend(name: str, args) -> dict:
         out["deliveries"] = counts(sc)
 
         # ---------------------------------------------------------------- ingest cost
-        hook = next(h for h in sc.store.after_write if getattr(h, "_notify_hook", False))
+        plain = next(h for h in sc.store.after_write if getattr(h, "_notify_hook", False))
+        spent = [0.0]
+
+        def hook(conn, results, _h=plain):
+            t = time.perf_counter()
+            _h(conn, results)
+            spent[0] += time.perf_counter() - t
+
+        sc.store.after_write[sc.store.after_write.index(plain)] = hook
         with_hook, without = [], []
         n = 0
         for rnd in range(args.rounds * 2):
@@ -182,6 +190,7 @@ def run_backend(name: str, args) -> dict:
                          "without_res_per_s": res / sum(without),
                          "with_res_per_s": res / sum(with_hook),
                          "slowdown_pct": (sum(with_hook) / sum(without) - 1) * 100,
+                         "hook_share_pct": spent[0] / sum(with_hook) * 100,
                          "rounds_slowdown_pct": [round((w / o - 1) * 100, 1) for w, o in
                                                  zip(with_hook, without, strict=True)],
                          "median_round_slowdown_pct": statistics.median(
@@ -200,15 +209,18 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=3000, help="events for the throughput run")
     ap.add_argument("--ingest", type=int, default=400, help="Bundles per side (5 resources)")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--quick", action="store_true", help="small numbers, a few seconds")
     args = ap.parse_args()
     if args.quick:
         args.latency, args.burst, args.ingest, args.rounds = 60, 300, 80, 2
+    results = []
     for name in args.backends.split(","):
         if name == "postgresql" and (why := postgres_reachable()):
             print(f"postgresql: skipped ({why})")
             continue
         r = run_backend(name, args)
+        results.append(r)
         lat, thr, ing = r["latency"], r["throughput"], r["ingest"]
         print(f"{name}: commit->delivered p50 {lat['p50_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms, "
               f"max {lat['max_ms']:.0f} ms (n={lat['n']} at {lat['rate_per_s']:.0f}/s)")
@@ -217,7 +229,15 @@ def main() -> None:
         print(f"{name}: ingest {ing['without_res_per_s']:.0f} resources/s without the outbox, "
               f"{ing['with_res_per_s']:.0f} with: {ing['slowdown_pct']:+.1f}% "
               f"(per round {ing['rounds_slowdown_pct']}, median "
-              f"{ing['median_round_slowdown_pct']:+.1f}%)")
+              f"{ing['median_round_slowdown_pct']:+.1f}%); the outbox hook itself is "
+              f"{ing['hook_share_pct']:.1f}% of the write time")
+
+    if args.json:
+        import json
+
+        from bench._common import machine
+
+        args.json.write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -65,3 +65,31 @@ def _event_ids(sc) -> list[int]:
     from ._support import events
 
     return [e.id for e in events(sc)]
+
+
+def test_two_workers_share_the_work_each_notification_once_in_order(sc, receiver):
+    """Two servers' workers on one database: every notification once, each subscriber's in
+    event order (leases on subscribers; SKIP LOCKED on PostgreSQL)."""
+    import time
+
+    feeds = world(sc)
+    hooks = [subscribe(sc, ods=GP, topics=["admission", "discharge"], channel="rest-hook",
+                       endpoint=receiver.url) for _ in range(3)]
+    workers = [worker(sc), worker(sc)]
+    stops = [w.start(interval=0.01) for w in workers]
+    try:
+        for n, nhs in enumerate(NUMBERS, 1):
+            assert ack_ok(feeds.ingest_hl7(admission(n, nhs=nhs), FEED))
+            assert ack_ok(feeds.ingest_hl7(admission(n, nhs=nhs, discharged=True), FEED))
+        deadline = time.monotonic() + 30
+        while len(receiver.received) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        for w, stop in zip(workers, stops, strict=True):
+            w.stop(stop)
+    assert deliveries(sc) == {"sent": 30}
+    keys = receiver.keys()
+    assert len(keys) == len(set(keys)) == 30
+    for hook in hooks:
+        mine = [int(k.rsplit("/", 1)[1]) for k in keys if k.startswith(hook + "/")]
+        assert len(mine) == 10 and mine == sorted(mine)
