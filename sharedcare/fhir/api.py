@@ -22,20 +22,24 @@ from ..logsafe import log_failure
 from ..store.repository import Store, Stored, WriteOp, instant
 from . import bundle as bundles
 from .capability import capability_statement
+from .operations import everything as everything_op
 from .operations import lastn as lastn_op
+from .operations import match as match_op
 from .operations import openapi as openapi_op
 from .operations import patch as patch_op
 from .operations import summary as summary_op
 from .operations.http import (
     error_response,
     fhir_response,
+    json_body,
     not_modified,
     prefer_return,
+    since_param,
     written_response,
 )
 from .operations.http import resource_headers as _resource_headers
 from .outcome import FHIRError, Issue, operation_outcome
-from .validation import ID_RE, problems, resource_types
+from .validation import ID_RE, resource_types
 
 log = logging.getLogger(__name__)
 # Longest query parameter value taken: longer ones are refused, not run (a 60,000-character
@@ -49,29 +53,8 @@ def _check_type(rtype: str) -> None:
         raise FHIRError.of(404, "not-supported", f"'{rtype}' is not a FHIR R4 resource type")
 
 
-def _body(raw: bytes) -> dict:
-    if not raw:
-        raise FHIRError.of(400, "invalid", "the request has no body")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise FHIRError.of(400, "structure", f"the body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise FHIRError.of(400, "structure", "the body must be a JSON object")
-    if b"\\u0000" in raw and _has_nul(body):
-        raise FHIRError.of(400, "invalid", "the body contains a NUL character (\\u0000), which "
-                           "FHIR strings may not hold")
-    return body
-
-
-def _has_nul(value) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+_body = json_body
+_since = since_param
 
 
 def _check_request(request: Request) -> None:
@@ -94,18 +77,6 @@ def _check_request(request: Request) -> None:
     vid = request.path_params.get("vid")
     if vid is not None and vid.isdigit() and int(vid) > MAX_INT:
         raise FHIRError.of(404, "not-found", "no such version")
-
-
-def _since(value: str | None) -> str | None:
-    """_since as the stored timestamp form (from the start of what it names)."""
-    if not value:
-        return None
-    from ..store.search import instant_range
-
-    try:
-        return instant_range(value)[0]
-    except ValueError as e:
-        raise FHIRError.of(400, "invalid", f"_since: {e}", "_since") from None
 
 
 def _version(etag: str | None) -> int | None:
@@ -362,25 +333,17 @@ class FhirApi:
         return written_response(request, result.stored, 201 if result.created else 200,
                                 "created" if result.created else "updated")
 
+    def everything(self, request: Request, raw: bytes) -> Response:
+        return everything_op.handle(self, request)
+
+    def match(self, request: Request, raw: bytes) -> Response:
+        return match_op.handle(self, request, raw)
+
     def lastn(self, request: Request, raw: bytes) -> Response:
         return lastn_op.handle(self, request)
 
     def summary(self, request: Request, raw: bytes) -> Response:
         return summary_op.handle(self, request)
-
-    def match(self, request: Request, raw: bytes) -> Response:
-        """Patient/$match (IHE PDQm): scored candidates, governed like any search."""
-        from ..identity.service import match_handler
-
-        if self.sc is None:
-            raise FHIRError.of(501, "not-supported", "$match is not available here")
-        access = self.gov.authenticate(request)
-        body = _body(raw)
-        found = problems(body, "Parameters") if body.get("resourceType") == "Parameters" else \
-            [Issue("invalid", "Patient/$match takes a Parameters resource", "resourceType")]
-        if found:
-            raise FHIRError(400, found)
-        return fhir_response(match_handler(self.sc, access, body))
 
     def vread(self, request: Request, raw: bytes) -> Response:
         rtype, rid, vid = (request.path_params[k] for k in ("type", "id", "vid"))
@@ -420,30 +383,6 @@ class FhirApi:
         return fhir_response({"resourceType": "Bundle", "type": "history", "link": links,
                               "entry": entries})
 
-    def everything(self, request: Request, raw: bytes) -> Response:
-        pid = request.path_params["id"]
-        access = self.gov.authenticate(request)
-        q = request.query_params
-        count = min(int(q["_count"]), 1000) if q.get("_count", "").isdigit() else 100
-        types = [t for t in (q.get("_type") or "").split(",") if t] or None
-        since = _since(q.get("_since"))
-        page = self.gov.everything(access, pid, count, q.get("_cursor"), since, types)
-        base = self.base(request)
-        entries = [{"fullUrl": f"{base}/{s.type}/{s.id}", "resource": orjson.Fragment(s.content),
-                    "search": {"mode": "match"}} for s in page.matches]
-        if page.withheld_notes:
-            entries.append({"resource": operation_outcome(page.withheld_notes),
-                            "search": {"mode": "outcome"}})
-        echo = [(k, v) for k, v in q.multi_items() if k != "_cursor"]
-        path = f"{base}/Patient/{pid}/$everything"
-        links = [{"relation": "self", "url": f"{path}?{urlencode(echo)}"}]
-        if page.next_cursor:
-            links.append({"relation": "next",
-                          "url": f"{path}?{urlencode(echo + [('_cursor', page.next_cursor)])}"})
-        out = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
-        if page.total is not None:
-            out["total"] = page.total
-        return fhir_response(out)
 
 
 def _system_params(params) -> tuple[str | None, list]:

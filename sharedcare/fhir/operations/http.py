@@ -110,3 +110,42 @@ def not_modified(request, s: Stored) -> Response | None:
     if since and last_modified(s).replace(microsecond=0) <= _http_date(since):
         return Response(status_code=304, headers=headers)
     return None
+
+
+# ------------------------------------------------------------------ request bodies and parameters
+def json_body(raw: bytes) -> dict:
+    """A request body that must be one JSON object (a resource)."""
+    if not raw:
+        raise FHIRError.of(400, "invalid", "the request has no body")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise FHIRError.of(400, "structure", f"the body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise FHIRError.of(400, "structure", "the body must be a JSON object")
+    if b"\\u0000" in raw and _has_nul(body):
+        raise FHIRError.of(400, "invalid", "the body contains a NUL character (\\u0000), which "
+                           "FHIR strings may not hold")
+    return body
+
+
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def since_param(value: str | None) -> str | None:
+    """_since as the stored timestamp form (from the start of what it names)."""
+    if not value:
+        return None
+    from ...store.search import instant_range
+
+    try:
+        return instant_range(value)[0]
+    except ValueError as e:
+        raise FHIRError.of(400, "invalid", f"_since: {e}", "_since") from None
