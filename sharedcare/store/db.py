@@ -210,8 +210,8 @@ class ReadReplicaMiddleware:
         self.replica = replica
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope.get("path", "").startswith("/static/"):
+            await self.app(scope, receive, send)  # no store reads: nothing to route
             return
         from starlette.concurrency import run_in_threadpool
 
