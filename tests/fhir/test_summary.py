@@ -167,3 +167,34 @@ def test_summary_follows_the_person_across_partners_records(world):
                 if e["resource"]["resourceType"] == "Patient"]
     assert patients == ["P1", "hos-p1"]
     assert problems(doc, "Bundle") == []
+
+
+def test_summary_and_lastn_of_a_synthea_record(client):
+    """On a real-shaped record (Synthea): the document is valid FHIR, every section entry
+    resolves in it, results hold one per code, and $lastn agrees with the source."""
+    from ._support import load_files, patient_file
+
+    loaded = load_files(client, [patient_file("Tom_Goodwin")])
+    pid = next(iter(loaded.patients))
+    r = client.get(f"/fhir/Patient/{pid}/$summary")
+    assert r.status_code == 200, r.text[:500]
+    doc = r.json()
+    assert problems(doc, "Bundle") == []
+    got = sections(doc)
+    full = {f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in doc["entry"][1:]}
+    assert {ref for refs in got.values() for ref in refs} <= full
+    source_obs = [o for _, o in loaded.of_type("Observation")]
+    assert any(c.get("code") == "laboratory" for o in source_obs
+               for cat in o.get("category", []) for c in cat.get("coding", []))
+    assert got["Results"] and got["Problems"]
+    result_codes = [doc_entry["resource"]["code"]["coding"][0]["code"]
+                    for doc_entry in doc["entry"]
+                    if f"Observation/{doc_entry['resource'].get('id')}" in got["Results"]]
+    assert len(result_codes) == len(set(result_codes))  # the latest of each code
+    # $lastn's newest of one code is the source's newest of that code
+    code = source_obs[0]["code"]["coding"][0]
+    same = [o for o in source_obs if o["code"]["coding"][0]["code"] == code["code"]]
+    newest = max(o.get("effectiveDateTime", "") for o in same)
+    body = client.get("/fhir/Observation/$lastn", params={
+        "patient": pid, "code": f"{code['system']}|{code['code']}"}).json()
+    assert [e["resource"]["effectiveDateTime"] for e in body["entry"]] == [newest]
