@@ -14,10 +14,11 @@ from sqlalchemy import and_, exists, false, literal, not_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.util import ClauseAdapter
 
+from ..fhir.codes import NHS_NUMBER_SYSTEM
 from ..fhir.outcome import FHIRError, Issue
 from .indexing import Indexer, SearchParam, date_range, normalize_string, number_range
 from .persons import same_person
-from .schema import INDEX_TABLES, idx_reference, idx_token, resource
+from .schema import INDEX_TABLES, idx_reference, idx_token, person_link, resource
 
 # Parameters of the search itself, not of the resource.
 RESULT_PARAMS = {
@@ -254,11 +255,28 @@ class SearchBuilder:
         values = split_values(raw)
         if any(v == "" for v in values):
             raise _bad("empty search value", name)
+        if (rtype == "Patient" and code == "identifier" and not modifier
+                and any(split_token(v)[0] == NHS_NUMBER_SYSTEM for v in values)):
+            return self._whole_person(or_(*[self._token(sp, v, None) for v in values]))
         if sp.type == "token" and modifier == "not":
             # :not is a negation of the whole OR-set: resources with no matching token.
             return not_(self._in(sp, or_(*[self._token(sp, v, None) for v in values])))
         return self._in(sp, or_(*[self._value(sp, modifier, v, name) for v in values]),
                         probe=probe)
+
+    def _whole_person(self, cond: ColumnElement) -> ColumnElement:
+        """Patients matching an NHS number, and every other Patient record of the same
+        person: a partner's record without the number (joined by identity) is found too, so a
+        search by NHS number finds the person once, whichever partner registered it."""
+        sub = select(idx_token.c.resource_pk).where(
+            idx_token.c.type == "Patient", idx_token.c.param == "identifier", cond)
+        found = resource.alias("nhs_found")
+        mine, theirs = person_link.alias("pl_nhs_mine"), person_link.alias("pl_nhs_theirs")
+        same = (select(theirs.c.patient_id)
+                .join(mine, mine.c.person_key == theirs.c.person_key)
+                .where(mine.c.patient_id.in_(select(found.c.id).where(
+                    found.c.type == "Patient", found.c.pk.in_(sub)))))
+        return or_(resource.c.pk.in_(sub), resource.c.id.in_(same))
 
     def _param(self, rtype: str | None, code: str) -> SearchParam:
         if rtype is None:

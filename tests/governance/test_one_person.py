@@ -101,6 +101,26 @@ def test_mdm_and_compartment_searches_follow_the_person(person):
     assert bad.status_code == 400
 
 
+def test_a_search_by_nhs_number_finds_every_record_of_the_person(person):
+    """The outpatient record a second clinic keeps without the NHS number is found by it once
+    identity has joined it to the person; unlinked, it is not."""
+    sc, c = person
+    _write(sc, "HOS", WriteOp("PUT", "Patient", "hos-op", {
+        "resourceType": "Patient", "name": [{"family": "Kaur"}], "birthDate": "1941-03-02",
+        "identifier": [{"system": "https://hos.example/mrn", "value": "OP9"}]}))
+    _write(sc, None, WriteOp("PUT", "Person", "person-1", {
+        "resourceType": "Person", "link": [{"target": {"reference": f"Patient/{p}"}}
+                                           for p in ("gp-p", "hos-p", "hos-op")]}))
+    h = token(sc, "hos.doc", "HOS")
+    by_nhs = f"/fhir/Patient?identifier={NHS_NUMBER_SYSTEM}|{NHS}"
+    assert ids(c.get(by_nhs, headers=h).json()) == {"gp-p", "hos-p", "hos-op"}
+    assert ids(c.get("/fhir/Patient?identifier=https://hos.example/mrn|OP9",
+                     headers=h).json()) == {"hos-op"}, "other identifiers keep FHIR's meaning"
+    unlink(sc)
+    assert ids(c.get(by_nhs, headers=h).json()) == {"hos-p"}, \
+        "unlinked: not the clinic's record, nor the GP's (no relationship through the person)"
+
+
 @pytest.mark.parametrize("recorded_on", ["gp-p", "hos-p"])
 def test_an_objection_on_either_patient_covers_the_person(person, recorded_on):
     sc, c = person
