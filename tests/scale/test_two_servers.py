@@ -358,3 +358,66 @@ def test_expired_exports_are_swept_by_any_server(servers, clients, monkeypatch):
     assert (servers.export_dir / live / "Patient-1.ndjson").is_file()  # its job is live
     assert cb.get(status, headers=auth).status_code == 200
     assert servers.a.shared.get(export.JOB, "d" * 32) is None
+
+
+# ------------------------------------------------------------------ two real servers
+@pytest.fixture
+def live_pair(servers, monkeypatch):
+    """Both applications on real sockets (uvicorn), behind one public URL, as behind a load
+    balancer: every server must then agree on the SMART audience and token endpoint."""
+    import httpx
+    import uvicorn
+
+    from sharedcare.app import create_app
+    from tests.conftest import free_port
+
+    public = "http://shcr.test"
+    monkeypatch.setenv("SHAREDCARE_PUBLIC_URL", public)
+    running = []
+    for sc in (servers.a, servers.b):
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(sc), host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread, port))
+    deadline = time.time() + 20
+    while not all(s.started for s, _, _ in running) and time.time() < deadline:
+        time.sleep(0.02)
+    clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+               for _, _, port in running]
+    yield public, clients
+    for c in clients:
+        c.close()
+    for server, thread, _ in running:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_two_real_servers_share_sign_ins_codes_and_assertions(servers, live_pair):
+    public, (ha, hb) = live_pair
+    _setup_app(servers.a)
+    browser = Browser(ha, hb)
+    verifier, challenge = _pkce()
+    r = browser.send(0, "GET", "/auth/authorize", params={
+        "response_type": "code", "client_id": "app1", "redirect_uri": REDIRECT,
+        "scope": "user/*.rs", "state": "s", "aud": f"{public}/fhir",
+        "code_challenge": challenge, "code_challenge_method": "S256"})
+    assert r.status_code == 200, r.text
+    r = browser.send(1, "POST", "/auth/authorize/sign-in", data={
+        "txn": _txn(r.text), "username": "drsmith", "password": PASSWORD})
+    assert r.status_code == 303, r.text
+    code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
+    assert _exchange(ha, code, verifier).status_code == 200
+    assert _exchange(hb, code, verifier).json()["error"] == "invalid_grant"
+
+    key = RSAKey.generate_key(2048, parameters={"kid": "k2"}, private=True)
+    register_client(servers.a.engine, "partner1", "Partner EPR", ods=ORG, public=False,
+                    jwks={"keys": [key.as_dict(private=False)]}, scopes="system/*.rs")
+    now = int(time.time())
+    signed = jwt.encode({"alg": "RS384", "kid": "k2", "typ": "JWT"},
+                        {"iss": "partner1", "sub": "partner1", "aud": f"{public}/auth/token",
+                         "exp": now + 240, "jti": "real-servers-1"}, key, algorithms=["RS384"])
+    assert _client_credentials(hb, signed).status_code == 200
+    r = _client_credentials(ha, signed)
+    assert r.status_code == 401 and "already used" in r.json()["error_description"]
