@@ -308,6 +308,14 @@ def _settings_creator(probability_two_random_records_match: float):
     )
 
 
+def _records(df) -> list[dict[str, Any]]:
+    """A splink result's rows; its table is dropped so a kept linker does not grow."""
+    try:
+        return df.as_record_list()
+    finally:
+        df.drop_table_from_database_and_remove_from_cache()
+
+
 def _splink_linker(rows: list[dict[str, Any]], settings: Any, validate: bool = True):
     from splink import DuckDBAPI
     from splink import Linker as SplinkLinker
@@ -382,6 +390,7 @@ class Linker:
         self._model: dict[str, Any] | None = None
         self.training_info: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._scorers: dict[bool, tuple[Any, Any]] = {}  # explain? -> (model, splink linker)
 
     # ---------------------------------------------------------------- state
 
@@ -643,13 +652,12 @@ class Linker:
             row["record_id"] = f"__candidate__{i}"
             cand_rows.append(row)
         with self._lock:
-            linker = _splink_linker([q, *cand_rows], copy.deepcopy(model), validate=False)
-            df = linker.inference.score_pairs([q], cand_rows)
+            df = self._scorer(model, [q, *cand_rows]).inference.score_pairs([q], cand_rows)
             probs = {
                 rec["record_id_r"]: self._capped(
                     float(rec["match_probability"]), rec.get("gamma_given")
                 )
-                for rec in df.as_record_list()
+                for rec in _records(df)
             }
         out = []
         for i, c in enumerate(candidates):
@@ -662,6 +670,19 @@ class Linker:
         out.sort(key=lambda t: -t[1])
         return out
 
+    def _scorer(self, model: dict[str, Any], rows: list[dict[str, Any]], explain: bool = False):
+        """A splink linker kept for scoring with this model: building one (a DuckDB database,
+        the settings, the SQL) took ~0.3 s, far more than scoring a record against its
+        candidates. The model has no term-frequency adjustments, so the rows it was built with
+        do not change any score. Call with the lock held."""
+        kept = self._scorers.get(explain)
+        if kept is None or kept[0] is not model:
+            settings = copy.deepcopy(model)
+            if explain:
+                settings["retain_intermediate_calculation_columns"] = True
+            kept = self._scorers[explain] = (model, _splink_linker(rows, settings, validate=False))
+        return kept[1]
+
     # ---------------------------------------------------------------- evidence
 
     def explain(self, query: Demographics, candidate: Demographics) -> dict[str, Any]:
@@ -672,11 +693,9 @@ class Linker:
         model = self._require_model()
         q, c = _row(query), _row(candidate)
         q["record_id"], c["record_id"] = "__query__", "__candidate__"
-        settings = copy.deepcopy(model)
-        settings["retain_intermediate_calculation_columns"] = True
         with self._lock:
-            rec = _splink_linker([q, c], settings, validate=False).inference.score_pairs(
-                [q], [c]).as_record_list()[0]
+            rec = _records(self._scorer(model, [q, c], explain=True).inference.score_pairs(
+                [q], [c]))[0]
         fields: dict[str, dict[str, Any]] = {}
         for comp in model["comparisons"]:
             name = comp["output_column_name"]
