@@ -141,10 +141,11 @@ def _page_no(request: Request) -> int:
 def _review_page(request: Request, access: Access, error: str | None = None,
                  status: int = 200, form: dict | None = None) -> Response:
     sc = _sc(request)
-    queue = _identity(request).review_queue()
-    pages = max(1, -(-len(queue) // PER_PAGE))
+    service = _identity(request)
+    total = service.review_count()
+    pages = max(1, -(-total // PER_PAGE))
     page_no = min(_page_no(request), pages)
-    shown = queue[(page_no - 1) * PER_PAGE: page_no * PER_PAGE]
+    shown = service.review_queue((page_no - 1) * PER_PAGE, PER_PAGE)
     records = _records(sc, [i for r in shown for i in (r.patient_id, r.candidate_id)])
     reviews = [{"task": r.task_id, "a": records[r.patient_id], "b": records[r.candidate_id],
                 "probability": r.probability, "weight": r.match_weight, "grade": r.grade,
@@ -155,7 +156,7 @@ def _review_page(request: Request, access: Access, error: str | None = None,
         return "/identity/review" + (f"?{urlencode({'page': n})}" if n > 1 else "")
 
     return render(request, "identity/review.html", status, title="Identity review",
-                  reviews=reviews, total=len(queue), page=page_no, pages=pages,
+                  reviews=reviews, total=total, page=page_no, pages=pages,
                   per_page=PER_PAGE, page_link=link, error=error, form=form or {},
                   done=DONE.get(request.query_params.get("done") or ""),
                   min_reason=MIN_REASON)

@@ -31,12 +31,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from sqlalchemy import Connection, select
+import orjson
+from sqlalchemy import Connection, false, func, select
 
 from ..fhir.codes import BASE, NHS_NUMBER_SYSTEM, SOURCE_ORG_SYSTEM
 from ..fhir.outcome import FHIRError
 from ..logsafe import log_failure
 from ..store.repository import PermitAll, Store, WriteOp, instant, now_utc
+from ..store.schema import idx_token, resource
 from . import nhs_number as nhs
 from .hook import dequeue
 from .links import (
@@ -147,10 +149,6 @@ class IdentityService:
             return self._linker
 
     def _patient_count(self) -> int:
-        from sqlalchemy import false, func
-
-        from ..store.schema import resource
-
         with self.store.engine.connect() as c:
             return c.execute(select(func.count()).select_from(resource).where(
                 resource.c.type == "Patient", resource.c.deleted == false())).scalar_one()
@@ -444,21 +442,45 @@ class IdentityService:
             if not cursor:
                 return out
 
-    def review_queue(self) -> list[Review]:
-        """Open reviews, oldest first, each with its evidence."""
+    def review_queue(self, offset: int = 0, limit: int | None = None) -> list[Review]:
+        """Open reviews, oldest first, each with its evidence; a page of them with offset and
+        limit (the page reads only its own Tasks)."""
+        stmt = (select(resource.c.content).where(*self._open_reviews())
+                .order_by(resource.c.pk).offset(offset))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.store.engine.connect() as c:
+            tasks = [orjson.loads(content) for (content,) in c.execute(stmt)]
+        srcs = read_current_sources(self.store, {p for t in tasks for p in _task_pair(t)})
         out = []
-        for task in self._all_tasks([("code", f"{TASK_CODE_SYSTEM}|{IDENTITY_REVIEW}"),
-                                     ("status", "requested"), ("_count", "1000")]):
+        for task in tasks:
             a, b = _task_pair(task)
             values = {i["type"]["text"]: next((v for k, v in i.items() if k.startswith("value")),
                                               None) for i in task.get("input") or []}
             fields = {k.split(":", 1)[1]: v for k, v in values.items()
                       if k.startswith("agreement:")}
-            srcs = read_current_sources(self.store, [a, b])
             out.append(Review(task["id"], a, b, srcs.get(a, "?"), srcs.get(b, "?"),
                               values.get("match-probability"), values.get("match-weight"),
                               values.get("match-grade"), fields, task.get("authoredOn")))
-        return sorted(out, key=lambda r: (r.authored or "", r.task_id))
+        return out
+
+    def review_count(self) -> int:
+        with self.store.engine.connect() as c:
+            return c.execute(select(func.count()).select_from(resource)
+                             .where(*self._open_reviews())).scalar_one()
+
+    @staticmethod
+    def _open_reviews() -> list:
+        """Identity review Tasks still waiting for a person, through the store's token index."""
+        def token(param: str, code: str, system: str | None = None):
+            cond = [idx_token.c.type == "Task", idx_token.c.param == param,
+                    idx_token.c.code == code]
+            if system:
+                cond.append(idx_token.c.system == system)
+            return resource.c.pk.in_(select(idx_token.c.resource_pk).where(*cond))
+
+        return [resource.c.type == "Task", resource.c.deleted == false(),
+                token("code", IDENTITY_REVIEW, TASK_CODE_SYSTEM), token("status", "requested")]
 
     def _decide(self, access, task_id: str, same_person: bool, reason: str | None) -> str | None:
         with self.store.begin_write() as conn, conn.begin():

@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from sharedcare.app import create_app
 from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, SOURCE_ORG_SYSTEM, local_identifier_system
+from sharedcare.identity.hook import dequeue
 from sharedcare.identity.service import IdentityService, review_task
 from sharedcare.store.persons import patients_of_person
 from sharedcare.store.repository import PermitAll, WriteOp
@@ -297,3 +298,30 @@ def test_the_review_page_fits_a_desktop_and_a_phone(queued, live_server):
                 ctx.close()
         finally:
             browser.close()
+
+
+def test_a_long_queue_is_paged_oldest_first(queued):
+    """45 possible matches: page 1 shows the oldest 20, page 3 the last 5, and the total."""
+    sc, service, first = queued
+    hosp = sc.store.read("Patient", "hosp-1", PermitAll()).json()
+    ops, ids = [], [first]
+    for i in range(44):
+        pid = f"council-x{i:02d}"
+        rec = _patient(pid, "RCOUNCIL", "M13 9WL", mrn=f"SC-{i}", birth="1948-05-07")
+        ops += [WriteOp("PUT", "Patient", pid, rec),
+                WriteOp("PUT", "Task", f"review-{i:02d}",
+                        review_task(f"review-{i:02d}", rec, hosp, 0.9, "possible"))]
+        ids.append(f"review-{i:02d}")
+    with sc.store.begin_write() as conn, conn.begin():
+        sc.store.write(ops, conn)
+        # These Tasks stand for the worker's work: it must not add more while the test reads.
+        dequeue(conn, [op.rid for op in ops if op.rtype == "Patient"])
+    assert service.review_count() == 45
+    assert [r.task_id for r in service.review_queue()] == ids
+    assert [r.task_id for r in service.review_queue(40, 20)] == ids[40:]
+    c = client_for(sc, "ig.lead", "ig-lead")
+    shown = lambda html: re.findall(r'data-task="([^"]+)"', html)
+    page1, page3 = c.get("/identity/review"), c.get("/identity/review?page=3")
+    assert page1.status_code == page3.status_code == 200
+    assert shown(page1.text) == ids[:20] and shown(page3.text) == ids[40:]
+    assert "45" in page1.text
