@@ -148,6 +148,12 @@ class NotifyWorker:
 
     # ------------------------------------------------------------------ 2. dispatch
     def dispatch(self, limit: int = 1000) -> int:
+        # Look before taking the write lock: an idle worker must not hold up writers (SQLite
+        # has one write lock for the whole database).
+        with self.sc.engine.connect() as conn:
+            if conn.execute(select(notify_event.c.id).where(
+                    notify_event.c.dispatched == false()).limit(1)).first() is None:
+                return 0
         with self.store.begin_write() as conn, conn.begin():
             if self.pg and not conn.execute(
                     text(f"SELECT pg_try_advisory_xact_lock({DISPATCH_LOCK})")).scalar():
@@ -278,6 +284,10 @@ class NotifyWorker:
                    notify_subscription.c.lease_until < now)
         ready = and_(notify_subscription.c.status.in_(("active", "error")), free, head <= now)
         until = later(self.lease_seconds)
+        with self.sc.engine.connect() as conn:  # look first, without the write lock
+            if conn.execute(select(notify_subscription.c.id).where(ready).limit(1)
+                            ).first() is None:
+                return []
         with self.store.begin_write() as conn, conn.begin():
             q = select(notify_subscription.c.id).where(ready).limit(limit)
             if self.pg:
@@ -653,7 +663,7 @@ def attach_notify_worker(app, sc, interval: float | None = None) -> None:
     if os.environ.get("SHAREDCARE_NOTIFY_WORKER", "1") == "0":
         return
     interval = interval if interval is not None else float(
-        os.environ.get("SHAREDCARE_NOTIFY_INTERVAL", "0.2"))
+        os.environ.get("SHAREDCARE_NOTIFY_INTERVAL", "0.25"))
     previous = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
