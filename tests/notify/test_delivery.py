@@ -276,3 +276,41 @@ def test_death_reaches_the_registered_practice_and_not_a_stranger(sc):
     assert (item.kind, item.focus, item.patient_id) == ("death", f"Patient/{patient.id}",
                                                          patient.id)
     assert inbox(sc, OTHER_GP) == []
+
+
+def test_r4_subscription_empty_payload_error_and_end(sc, client, receiver):
+    """No payload: an empty POST with the headers; a dead letter puts the Subscription in
+    error (and a later success back to active); past its end it is off and sends nothing."""
+    feeds = world(sc)
+    r = client.post("/fhir/Subscription", json={
+        "resourceType": "Subscription", "status": "requested", "reason": "pings",
+        "criteria": "Encounter?class=IMP",
+        "channel": {"type": "rest-hook", "endpoint": receiver.url,
+                    "header": ["X-Partner-Key: k1"]}})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+
+    def status():
+        return client.get(f"/fhir/Subscription/{sid}").json()["status"]
+
+    receiver.fail = 2
+    assert ack_ok(feeds.ingest_hl7(admission(1), FEED))
+    w = worker(sc, max_attempts=2)
+    assert until_settled(w, sc) == {"dead": 1}
+    assert status() == "error"
+    assert "could not be delivered" in client.get(f"/fhir/Subscription/{sid}").json()["error"]
+    assert ack_ok(feeds.ingest_hl7(admission(2, nhs="9434765870"), FEED))
+    assert until_settled(w, sc) == {"dead": 1, "sent": 1}
+    assert status() == "active"
+    (got,) = receiver.received
+    assert got.body == b"" and got.headers["x-partner-key"] == "k1"
+    assert got.key.startswith(f"fhir:{sid}/")
+    # Past its end: off, and the next admission goes nowhere.
+    current = client.get(f"/fhir/Subscription/{sid}").json()
+    r = client.put(f"/fhir/Subscription/{sid}", json={**current, "end": "2020-01-01T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    w.run_once()
+    assert status() == "off"
+    assert ack_ok(feeds.ingest_hl7(admission(3, nhs="9434765846"), FEED))
+    assert until_settled(w, sc) == {"dead": 1, "sent": 1}
+    assert len(receiver.received) == 1
