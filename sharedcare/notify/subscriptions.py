@@ -58,6 +58,14 @@ class Spec:
     end: str | None
 
 
+def _dict(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _list(x) -> list:
+    return x if isinstance(x, list) else []
+
+
 def _bad(message: str, where: str) -> FHIRError:
     return FHIRError.of(400, "invalid", message, where)
 
@@ -113,7 +121,10 @@ def parse(store, res: dict) -> Spec:
     if ctype not in ("rest-hook", "email"):
         raise _bad("channel.type must be rest-hook or email on this server",
                    "Subscription.channel.type")
-    endpoint = _check_endpoint(ctype, channel.get("endpoint"), "Subscription.channel.endpoint")
+    endpoint = channel.get("endpoint")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise _bad("endpoint must be a URL", "Subscription.channel.endpoint")
+    endpoint = _check_endpoint(ctype, endpoint, "Subscription.channel.endpoint")
     headers = channel.get("header") or []
     if not isinstance(headers, list):
         raise _bad("header must be a list of 'Name: value'", "Subscription.channel.header")
@@ -122,6 +133,8 @@ def parse(store, res: dict) -> Spec:
             raise _bad("each header must be 'Name: value' on one line",
                        f"Subscription.channel.header[{i}]")
     end = res.get("end")
+    if end is not None and not isinstance(end, str):
+        raise _bad("end must be an instant", "Subscription.end")
     code = topic_code(criteria) if criteria.startswith("http") else None
     if criteria.startswith("http"):
         if code is None:
@@ -129,13 +142,17 @@ def parse(store, res: dict) -> Spec:
                 f"{TOPIC_BASE}{c}" for c in TOPICS if c not in GOVERNANCE_EVENTS),
                 "Subscription.criteria")
         flt, rtype = None, None
-        for ext in (res.get("_criteria") or {}).get("extension") or []:
+        for ext in _list(_dict(res.get("_criteria")).get("extension")):
             if isinstance(ext, dict) and ext.get("url") == FILTER_EXT:
-                flt = (ext.get("valueString") or "").strip() or None
+                value = ext.get("valueString")
+                if not isinstance(value, str):
+                    raise _bad("backport-filter-criteria needs a valueString search",
+                               "Subscription._criteria.extension")
+                flt = value.strip() or None
         if flt:
             rtype = _check_search(store, flt, "Subscription._criteria.extension")
         content = "id-only"
-        for ext in (channel.get("_payload") or {}).get("extension") or []:
+        for ext in _list(_dict(channel.get("_payload")).get("extension")):
             if isinstance(ext, dict) and ext.get("url") == CONTENT_EXT:
                 content = ext.get("valueCode")
         if content not in CONTENTS:
@@ -145,7 +162,7 @@ def parse(store, res: dict) -> Spec:
                     content, headers, end)
     rtype = _check_search(store, criteria, "Subscription.criteria")
     payload = channel.get("payload") or ""
-    if payload not in PAYLOADS:
+    if not isinstance(payload, str) or payload not in PAYLOADS:
         raise _bad("payload must be application/fhir+json, or absent for a notification "
                    "without content", "Subscription.channel.payload")
     return Spec("criteria", status, criteria, rtype, None, None, ctype, endpoint, payload,

@@ -137,3 +137,21 @@ def test_bad_subscription_is_an_operation_outcome_naming_the_field(sc, client, b
     assert where in outcome["issue"][0]["expression"]
     with sc.engine.connect() as c:
         assert c.execute(select(notify_subscription)).all() == []
+
+
+@pytest.mark.parametrize("extra", [
+    {"_criteria": ["not", "an", "element"]},
+    {"_criteria": {"extension": [{"url": "http://hl7.org/fhir/uv/subscriptions-backport/"
+                                         "StructureDefinition/backport-filter-criteria",
+                                  "valueString": "Nope?x=1"}]}},
+    {"end": 12},
+    {"channel": {"type": "rest-hook", "endpoint": "http://x/", "_payload": "odd"}},
+    {"channel": {"type": "rest-hook", "endpoint": ["http://x/"]}},
+])
+def test_malformed_topic_subscriptions_are_400_never_500(client, extra):
+    body = {"resourceType": "Subscription", "reason": "t", "status": "requested",
+            "criteria": "https://fhir.sharedcare.org.uk/SubscriptionTopic/admission",
+            "channel": {"type": "rest-hook", "endpoint": "http://x/"}, **extra}
+    r = client.post("/fhir/Subscription", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["resourceType"] == "OperationOutcome"
