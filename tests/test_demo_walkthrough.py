@@ -135,3 +135,18 @@ def test_a_partners_plan_says_when_it_was_last_changed_not_when_it_was_loaded(de
     for plan in plans:
         assert plan["meta"]["versionId"] == "1"
         assert plan["meta"]["lastUpdated"][:10] == plan["created"][:10]
+
+
+def test_the_ig_lead_finds_possible_matches_waiting_for_review(demo):
+    """Records the model could not be sure of wait for a person: each review pairs a record
+    without the NHS number with another partner's record, and neither has been joined yet."""
+    from sharedcare.identity.service import IdentityService
+    from sharedcare.store.persons import patients_of_person
+
+    sc, _, _ = demo
+    reviews = IdentityService.of(sc).review_queue()
+    assert reviews, "the demo's IG lead has possible matches to review"
+    with sc.engine.connect() as conn:
+        for r in reviews:
+            assert r.patient_source != r.candidate_source
+            assert r.candidate_id not in patients_of_person(conn, r.patient_id)

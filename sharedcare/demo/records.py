@@ -522,6 +522,12 @@ class _Record:
                 "old_address": rng.random() < 0.1 and not c.care_home,
                 "phone": rng.random() >= 0.35,
             }
+        # A record without the NHS number sometimes also carries a mistyped birth date and an
+        # address from before a move: the model can only call it a possible match, and it waits
+        # in the IG lead's identity review queue, as real ones do.
+        slip = not variant["nhs"] and c.index > 0 and rng.random() < 0.3
+        if slip:
+            variant = {**variant, "old_address": not c.care_home}
         if variant["nhs"]:
             identifiers.insert(0, {"system": NHS_NUMBER_SYSTEM, "value": c.nhs_number})
         given = c.given
@@ -550,7 +556,8 @@ class _Record:
             "active": True,
             "name": [name],
             "gender": c.gender,
-            "birthDate": _day(c.birth),
+            "birthDate": _day(c.birth + (10 if _day(c.birth)[-2:] <= "18" else -10)
+                              if slip else c.birth),
             "address": [address],
             "managingOrganization": self.org_ref(ods),
         }
