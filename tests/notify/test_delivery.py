@@ -314,3 +314,25 @@ def test_r4_subscription_empty_payload_error_and_end(sc, client, receiver):
     assert ack_ok(feeds.ingest_hl7(admission(3, nhs="9434765846"), FEED))
     assert until_settled(w, sc) == {"dead": 1, "sent": 1}
     assert len(receiver.received) == 1
+
+
+def test_break_glass_mails_the_ig_lead_at_once_without_the_reason(sc, smtp):
+    from sharedcare.governance.policy import Access
+    from sharedcare.store.repository import WriteOp
+
+    world(sc)
+    subscribe(sc, ods=HOSPITAL, topics=["break-glass", "declared-relationship"],
+              channel="email", role="ig-lead", endpoint="ig.lead@trust.example")
+    sc.store.write([WriteOp("PUT", "Patient", "p1", {"resourceType": "Patient"})],
+                   source_org=GP)
+    doctor = sc.governance.prepare(Access("dr.a", HOSPITAL, "clinician"))
+    sc.governance.break_glass(doctor, "p1", "overdose suspected, unconscious, no history")
+    assert until_settled(worker(sc), sc) == {"sent": 2}  # the mail and the IG lead's inbox
+    (message,) = smtp
+    assert message["To"] == "ig.lead@trust.example"
+    text = message.get_payload()
+    assert "broke glass" in text
+    for secret in ("overdose", "unconscious", "p1", "dr.a"):
+        assert secret not in text
+    (item,) = inbox(sc, HOSPITAL)
+    assert (item.kind, item.role) == ("break-glass", "ig-lead")
