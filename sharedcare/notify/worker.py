@@ -107,7 +107,6 @@ class NotifyWorker:
 
     # ------------------------------------------------------------------ 1. activate
     def activate(self) -> int:
-        now = now_utc()
         with self.sc.engine.connect() as conn:
             rows = conn.execute(select(notify_subscription.c.resource_id,
                                        notify_subscription.c.status, notify_subscription.c.end)
@@ -117,7 +116,7 @@ class NotifyWorker:
                                                 notify_subscription.c.status != "off")))).all()
         n = 0
         for rid, status, end in rows:
-            ended = bool(end) and end.replace("Z", "").replace("+00:00", "")[:26] < now
+            ended = _passed(end)
             if ended:
                 n += self._set_resource_status(rid, "off", "the subscription's end has passed")
             elif status == "requested":
@@ -168,7 +167,7 @@ class NotifyWorker:
             now = now_utc()
             subs = [s for s in conn.execute(select(notify_subscription).where(
                 notify_subscription.c.status.in_(("active", "error")))).all()
-                if not (s.end and s.end.replace("Z", "")[:26] < now)]
+                if not _passed(s.end)]
             made: list[dict] = []
             counts: dict[str, int] = {s.id: s.events for s in subs}
             governance = [e for e in events if _codes(e) & set(GOVERNANCE_EVENTS)]
@@ -626,6 +625,20 @@ class NotifyWorker:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _passed(end: str | None) -> bool:
+    """Is a FHIR instant (or date) in the past? Unreadable: not passed (the resource was
+    checked when written)."""
+    if not end:
+        return False
+    try:
+        when = datetime.fromisoformat(end)  # 3.11 reads a trailing Z
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when < datetime.now(UTC)
 
 
 def _codes(ev) -> set[str]:
