@@ -155,3 +155,43 @@ def test_malformed_topic_subscriptions_are_400_never_500(client, extra):
     r = client.post("/fhir/Subscription", json=body)
     assert r.status_code == 400, r.text
     assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_load_and_csv_feed_write_their_events(sc, tmp_path):
+    """`sharedcare load` and a CSV feed go through Store.write: their events are there too."""
+    import json
+
+    from sharedcare.feeds.service import FeedService
+    from sharedcare.loader import Loader
+    from tests.conftest import ROOT
+
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "lp"},
+         "request": {"method": "PUT", "url": "Patient/lp"}},
+        {"resource": {"resourceType": "Observation", "id": "lo", "status": "final",
+                      "code": {"text": "x"}, "subject": {"reference": "Patient/lp"}},
+         "request": {"method": "PUT", "url": "Observation/lo"}}]}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(bundle))
+    loader = Loader(sc.store, source_org=HOSPITAL)
+    loader.load_file(path)
+    assert not loader.rejected
+    assert [(t, k) for t, _, k in kinds(sc)] == [("Observation", ["result"])]
+    feeds = FeedService(sc)
+    sc.governance.add_organisation("LAZ01", "Council", "social-care")
+    mapping = json.loads((ROOT / "examples" / "council-care-packages.mapping.json").read_text())
+    feeds.add_feed("LAZ01", "council-care", "csv", mapping=mapping, status="live")
+    before = len(events(sc))
+    feeds.ingest_csv(ROOT / "examples" / "council-care-packages.csv", "council-care")
+    assert len(events(sc)) == before  # Patients and ServiceRequests: nobody asked
+    sc.store.write([WriteOp("PUT", "Subscription", "care-packages", {
+        "resourceType": "Subscription", "status": "requested", "reason": "care packages",
+        "criteria": "ServiceRequest?status=active",
+        "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook"}})],
+        source_org="LAZ01")
+    csv2 = tmp_path / "more.csv"
+    src = (ROOT / "examples" / "council-care-packages.csv").read_text().splitlines()
+    csv2.write_text("\n".join([src[0]] + [line.replace(",PK", ",PKX") for line in src[1:]]))
+    feeds.ingest_csv(csv2, "council-care")
+    written = [t for t, _, _ in kinds(sc)[before:]]
+    assert written and set(written) == {"ServiceRequest"}
