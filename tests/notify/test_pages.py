@@ -87,6 +87,12 @@ def test_subscription_form_and_dead_letter_retry(sc, web, receiver):
     page = gp.get("/notifications/dead-letters")
     assert "HTTP 503" in page.text and "a patient was admitted" in page.text
     assert "HTTP 503" in gp.get("/notifications/subscriptions").text
+    # In error: visible to its owner (above) and to the system administrator, not to others.
+    admin = web("sys.admin", HOSPITAL, "sysadmin")
+    assert "HTTP 503" in admin.get("/notifications/subscriptions").text
+    assert "HTTP 503" in admin.get("/notifications/dead-letters").text
+    assert "HTTP 503" not in web("dr.y", HOSPITAL, "clinician").get(
+        "/notifications/subscriptions").text
     with sc.engine.connect() as c:
         (dead,) = c.execute(select(notify_delivery.c.id)).scalars()
     # Another organisation cannot retry it.
