@@ -73,6 +73,7 @@ MAX_ATTEMPTS = int(os.environ.get("SHAREDCARE_NOTIFY_MAX_ATTEMPTS", "6"))
 BACKOFF_BASE = float(os.environ.get("SHAREDCARE_NOTIFY_BACKOFF", "1.0"))  # seconds
 BACKOFF_CAP = 3600.0
 FLUSH_EVERY = 100
+BATCH = 200  # deliveries a subscriber's turn takes (checked together, sent in order)
 DISPATCH_LOCK = 7346013
 KEEP_DAYS = 7.0  # events that went to nobody are kept this long
 PRUNE_EVERY = 600.0
@@ -300,6 +301,12 @@ class NotifyWorker:
                     claimed.append(sid)
         return claimed
 
+    def _renew(self, sid: str) -> bool:
+        with self.store.begin_write() as conn, conn.begin():
+            return conn.execute(update(notify_subscription).where(
+                notify_subscription.c.id == sid, notify_subscription.c.lease_owner == self.name)
+                .values(lease_until=later(self.lease_seconds))).rowcount == 1
+
     def _release(self, sid: str) -> None:
         with self.store.begin_write() as conn, conn.begin():
             conn.execute(update(notify_subscription).where(
@@ -331,7 +338,7 @@ class NotifyWorker:
                 .join(notify_event, notify_event.c.id == notify_delivery.c.event_id)
                 .where(notify_delivery.c.subscription_id == sid,
                        notify_delivery.c.status == "pending")
-                .order_by(notify_delivery.c.id).limit(500)).all()
+                .order_by(notify_delivery.c.id).limit(BATCH)).all()
         if sub is None or not rows:
             return 0
         if self.after_claim is not None:
@@ -341,9 +348,18 @@ class NotifyWorker:
         done: list[tuple] = []
         finished = 0
         now = now_utc()
+        renewed = time.monotonic()
         for d in rows:
             if d.next_attempt > now:
                 break  # an earlier delivery is waiting to be retried: keep the order
+            if time.monotonic() - renewed > self.lease_seconds / 3:
+                # A slow receiver must not outlast the lease: keep it, or stop if another
+                # worker has taken the subscriber over.
+                finished += self._flush(sub, access, done)
+                done = []
+                if not self._renew(sid):
+                    return finished
+                renewed = time.monotonic()
             ok, stored, reason = self.govern(sub, access, d, visible)
             if not ok:
                 done.append((d, "refused", reason))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -99,6 +100,7 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     fail: int = 0
     hold: threading.Event | None = None
+    delay: float = 0.0  # seconds each answer takes
     arrived: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -113,6 +115,8 @@ class Receiver:
                 receiver.arrived.set()
                 if receiver.hold is not None:
                     receiver.hold.wait(30)
+                if receiver.delay:
+                    time.sleep(receiver.delay)
                 with receiver.lock:
                     failing = receiver.fail > 0
                     if failing:
