@@ -103,20 +103,20 @@ def test_a_slow_receiver_does_not_outlast_the_lease(sc, receiver):
     feeds = world(sc)
     hook = subscribe(sc, ods=GP, topics=["admission"], channel="rest-hook",
                      endpoint=receiver.url)
-    for n, nhs in enumerate(NUMBERS, 1):
+    for n, nhs in enumerate(NUMBERS[:3], 1):
         assert ack_ok(feeds.ingest_hl7(admission(n, nhs=nhs), FEED))
     receiver.delay = 0.3
     workers = [worker(sc, lease_seconds=0.6), worker(sc, lease_seconds=0.6)]
     stops = [w.start(interval=0.02) for w in workers]
     try:
         deadline = time.monotonic() + 20
-        while deliveries(sc) != {"sent": 5} and time.monotonic() < deadline:
+        while deliveries(sc) != {"sent": 3} and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         for w, stop in zip(workers, stops, strict=True):
             w.stop(stop)
-    assert deliveries(sc) == {"sent": 5}
+    assert deliveries(sc) == {"sent": 3}
     keys = receiver.keys()
-    assert len(keys) == len(set(keys)) == 5
+    assert len(keys) == len(set(keys)) == 3
     numbers = [int(k.rsplit("/", 1)[1]) for k in keys]
     assert numbers == sorted(numbers) and all(k.startswith(hook) for k in keys)
