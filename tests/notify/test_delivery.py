@@ -336,3 +336,32 @@ def test_break_glass_mails_the_ig_lead_at_once_without_the_reason(sc, smtp):
         assert secret not in text
     (item,) = inbox(sc, HOSPITAL)
     assert (item.kind, item.role) == ("break-glass", "ig-lead")
+
+
+def test_caseload_team_told_of_a_discharge(sc):
+    """"Notify my team of discharges of people on our caseload": a community team with an
+    active episode of care for the patient; the practice-registration scope would not match."""
+    from sharedcare.fhir.codes import ODS_SYSTEM
+    from sharedcare.store.repository import WriteOp
+
+    feeds = world(sc)
+    team = "RY001"
+    sc.governance.add_organisation(team, "Community nursing", "community")
+    sc.governance.add_agreement("DSA-COMMUNITY", "Community", [HOSPITAL, team],
+                                ["direct-care"], ["demographics", "encounters"],
+                                status="active")
+    caseload = subscribe(sc, ods=team, topics=["discharge"], channel="inbox", role="nurse",
+                         scope="caseload")
+    registered = subscribe(sc, ods=team, topics=["discharge"], channel="inbox", role="nurse")
+    assert ack_ok(feeds.ingest_hl7(admission(1), FEED))
+    (patient,) = sc.store.search("Patient", [], _permit()).matches
+    sc.store.write([WriteOp("PUT", "EpisodeOfCare", "eoc1", {
+        "resourceType": "EpisodeOfCare", "status": "active",
+        "patient": {"reference": f"Patient/{patient.id}"},
+        "managingOrganization": {"identifier": {"system": ODS_SYSTEM, "value": team}}})],
+        source_org=team)
+    assert ack_ok(feeds.ingest_hl7(admission(1, discharged=True), FEED))
+    assert until_settled(worker(sc), sc) == {"sent": 1}
+    (item,) = inbox(sc, team)
+    assert item.kind == "discharge"
+    assert sub_row(sc, caseload).sent == 1 and sub_row(sc, registered).events == 0
