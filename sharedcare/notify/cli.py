@@ -9,6 +9,7 @@
     sharedcare notify off <subscription-id>     (and: on)
     sharedcare notify dead-letters [--org P89999]
     sharedcare notify retry <subscription-id>   (every dead letter of it goes out again)
+    sharedcare notify status <subscription-id>  (its SubscriptionStatus, as $status answers)
     sharedcare notify run                       (the delivery worker alone, for a process of
                                                  its own; the server runs one already)
 """
@@ -139,6 +140,19 @@ def retry(sid: str, database: str = DatabaseOpt, data_dir: Path = DataDirOpt) ->
     from .worker import retry_dead
 
     typer.echo(f"{retry_dead(_open(database, data_dir), subscription_id=sid)} queued again")
+
+
+@notify_app.command("status")
+def status(sid: str, database: str = DatabaseOpt, data_dir: Path = DataDirOpt) -> None:
+    """A subscription's SubscriptionStatus (Subscriptions Backport Parameters, as $status)."""
+    import orjson
+
+    from .subscriptions import status_parameters
+
+    out = status_parameters(_open(database, data_dir), sid)
+    if out is None:
+        _fail(f"no subscription {sid}")
+    typer.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
 
 
 @notify_app.command("run")

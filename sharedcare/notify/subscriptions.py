@@ -278,3 +278,31 @@ __all__ = [
     "set_status",
     "subscribe",
 ]
+
+
+def status_parameters(sc, sid: str) -> dict | None:
+    """A Subscriptions Backport ``SubscriptionStatus`` (R4 Parameters, type ``query-status``)
+    for a subscription: what ``$status`` answers. ``sid`` is the notification subscription id
+    or a FHIR Subscription's id."""
+    from .channels import STATUS_PROFILE
+    from .events import main_code, topic_url
+
+    with sc.engine.connect() as conn:
+        row = conn.execute(select(notify_subscription).where(
+            (notify_subscription.c.id == sid) | (notify_subscription.c.resource_id == sid))
+        ).first()
+    if row is None:
+        return None
+    topic = row.criteria if row.kind == "topic" else (
+        topic_url(main_code(row.topics) or "") if row.topics else None)
+    params = [{"name": "subscription", "valueReference": {
+                  "reference": f"Subscription/{row.resource_id or row.id}"}},
+              {"name": "status", "valueCode": row.status},
+              {"name": "type", "valueCode": "query-status"},
+              {"name": "events-since-subscription-start", "valueString": str(row.events)}]
+    if topic:
+        params.insert(1, {"name": "topic", "valueCanonical": topic})
+    if row.last_error:
+        params.append({"name": "error", "valueCodeableConcept": {"text": row.last_error}})
+    return {"resourceType": "Parameters", "meta": {"profile": [STATUS_PROFILE]},
+            "parameter": params}

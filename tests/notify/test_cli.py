@@ -32,5 +32,14 @@ def test_subscribe_list_off_on_and_errors(sc, database_url, tmp_path):
     assert r.exit_code == 2 and "email channel needs an address" in r.output
     r = run(app, ["notify", "subscribe", "NOPE1", "--topic", "admission", *base])
     assert r.exit_code == 2 and "no organisation NOPE1" in r.output
+    r = run(app, ["notify", "status", sid, *base])
+    assert r.exit_code == 0, r.output
+    import json
+
+    params = {p["name"]: p for p in json.loads(r.output)["parameter"]}
+    assert params["type"]["valueCode"] == "query-status"
+    assert params["status"]["valueCode"] == "active"
+    assert params["events-since-subscription-start"]["valueString"] == "0"
+    assert run(app, ["notify", "status", "nope", *base]).exit_code == 2
     r = run(app, ["notify", "dead-letters", *base])
     assert r.exit_code == 0 and "nothing undelivered" in r.output
