@@ -13,7 +13,9 @@ from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     Connection,
+    String,
     and_,
+    bindparam,
     exists,
     false,
     func,
@@ -69,6 +71,34 @@ def now_text() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
+# "Now" inside the policy SQL: a bound parameter whose value is taken when each statement runs,
+# so one built predicate stays right for as long as it is reused (an expiring relationship or
+# break-glass stops counting on the next query, never on the next rebuild).
+NOW = bindparam("gov_now", callable_=now_text, type_=String)
+
+# Built predicates, per policy shape: building one costs more than running $everything's queries
+# (issue 16). A predicate is a pure function of the key below: every fact that changes with time
+# or data (relationships, break-glass, objections, person links, labels) is read by the SQL when
+# it runs; the agreements are in the key, as `Governance.prepare` read them for this request.
+_BUILT: dict[tuple, ColumnElement] = {}
+_BUILT_MAX = 1024
+
+
+def _shape(access: Access) -> tuple:
+    return (access.username, access.ods, access.role, access.purpose, access.kind,
+            tuple(sorted((k, tuple(sorted(v))) for k, v in access.shared_with.items())),
+            None if access.scopes is None else tuple(sorted(access.scopes)))
+
+
+def _built(key: tuple, build) -> ColumnElement:
+    hit = _BUILT.get(key)
+    if hit is None:
+        if len(_BUILT) >= _BUILT_MAX:
+            _BUILT.clear()
+        hit = _BUILT[key] = build()
+    return hit
+
+
 @dataclass
 class Access:
     """Who is asking: one person in one chosen role at one organisation, or a partner system."""
@@ -86,7 +116,7 @@ class Access:
     patient_id: str | None = None  # a patient's own account
     # Filled by Governance per request: what agreements and relationships allow.
     shared_with: dict[str, frozenset[str]] = field(default_factory=dict)  # source ods -> categories
-    policy: "ResourcePolicy | None" = None
+    policy: ResourcePolicy | None = None
 
     @property
     def needs_relationship(self) -> bool:
@@ -191,7 +221,7 @@ class ResourcePolicy:
         related = exists().where(
             c.c.resource_pk == resource.c.pk, one_person(r.c.patient_id, c.c.patient_id),
             r.c.ods == a.ods,
-            or_(r.c.expires.is_(None), r.c.expires > now_text()),
+            or_(r.c.expires.is_(None), r.c.expires > NOW),
             *counted_relationship(r, a))
         return or_(related, self._glass_exists())
 
@@ -202,7 +232,7 @@ class ResourcePolicy:
         return exists().where(
             c.c.resource_pk == resource.c.pk, one_person(g.c.patient_id, c.c.patient_id),
             g.c.username == a.username, g.c.ods == a.ods, g.c.role == a.role,
-            g.c.expires > now_text())
+            g.c.expires > NOW)
 
     def scope_rule(self) -> ColumnElement | None:
         """SMART scopes narrow what may be read to the types they name: included, revincluded,
@@ -220,13 +250,16 @@ class ResourcePolicy:
         return resource.c.type.in_(sorted(types)) if types else false()
 
     def resource_filter(self) -> ColumnElement:
-        # Built once per request: every query of the request reuses the same expression.
+        # Built once per policy shape (see _BUILT): every query of every request with the same
+        # viewer, role, agreements and scopes reuses the same expression.
         if self._filter is None:
-            self._filter = self._build()
-            scoped = self.scope_rule()
-            if scoped is not None:
-                self._filter = and_(scoped, self._filter)
+            self._filter = _built(("all", *_shape(self.access)), self._build_scoped)
         return self._filter
+
+    def _build_scoped(self) -> ColumnElement:
+        built = self._build()
+        scoped = self.scope_rule()
+        return built if scoped is None else and_(scoped, built)
 
     _filter: ColumnElement | None = None
 
@@ -243,7 +276,7 @@ class ResourcePolicy:
                 self.relationship_rule()))
         return or_(resource.c.type.in_(sorted(DIRECTORY_TYPES)), patient_data)
 
-    def for_patient(self, glass: bool) -> "PatientPolicy":
+    def for_patient(self, glass: bool) -> PatientPolicy:
         return PatientPolicy(self, glass)
 
 
@@ -260,25 +293,32 @@ class PatientPolicy:
 
     def resource_filter(self) -> ColumnElement:
         if self._filter is None:
-            b = self.base
-            sensitive_ok = true() if self.glass else b.sensitivity_rule(glass=False)
-            self._filter = or_(resource.c.type.in_(sorted(DIRECTORY_TYPES)),
-                               and_(b.agreement_rule(), b.category_rule(), sensitive_ok,
-                                    b.objection_rule()))
-            scoped = b.scope_rule()
-            if scoped is not None:
-                self._filter = and_(scoped, self._filter)
+            self._filter = _built(("patient", self.glass, *_shape(self.base.access)),
+                                  self._build_filter)
         return self._filter
+
+    def _build_filter(self) -> ColumnElement:
+        b = self.base
+        sensitive_ok = true() if self.glass else b.sensitivity_rule(glass=False)
+        built = or_(resource.c.type.in_(sorted(DIRECTORY_TYPES)),
+                    and_(b.agreement_rule(), b.category_rule(), sensitive_ok,
+                         b.objection_rule()))
+        scoped = b.scope_rule()
+        return built if scoped is None else and_(scoped, built)
 
     def withheld_filter(self) -> ColumnElement:
         """What the viewer would see but for sensitivity labels (announced, never shown)."""
         if self._withheld is None:
-            b = self.base
-            self._withheld = false() if self.glass else and_(
-                resource.c.type.not_in(sorted(DIRECTORY_TYPES)), b.agreement_rule(),
-                b.category_rule(), b.objection_rule(), not_(b.sensitivity_rule(glass=False)),
-                *([s] if (s := b.scope_rule()) is not None else []))
+            self._withheld = _built(("withheld", self.glass, *_shape(self.base.access)),
+                                    self._build_withheld)
         return self._withheld
+
+    def _build_withheld(self) -> ColumnElement:
+        b = self.base
+        return false() if self.glass else and_(
+            resource.c.type.not_in(sorted(DIRECTORY_TYPES)), b.agreement_rule(),
+            b.category_rule(), b.objection_rule(), not_(b.sensitivity_rule(glass=False)),
+            *([s] if (s := b.scope_rule()) is not None else []))
 
 
 def decide(conn: Connection, access: Access, row: dict, patient_id: str | None) -> Decision:
