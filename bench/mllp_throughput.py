@@ -88,7 +88,9 @@ def main() -> None:
     p.add_argument("--nhs-numbers", action="store_true",
                    help="each patient carries a valid NHS number (linked to a Person on write)")
     p.add_argument("--compare-identity", action="store_true",
-                   help="also run with the identity write hook removed, for the cost of linking")
+                   help="also run with the identity write hooks removed, for the cost of linking")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="with --compare-identity: alternating on/off rounds")
     args = p.parse_args()
 
     from sharedcare.app import SharedCare
@@ -107,26 +109,35 @@ def main() -> None:
         from pyinstrument import Profiler
 
         profiler = Profiler(async_mode="disabled")
-    modes = ["identity linking on"] + (["identity linking off"] if args.compare_identity else [])
+    # With --compare-identity the two modes alternate (on, off, on, off), so the store's growth
+    # and the machine's other load fall on both alike; the overhead is the ratio of the sums.
+    modes = (["identity linking on", "identity linking off"] * args.rounds
+             if args.compare_identity else ["identity linking on"])
+    hooks = (list(sc.store.before_write), list(sc.store.after_write))
+    totals: dict[tuple[str, int], list[float]] = {}
     salt = 1
     for label in modes:
-        if label.endswith("off"):
-            sc.store.before_write[:] = [h for h in sc.store.before_write
-                                        if "identity" not in h.__module__]
-            sc.store.after_write[:] = [h for h in sc.store.after_write
-                                       if "identity" not in h.__module__]
+        on = label.endswith(" on")
+        sc.store.before_write[:] = [h for h in hooks[0] if on or "identity" not in h.__module__]
+        sc.store.after_write[:] = [h for h in hooks[1] if on or "identity" not in h.__module__]
         for c in args.connections:
             salt += 1
             nhs = nhs_numbers(args.messages, salt + os.getpid() % 50) if args.nhs_numbers else None
             if profiler:
                 profiler.start()
-            rate = run(service, "bench-adt", args.messages, c, f"R{c}{label[18:20]}x{os.getpid()}",
-                       nhs)
+            rate = run(service, "bench-adt", args.messages, c, f"R{c}{salt}x{os.getpid()}", nhs)
             if profiler:
                 profiler.stop()
+            totals.setdefault((label, c), []).append(rate)
             print(f"{backend}: {args.messages} ADT^A01 over {c} connection(s), {label}"
                   f"{', with NHS numbers' if nhs else ''}: {rate:,.0f} msg/s (ACK after commit)",
                   flush=True)
+    if args.compare_identity:
+        for c in args.connections:
+            on = sum(totals[("identity linking on", c)])
+            off = sum(totals[("identity linking off", c)])
+            print(f"{backend}, {c} connection(s): linking on is {100 * (1 - on / off):.1f}% "
+                  f"below off over {args.rounds} alternating round(s)")
     if profiler:
         Path(args.profile).write_text(profiler.output_html())
         print(profiler.output_text(unicode=False, color=False, show_all=False)[:6000])
