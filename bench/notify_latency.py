@@ -19,6 +19,7 @@ under the practice's policy at send time and audited.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -209,6 +210,8 @@ def run_backend(name: str, args) -> dict:
 
 
 def main() -> None:
+    # The receiver is on this machine: a deployment refuses private addresses unless named.
+    os.environ.setdefault("SHAREDCARE_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--latency", type=int, default=300, help="admissions for the latency run")

@@ -18,10 +18,13 @@ module only shapes and sends it:
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import os
 import smtplib
+import socket
 import ssl
 import threading
+import time
 from email.message import EmailMessage
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -31,6 +34,10 @@ from ..store.repository import Stored, instant
 from .events import TOPICS, main_code, topic_url
 
 ENV_SMTP = "SHAREDCARE_SMTP_URL"
+# Receivers on private, loopback or link-local addresses (an internal service, the cloud
+# metadata address) are refused unless named here: host names, addresses or networks,
+# comma-separated (e.g. "127.0.0.1,10.20.0.0/16,epr.trust.nhs.uk").
+ENV_ALLOWED_HOSTS = "SHAREDCARE_WEBHOOK_ALLOWED_HOSTS"
 ENV_BASE = "SHAREDCARE_BASE_URL"
 HTTP_TIMEOUT = float(os.environ.get("SHAREDCARE_NOTIFY_TIMEOUT", "10"))
 USER_AGENT = "sharedcare-notify/1"
@@ -124,10 +131,78 @@ def _drop(url) -> None:
         conn.close()
 
 
+def _allowed() -> tuple[set[str], list]:
+    names, nets = set(), []
+    for item in os.environ.get(ENV_ALLOWED_HOSTS, "").split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            names.add(item)
+    return names, nets
+
+
+def literal_refusal(host: str | None) -> str | None:
+    """At subscription time: a receiver given as a local name or a non-public address is
+    refused at once (names are resolved, and checked again, when sending)."""
+    if not host:
+        return "the endpoint has no host"
+    names, nets = _allowed()
+    if host.lower() in names:
+        return None
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
+            ".localhost"):
+        return _refusal(host)
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return None if ip.is_global or any(ip in n for n in nets) else _refusal(host)
+
+
+def _refusal(host: str) -> str:
+    return (f"{host} is a private or local address: notifications are only sent there when "
+            f"{ENV_ALLOWED_HOSTS} names it")
+
+
+_CHECKED: dict[tuple[str, int], tuple[float, str | None]] = {}
+
+
+def address_refusal(host: str | None, port: int | None) -> str | None:
+    """When sending: every address the host resolves to must be public or allowed, so a
+    subscriber cannot make the server POST to an internal service. Answers are kept 60 s."""
+    if not host:
+        return "the endpoint has no host"
+    names, nets = _allowed()
+    if host.lower() in names:
+        return None
+    key = (host.lower(), port or 0)
+    hit = _CHECKED.get(key)
+    if hit and hit[0] > time.monotonic():
+        return hit[1]
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port or 443, proto=socket.IPPROTO_TCP)
+        why = None
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+            if not ip.is_global and not any(ip in n for n in nets):
+                why = _refusal(host)
+                break
+    except (socket.gaierror, UnicodeError):
+        why = "the endpoint's host name does not resolve"
+    _CHECKED[key] = (time.monotonic() + 60, why)
+    return why
+
+
 def post(endpoint: str, body: bytes, headers: dict) -> int:
     """POST on a kept-alive connection; a connection the receiver closed while idle is
     reopened once. Returns the status; the answer's body is read and dropped, never logged."""
     url = urlparse(endpoint)
+    refused = address_refusal(url.hostname, url.port)
+    if refused:
+        raise DeliveryFailed("endpoint refused: private or unresolvable address")
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
     headers = {"User-Agent": USER_AGENT, "Content-Length": str(len(body)), **headers}
     for attempt in (1, 2):

@@ -29,6 +29,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from ..fhir.outcome import FHIRError
 from ..store.repository import Stored, now_utc, source_of
+from .channels import literal_refusal
 from .events import GOVERNANCE_EVENTS, TOPIC_BASE, TOPICS, forget_criteria, pad, topic_code
 from .schema import notify_subscription
 
@@ -96,6 +97,9 @@ def _check_endpoint(channel: str, endpoint: str | None, where: str) -> str:
         u = urlparse(endpoint)
         if u.scheme not in ("http", "https") or not u.netloc:
             raise _bad("a rest-hook channel needs an http(s) endpoint URL", where)
+        refused = literal_refusal(u.hostname)
+        if refused:
+            raise _bad(refused, where)
     elif channel == "email":
         address = endpoint.removeprefix("mailto:")
         if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):

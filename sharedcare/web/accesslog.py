@@ -43,6 +43,8 @@ ACTIONS = {
     "locate": ("Looked up your NHS number", "Tried to look up your NHS number"),
     "match": ("Checked who you are against your record", "Tried to check who you are"),
     "export": ("Included your record in a data export", "Tried to include your record in a data export"),
+    "notify": ("Was told that something happened in your care (a notification they asked for)",
+               "Was not told about something in your care: they may not see it"),
     "identity-link": ("Joined records from different services as yours",
                       "Tried to join records from different services as yours"),
     "identity-unlink": ("Separated a record that was wrongly joined to yours",

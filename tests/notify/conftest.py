@@ -10,6 +10,8 @@ def _tests_drive_the_worker(monkeypatch):
     """An app made by a fixture (``client``) runs no worker of its own here: each test drives
     its worker, so what ran when is what the test says."""
     monkeypatch.setenv("SHAREDCARE_NOTIFY_WORKER", "0")
+    # The tests' receivers listen on this machine, which a real deployment refuses.
+    monkeypatch.setenv("SHAREDCARE_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1,localhost")
 
 
 @pytest.fixture
