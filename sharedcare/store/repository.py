@@ -37,6 +37,7 @@ from ..fhir.codes import DATA_CATEGORY_SYSTEM, SENSITIVITY_SYSTEM, SOURCE_ORG_SY
 from ..fhir.compartment import patient_compartment_types
 from ..fhir.outcome import FHIRError, Issue, not_found
 from ..fhir.validation import problems
+from .db import replica_reads
 from .indexing import Indexer, IndexRows
 from .persons import patients_of_person
 from .schema import (
@@ -393,6 +394,17 @@ class Store:
             raise FHIRError.of(410, "deleted", f"{rtype}/{rid} version {v} is a deletion")
         return Stored(rtype, rid, v, lu, content.encode(), False)
 
+    # ------------------------------------------------------------------ reads: primary or replica
+    replica = None  # a store.db.ReadReplica, when SHAREDCARE_DATABASE_READ_URL names one
+
+    def _reader(self) -> Engine:
+        """Where this request's searches, history, $everything and exports read: the replica
+        when there is one and this request may use it (store.db.ReadReplicaMiddleware decides,
+        keeping read-your-writes), else the primary."""
+        if self.replica is not None and replica_reads():
+            return self.replica.engine
+        return self.engine
+
     def history(self, policy: AccessPolicy, rtype: str | None = None, rid: str | None = None,
                 since: str | None = None, count: int = 50, before_seq: int | None = None
                 ) -> tuple[list[tuple[str, Stored, str]], int | None]:
@@ -415,7 +427,7 @@ class Store:
             .order_by(resource_version.c.seq.desc())
             .limit(count + 1)
         )
-        with self.engine.connect() as conn:
+        with self._reader().connect() as conn:
             rows = conn.execute(stmt).all()
         if (rid and not rows and before_seq is None and not self.exists(rtype, rid)
                 and not self._any_version(rtype, rid)):
@@ -443,7 +455,7 @@ class Store:
         where = [resource.c.deleted == false(), *req.clauses, *visible]
         if rtype:
             where.insert(0, resource.c.type == rtype)
-        with self.engine.connect() as conn:
+        with self._reader().connect() as conn:
             if compartment_of is not None:
                 # The compartment follows the person: every partner's record of them.
                 where.append(resource.c.pk.in_(select(compartment.c.resource_pk).where(
@@ -487,11 +499,14 @@ class Store:
             if not offset.isdigit():
                 raise FHIRError.of(400, "invalid", "the paging cursor is not valid", "_cursor")
             start = int(offset)
-            pks = conn.execute(
-                select(search_result.c.resource_pk).where(
-                    search_result.c.search_id == sid, search_result.c.rank >= start,
-                    search_result.c.rank < start + req.count + 1).order_by(search_result.c.rank)
-            ).scalars().all()
+            snapshot = (select(search_result.c.resource_pk).where(
+                search_result.c.search_id == sid, search_result.c.rank >= start,
+                search_result.c.rank < start + req.count + 1).order_by(search_result.c.rank))
+            if conn.engine is self.engine:
+                pks = conn.execute(snapshot).scalars().all()
+            else:  # reading a replica: the snapshot was written to the primary, which has it
+                with self.engine.connect() as primary:
+                    pks = primary.execute(snapshot).scalars().all()
             if not pks and start > 0:
                 raise FHIRError.of(410, "expired", "this search's pages have expired; search again")
         else:
@@ -630,7 +645,7 @@ class Store:
             since_clause = []
         if cursor is not None and not cursor.isdigit():
             raise FHIRError.of(400, "invalid", "the paging cursor is not valid", "_cursor")
-        with self.engine.connect() as conn:
+        with self._reader().connect() as conn:
             pat = conn.execute(select(resource.c.pk).where(
                 resource.c.type == "Patient", resource.c.id == patient_id,
                 resource.c.deleted == false(), *visible)).first()
@@ -689,7 +704,7 @@ class Store:
                 conds.append(resource.c.type.in_(list(types)))
             if since:
                 conds.append(resource.c.last_updated >= since)
-            with self.engine.connect() as conn:
+            with self._reader().connect() as conn:
                 rows = conn.execute(
                     select(resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
                            resource.c.last_updated, resource.c.content)
