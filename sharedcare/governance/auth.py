@@ -49,7 +49,7 @@ class Scope:
     perms: frozenset[str]  # subset of c r u d s
 
     @classmethod
-    def parse(cls, text: str) -> "Scope | None":
+    def parse(cls, text: str) -> Scope | None:
         m = SCOPE_RE.match(text)
         if not m:
             return None
