@@ -101,6 +101,10 @@ def nav_links(access: Access) -> list[tuple[str, str]]:
                   ("/admin/agreements", "Agreements"), ("/governance/audit", "Audit trail")]
     if role in ("ig-lead", "sysadmin", "data-quality"):
         links.append(("/identity/review", "Identity review"))
+    from ..notify.pages import STAFF
+
+    if role in STAFF:
+        links.append(("/notifications", "Notifications"))
     if role == "patient":
         links.append(("/my-record/access-log", "Who looked at my record"))
     else:
