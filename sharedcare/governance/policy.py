@@ -24,13 +24,14 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
 )
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import DIRECTORY_TYPES
 from ..fhir.compartment import patient_compartment_types
 from ..store.persons import same_person
-from ..store.schema import compartment, resource
+from ..store.schema import compartment, person_link, resource
 from .schema import agreement, agreement_party, break_glass, care_relationship, patient_choice
 
 DIRECT_CARE = "direct-care"
@@ -202,8 +203,7 @@ class ResourcePolicy:
             # The national data opt-out applies to planning and research, never direct care.
             kinds.append(o.c.kind == "national-opt-out")
         # NOT EXISTS correlated on the row: an index probe per row, not a re-sorted subquery.
-        objected = exists().where(c.c.resource_pk == resource.c.pk,
-                                  one_person(o.c.patient_id, c.c.patient_id), or_(*kinds))
+        objected = for_person_of_row(c, o.c.patient_id, or_(*kinds))
         own = resource.c.source_org == a.ods if a.ods else false()
         return or_(own, not_(objected))
 
@@ -218,9 +218,8 @@ class ResourcePolicy:
         a = self.access
         c = compartment.alias("rc")
         r = care_relationship.alias("rr")
-        related = exists().where(
-            c.c.resource_pk == resource.c.pk, one_person(r.c.patient_id, c.c.patient_id),
-            r.c.ods == a.ods,
+        related = for_person_of_row(
+            c, r.c.patient_id, r.c.ods == a.ods,
             or_(r.c.expires.is_(None), r.c.expires > NOW),
             *counted_relationship(r, a))
         return or_(related, self._glass_exists())
@@ -229,9 +228,8 @@ class ResourcePolicy:
         a = self.access
         c = compartment.alias("gc")
         g = break_glass.alias("gg")
-        return exists().where(
-            c.c.resource_pk == resource.c.pk, one_person(g.c.patient_id, c.c.patient_id),
-            g.c.username == a.username, g.c.ods == a.ods, g.c.role == a.role,
+        return for_person_of_row(
+            c, g.c.patient_id, g.c.username == a.username, g.c.ods == a.ods, g.c.role == a.role,
             g.c.expires > NOW)
 
     def scope_rule(self) -> ColumnElement | None:
@@ -378,6 +376,24 @@ def decide(conn: Connection, access: Access, row: dict, patient_id: str | None) 
     return Decision("permit", reasons)
 
 
+def for_person_of_row(c, recorded_for, *conds) -> ColumnElement:
+    """EXISTS a row (relationship, choice, break-glass) recorded against the person of any of
+    the resource row's compartment patients -- `one_person` per row, as two indexed probes:
+    the patient's own rows, then the rows of the person's other records through person_link.
+    One EXISTS with `recorded_for = p OR recorded_for IN (same person as p)` cannot use the
+    index on `recorded_for`: PostgreSQL walked every relationship of the viewer's organisation
+    (thousands at a GP practice), or every patient choice, for every candidate row."""
+    mine = person_link.alias(f"{c.name}_pm")
+    theirs = person_link.alias(f"{c.name}_pt")
+    direct = exists().where(c.c.resource_pk == resource.c.pk, recorded_for == c.c.patient_id,
+                            *conds)
+    linked = exists().where(c.c.resource_pk == resource.c.pk, mine.c.patient_id == c.c.patient_id,
+                            theirs.c.person_key == mine.c.person_key,
+                            theirs.c.patient_id != mine.c.patient_id,
+                            recorded_for == theirs.c.patient_id, *conds)
+    return or_(direct, linked)
+
+
 def one_person(recorded_for, patient) -> ColumnElement:
     """A relationship, choice or break-glass recorded against any of the person's Patient
     records covers all of them (store/persons.py keeps who is the same person)."""
@@ -392,17 +408,50 @@ def counted_relationship(r, access: Access) -> list[ColumnElement]:
             or_(r.c.review_status.is_(None), r.c.review_status != "rejected")]
 
 
+def _explain_statement():
+    """One statement, built once: the viewer's relationships and break-glass for the person,
+    as (part, kind, source, username, reason, review). The person's records are an IN over
+    `the patient UNION ALL the person's other records`, which each probe answers through its
+    (ods, patient) or (username, patient) index; `one_person`'s OR would keep the planner off
+    the patient column and walk every relationship of the organisation (thousands at a GP
+    practice) on every check."""
+    pid, ods, user, role, now = (bindparam("x_patient", type_=String),
+                                 bindparam("x_ods", type_=String),
+                                 bindparam("x_user", type_=String),
+                                 bindparam("x_role", type_=String),
+                                 bindparam("x_now", type_=String))
+
+    def person():
+        return union_all(select(pid.label("patient_id")), same_person(pid))
+
+    r, g = care_relationship, break_glass
+    rels = select(literal(0).label("part"), r.c.kind, r.c.source, r.c.username, r.c.reason,
+                  r.c.review_status).where(
+        r.c.patient_id.in_(person()), r.c.ods == ods,
+        or_(r.c.expires.is_(None), r.c.expires > now))
+    glass = select(literal(1).label("part"), literal("glass"), literal(None, String),
+                   literal(None, String), g.c.reason, literal(None, String)).where(
+        g.c.username == user, g.c.patient_id.in_(person()), g.c.ods == ods, g.c.role == role,
+        g.c.expires > now)
+    return union_all(rels, glass)
+
+
+_EXPLAIN = None
+
+
 def explain_relationship(conn: Connection, access: Access, patient_id: str) -> list[str]:
     """The legitimate relationships that let `access` see this patient, in words."""
-    out = []
-    now = now_text()
-    for kind, source, username, reason, review in conn.execute(
-            select(care_relationship.c.kind, care_relationship.c.source,
-                   care_relationship.c.username, care_relationship.c.reason,
-                   care_relationship.c.review_status)
-            .where(one_person(care_relationship.c.patient_id, patient_id),
-                   care_relationship.c.ods == access.ods,
-                   or_(care_relationship.c.expires.is_(None), care_relationship.c.expires > now))):
+    global _EXPLAIN
+    if _EXPLAIN is None:
+        _EXPLAIN = _explain_statement()
+    out, glass = [], []
+    rows = conn.execute(_EXPLAIN, {"x_patient": patient_id, "x_ods": access.ods,
+                                   "x_user": access.username, "x_role": access.role,
+                                   "x_now": now_text()}).all()
+    for part, kind, source, username, reason, review in rows:
+        if part == 1:
+            glass.append(f"you broke glass: {reason}")
+            continue
         if username and username != access.username or review == "rejected":
             continue
         out.append({
@@ -413,10 +462,4 @@ def explain_relationship(conn: Connection, access: Access, patient_id: str) -> l
             "care-team": f"{access.ods} is in the patient's care team ({source})",
             "declared": f"you declared a relationship: {reason}",
         }.get(kind, kind))
-    for (reason,) in conn.execute(select(break_glass.c.reason).where(
-            break_glass.c.username == access.username,
-            one_person(break_glass.c.patient_id, patient_id),
-            break_glass.c.ods == access.ods, break_glass.c.role == access.role,
-            break_glass.c.expires > now)):
-        out.append(f"you broke glass: {reason}")
-    return out
+    return out + glass
