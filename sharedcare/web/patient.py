@@ -12,6 +12,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import cached_property
 from urllib.parse import quote
 
 from sqlalchemy import select
@@ -33,7 +34,9 @@ from ..identity.matching import normalise_name, normalise_postcode
 from ..identity.nicknames import canonical
 from .core import CLINICAL_ROLES, page, render
 
-PAGE_SIZE = 1000  # gov.everything page; the view pages through all of them in one request
+# gov.everything page; the view pages through all of them in one request. Large enough that a
+# record of Synthea depth with thousands of results is one governed query and one audit event.
+PAGE_SIZE = 5000
 MIN_REASON = 10
 
 # ----------------------------------------------------------------------------- small helpers
@@ -211,46 +214,59 @@ class Item:
     def ref(self) -> str:
         return f"{self.type}/{self.id}"
 
-    @property
+    # Each is asked for several times per item (sorting, sections, the template) and a record
+    # holds thousands of items: worked out once per item, within the request that made it.
+    @cached_property
     def ago(self) -> str:
         return ago(self.when)
 
-    @property
+    @cached_property
     def date(self) -> str:
         return nice_date(self.when)
 
-    @property
+    @cached_property
     def sort_key(self) -> str:
         w = parse_when(self.when)
         return w.isoformat() if w else ""
 
 
+def _period(res: dict, key: str) -> str | None:
+    return (res.get(key) or {}).get("start")
+
+
+def _document_dates(res: dict) -> list:
+    return [res.get("date"), *[(c.get("attachment") or {}).get("creation")
+                               for c in res.get("content") or []]]
+
+
+# Where each type keeps the date the page shows, first found wins (looked up per type, so an
+# item costs only its own type's candidates).
+_WHEN = {
+    "Encounter": lambda r: [_period(r, "period")],
+    "Observation": lambda r: [r.get("effectiveDateTime"), _period(r, "effectivePeriod"),
+                              r.get("issued")],
+    "DiagnosticReport": lambda r: [r.get("effectiveDateTime"), _period(r, "effectivePeriod"),
+                                   r.get("issued")],
+    "Condition": lambda r: [r.get("onsetDateTime"), r.get("recordedDate")],
+    "MedicationRequest": lambda r: [r.get("authoredOn")],
+    "MedicationStatement": lambda r: [r.get("effectiveDateTime"), _period(r, "effectivePeriod"),
+                                      r.get("dateAsserted")],
+    "AllergyIntolerance": lambda r: [r.get("recordedDate"), r.get("onsetDateTime")],
+    "CarePlan": lambda r: [r.get("created"), _period(r, "period")],
+    "CareTeam": lambda r: [_period(r, "period")],
+    "EpisodeOfCare": lambda r: [_period(r, "period")],
+    "DocumentReference": _document_dates,
+    "QuestionnaireResponse": lambda r: [r.get("authored")],
+    "ServiceRequest": lambda r: [r.get("authoredOn"), _period(r, "occurrencePeriod")],
+    "Flag": lambda r: [_period(r, "period")],
+    "Procedure": lambda r: [r.get("performedDateTime"), _period(r, "performedPeriod")],
+    "Immunization": lambda r: [r.get("occurrenceDateTime")],
+}
+
+
 def _when(res: dict, last_updated: str | None) -> str | None:
-    t = res.get("resourceType")
-    period = lambda k: (res.get(k) or {}).get("start")
-    candidates = {
-        "Encounter": [period("period")],
-        "Observation": [res.get("effectiveDateTime"), period("effectivePeriod"), res.get("issued")],
-        "DiagnosticReport": [res.get("effectiveDateTime"), period("effectivePeriod"),
-                             res.get("issued")],
-        "Condition": [res.get("onsetDateTime"), res.get("recordedDate")],
-        "MedicationRequest": [res.get("authoredOn")],
-        "MedicationStatement": [res.get("effectiveDateTime"), period("effectivePeriod"),
-                                res.get("dateAsserted")],
-        "AllergyIntolerance": [res.get("recordedDate"), res.get("onsetDateTime")],
-        "CarePlan": [res.get("created"), period("period")],
-        "CareTeam": [period("period")],
-        "EpisodeOfCare": [period("period")],
-        "DocumentReference": [res.get("date"),
-                              *[(c.get("attachment") or {}).get("creation")
-                                for c in res.get("content") or []]],
-        "QuestionnaireResponse": [res.get("authored")],
-        "ServiceRequest": [res.get("authoredOn"), period("occurrencePeriod")],
-        "Flag": [period("period")],
-        "Procedure": [res.get("performedDateTime"), period("performedPeriod")],
-        "Immunization": [res.get("occurrenceDateTime")],
-    }.get(t, [])
-    for c in candidates:
+    candidates = _WHEN.get(res.get("resourceType"))
+    for c in candidates(res) if candidates else ():
         if c:
             return c
     lu = (res.get("meta") or {}).get("lastUpdated") or last_updated
