@@ -27,6 +27,7 @@ from .operations import lastn as lastn_op
 from .operations import match as match_op
 from .operations import openapi as openapi_op
 from .operations import patch as patch_op
+from .operations import status as status_op
 from .operations import summary as summary_op
 from .operations.http import (
     error_response,
@@ -109,6 +110,7 @@ class FhirApi:
             Route("/fhir/Patient/{id}/$everything", h(self.everything), methods=["GET", "POST"]),
             Route("/fhir/Patient/{id}/$summary", h(self.summary), methods=["GET"]),
             Route("/fhir/Observation/$lastn", h(self.lastn), methods=["GET"]),
+            Route("/fhir/Subscription/{id}/$status", h(self.status), methods=["GET"]),
             Route("/fhir/{type}", h(self.type_level),
                   methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
             Route("/fhir/{type}/_search", h(self.search_post), methods=["POST"]),
@@ -344,6 +346,9 @@ class FhirApi:
 
     def summary(self, request: Request, raw: bytes) -> Response:
         return summary_op.handle(self, request)
+
+    def status(self, request: Request, raw: bytes) -> Response:
+        return status_op.handle(self, request)
 
     def vread(self, request: Request, raw: bytes) -> Response:
         rtype, rid, vid = (request.path_params[k] for k in ("type", "id", "vid"))

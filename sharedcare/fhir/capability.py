@@ -31,6 +31,9 @@ OPERATIONS = [
      "the latest max Observations of each code for one patient"),
     ("summary", "http://hl7.org/fhir/uv/ips/OperationDefinition/summary", "Patient",
      "/Patient/{id}/$summary", ("GET",), "an International Patient Summary document"),
+    ("status", ("http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
+                "backport-subscription-status"), "Subscription", "/Subscription/{id}/$status", ("GET",),
+     "a subscription's SubscriptionStatus (Subscriptions Backport)"),
 ]
 
 
@@ -66,15 +69,20 @@ def _resources(indexer) -> tuple:
                                       if sp.type == "reference"],
             "searchRevInclude": ["*"],
         }
-        ops = [{"name": name, "definition": definition}
-               for name, definition, on, *_ in OPERATIONS if on == rtype]
-        if ops:
-            res["operation"] = ops
-        out.append(res)
+        out.append(_with_operations(res))
     from ..notify.capability import subscription_resource
 
-    out.append(subscription_resource())  # stored by the generic routes, served by notify/
+    # stored by the generic routes, served by notify/
+    out.append(_with_operations(subscription_resource()))
     return tuple(out)
+
+
+def _with_operations(res: dict) -> dict:
+    ops = [{"name": name, "definition": definition}
+           for name, definition, on, *_ in OPERATIONS if on == res["type"]]
+    if ops:
+        res["operation"] = [*res.get("operation", []), *ops]
+    return res
 
 
 def capability_statement(indexer, base_url: str) -> dict:

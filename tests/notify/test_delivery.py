@@ -365,3 +365,28 @@ def test_caseload_team_told_of_a_discharge(sc):
     (item,) = inbox(sc, team)
     assert item.kind == "discharge"
     assert sub_row(sc, caseload).sent == 1 and sub_row(sc, registered).events == 0
+
+
+def test_status_operation_reports_the_subscription_as_its_owner_reads_it(sc, client, receiver):
+    """Subscription/{id}/$status: the backport SubscriptionStatus, governed as reading the
+    Subscription (one audit event); an unknown or malformed id is an OperationOutcome."""
+    world(sc)
+    r = client.post("/fhir/Subscription", json={
+        "resourceType": "Subscription", "status": "requested", "reason": "admissions",
+        "criteria": "Encounter?class=IMP",
+        "channel": {"type": "rest-hook", "endpoint": receiver.url}})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    got = client.get(f"/fhir/Subscription/{sid}/$status")
+    assert got.status_code == 200, got.text
+    params = {p["name"]: p for p in got.json()["parameter"]}
+    assert got.json()["resourceType"] == "Parameters"
+    assert params["subscription"]["valueReference"]["reference"] == f"Subscription/{sid}"
+    assert params["type"]["valueCode"] == "query-status"
+    assert params["status"]["valueCode"] in ("requested", "active")
+    missing = client.get("/fhir/Subscription/no-such-one/$status")
+    assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
+    assert client.get(f"/fhir/Subscription/{sid}/$status?x=1").status_code == 400
+    capability = client.get("/fhir/metadata").json()
+    sub = next(r for r in capability["rest"][0]["resource"] if r["type"] == "Subscription")
+    assert "status" in {o["name"] for o in sub["operation"]}
