@@ -358,15 +358,32 @@ def _num(v: float | None) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
+# Types whose whole resource the page reads after the item is made (sections, the banner, care
+# plans, documents, assessments, contacts); an Observation keeps what the trend charts read.
+# Every other item keeps only its type: a Synthea-depth record is thousands of parsed JSON
+# trees (claims and explanations of benefit are the largest), and keeping them all alive to
+# the end of the request made the interpreter's full garbage collections -- 100-250 ms pauses
+# -- land on about one view in ten.
+KEEP_WHOLE = frozenset({"Patient", "CarePlan", "DocumentReference", "QuestionnaireResponse",
+                        "CareTeam", "EpisodeOfCare", "MedicationRequest", "MedicationStatement",
+                        "Condition", "AllergyIntolerance", "Flag"})
+KEEP_OBSERVATION = ("resourceType", "code", "valueQuantity", "component")
+
+
 def make_item(stored, names: dict[str, str]) -> Item:
     res = stored.json()
     src = tag(res, SOURCE_ORG_SYSTEM)
     title, detail, status = _title(res)
-    return Item(type=stored.type, id=stored.id, res=res, title=title or stored.type,
+    item = Item(type=stored.type, id=stored.id, res=res, title=title or stored.type,
                 when=_when(res, stored.last_updated), source=src,
                 source_name=names.get(src or "", src or "unknown source"),
                 category=category_of(stored.type, tag(res, DATA_CATEGORY_SYSTEM)),
                 labels=sensitivity(res), detail=detail, status=status)
+    if stored.type == "Observation":
+        item.res = {k: res[k] for k in KEEP_OBSERVATION if k in res}
+    elif stored.type not in KEEP_WHOLE:
+        item.res = {"resourceType": stored.type}
+    return item
 
 
 # ----------------------------------------------------------------------------- results / trends
