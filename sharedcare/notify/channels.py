@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import orjson
 
-from ..store.repository import Stored, instant
+from ..store.repository import Stored, instant, now_utc
 from .events import TOPICS, main_code, topic_url
 
 ENV_SMTP = "SHAREDCARE_SMTP_URL"
@@ -95,6 +95,40 @@ def notification_bundle(sub, ev, number: int, content: str, stored: Stored | Non
                         "response": {"status": "200"}})
     return {"resourceType": "Bundle", "id": _uuid("bundle", sub.id, ev.id), "type": "history",
             "timestamp": instant(ev.created), "entry": entries}
+
+
+def heartbeat_bundle(sub) -> dict:
+    """A Subscriptions Backport heartbeat: a history Bundle holding only the SubscriptionStatus
+    (type heartbeat, the events so far): the channel is alive, nothing happened."""
+    sub_ref = f"Subscription/{sub.resource_id}" if sub.resource_id else f"Subscription/{sub.id}"
+    stamp = instant(now_utc())
+    status = {
+        "resourceType": "Parameters",
+        "meta": {"profile": [STATUS_PROFILE]},
+        "parameter": [
+            {"name": "subscription", "valueReference": {"reference": sub_ref}},
+            {"name": "topic", "valueCanonical": sub.criteria},
+            {"name": "status", "valueCode": sub.status},
+            {"name": "type", "valueCode": "heartbeat"},
+            {"name": "events-since-subscription-start", "valueString": str(sub.events)},
+        ],
+    }
+    return {"resourceType": "Bundle", "id": _uuid("heartbeat", sub.id, stamp),
+            "type": "history", "timestamp": stamp,
+            "entry": [{"fullUrl": f"urn:uuid:{_uuid('heartbeat-status', sub.id, stamp)}",
+                       "resource": status,
+                       "request": {"method": "GET", "url": f"{sub_ref}/$status"},
+                       "response": {"status": "200"}}]}
+
+
+def send_heartbeat(sub) -> None:
+    headers = {"Content-Type": "application/fhir+json"}
+    for h in orjson.loads(sub.headers or "[]"):
+        name, _, value = h.partition(":")
+        headers[name.strip()] = value.strip()
+    status = post(sub.endpoint, orjson.dumps(heartbeat_bundle(sub)), headers)
+    if not 200 <= status < 300:
+        raise DeliveryFailed(f"HTTP {status}")
 
 
 def _uuid(*parts) -> str:

@@ -74,6 +74,8 @@ notify_subscription = Table(
     Column("end", String(32)),
     Column("created", String(32), nullable=False),
     Column("events", Integer, nullable=False, default=0),  # events since start (backport)
+    Column("heartbeat", Integer),  # seconds between heartbeats (backport-heartbeat-period)
+    Column("last_sent", String(32)),  # the last notification or heartbeat sent (UTC text)
     Column("sent", Integer, nullable=False, default=0),
     Column("refused", Integer, nullable=False, default=0),
     Column("dead", Integer, nullable=False, default=0),

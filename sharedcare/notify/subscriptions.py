@@ -19,6 +19,7 @@ staff inbox.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from .schema import notify_subscription
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
 FILTER_EXT = BACKPORT + "backport-filter-criteria"
 CONTENT_EXT = BACKPORT + "backport-payload-content"
+HEARTBEAT_EXT = BACKPORT + "backport-heartbeat-period"
+MIN_HEARTBEAT = int(os.environ.get("SHAREDCARE_NOTIFY_MIN_HEARTBEAT", "60"))
 CHANNELS = ("rest-hook", "email", "inbox")
 PAYLOADS = ("", "application/fhir+json", "application/json")
 CONTENTS = ("empty", "id-only", "full-resource")
@@ -57,6 +60,7 @@ class Spec:
     payload: str
     headers: list[str]
     end: str | None
+    heartbeat: int | None = None
 
 
 def _dict(x) -> dict:
@@ -162,8 +166,17 @@ def parse(store, res: dict) -> Spec:
         if content not in CONTENTS:
             raise _bad("backport-payload-content must be empty, id-only or full-resource",
                        "Subscription.channel._payload.extension")
+        heartbeat = None
+        for ext in _list(channel.get("extension")):
+            if isinstance(ext, dict) and ext.get("url") == HEARTBEAT_EXT:
+                heartbeat = ext.get("valueUnsignedInt")
+                if not isinstance(heartbeat, int) or isinstance(heartbeat, bool) \
+                        or not MIN_HEARTBEAT <= heartbeat <= 86_400:
+                    raise _bad(f"backport-heartbeat-period must be a valueUnsignedInt of "
+                               f"{MIN_HEARTBEAT} to 86400 seconds",
+                               "Subscription.channel.extension")
         return Spec("topic", status, criteria, rtype, flt, pad([code]), ctype, endpoint,
-                    content, headers, end)
+                    content, headers, end, heartbeat)
     rtype = _check_search(store, criteria, "Subscription.criteria")
     payload = channel.get("payload") or ""
     if not isinstance(payload, str) or payload not in PAYLOADS:
@@ -206,7 +219,7 @@ def mirror_subscriptions(store, conn: Connection, written: list[Stored]) -> None
                   "topics": spec.topics, "scope": None, "channel": spec.channel,
                   "endpoint": spec.endpoint, "payload": spec.payload,
                   "headers": orjson.dumps(spec.headers).decode(), "end": spec.end,
-                  **_owner(existing, res)}
+                  "heartbeat": spec.heartbeat, **_owner(existing, res)}
         if existing is None:
             conn.execute(insert(notify_subscription), [{
                 "id": sid, "created": now_utc(), "events": 0, "sent": 0, "refused": 0,

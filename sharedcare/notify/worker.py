@@ -62,7 +62,7 @@ from ..governance.schema import break_glass, care_relationship
 from ..logsafe import log_failure
 from ..store.repository import PermitAll, Stored, WriteOp, now_utc
 from ..store.schema import compartment, resource
-from .channels import SENDERS, DeliveryFailed
+from .channels import SENDERS, DeliveryFailed, send_heartbeat
 from .events import GOVERNANCE_EVENTS, main_code
 from .schema import notify_delivery, notify_event, notify_inbox, notify_subscription
 
@@ -540,6 +540,8 @@ class NotifyWorker:
             values = {"sent": notify_subscription.c.sent + sent,
                       "refused": notify_subscription.c.refused + refused,
                       "lease_until": later(self.lease_seconds)}
+            if sent:
+                values["last_sent"] = now_utc()
             if sent and sub.status == "error":
                 values["status"] = "active"
             conn.execute(update(notify_subscription).where(
@@ -584,6 +586,35 @@ class NotifyWorker:
                 notify_event.c.dispatched == true(), notify_event.c.created < cutoff,
                 ~delivered)).rowcount
 
+    def heartbeats(self) -> int:
+        """Topic subscriptions with a heartbeat period that have been sent nothing for that long
+        get a heartbeat (no event, no patient data): the receiver knows the channel is alive.
+        Each is claimed by an UPDATE guarded on last_sent, so one server sends it; a failed
+        heartbeat is not retried (the next period sends another)."""
+        with self.store.engine.connect() as conn:
+            subs = conn.execute(select(notify_subscription).where(
+                notify_subscription.c.heartbeat.isnot(None),
+                notify_subscription.c.status == "active",
+                notify_subscription.c.channel == "rest-hook")).all()
+        sent = 0
+        for sub in subs:
+            cutoff = later(-sub.heartbeat)
+            if (sub.last_sent or sub.created) > cutoff or _passed(sub.end):
+                continue
+            with self.store.begin_write() as conn, conn.begin():
+                quiet = (notify_subscription.c.last_sent <= cutoff if sub.last_sent else
+                         notify_subscription.c.last_sent.is_(None))
+                if not conn.execute(update(notify_subscription).where(
+                        notify_subscription.c.id == sub.id, quiet)
+                        .values(last_sent=now_utc())).rowcount:
+                    continue  # another worker sent it
+            try:
+                send_heartbeat(sub)
+                sent += 1
+            except DeliveryFailed as e:
+                log_failure(log, "heartbeat not delivered", e)
+        return sent
+
     def run_once(self) -> int:
         """One pass: activate, dispatch, deliver. Returns how much work was done."""
         if time.monotonic() - self._pruned > PRUNE_EVERY:
@@ -592,7 +623,7 @@ class NotifyWorker:
                 self.prune()
             except SQLAlchemyError as e:
                 log_failure(log, "notification prune failed", e)
-        work = self.activate() + self.dispatch()
+        work = self.activate() + self.dispatch() + self.heartbeats()
         claimed = self.claim()
         if not claimed:
             return work

@@ -390,3 +390,55 @@ def test_status_operation_reports_the_subscription_as_its_owner_reads_it(sc, cli
     capability = client.get("/fhir/metadata").json()
     sub = next(r for r in capability["rest"][0]["resource"] if r["type"] == "Subscription")
     assert "status" in {o["name"] for o in sub["operation"]}
+
+
+def test_a_quiet_topic_subscription_gets_heartbeats(sc, client, receiver):
+    """backport-heartbeat-period: when nothing has been sent for that long the receiver gets a
+    heartbeat Bundle (the status only: no event, no patient data), once per period, whichever
+    worker runs; a period below the server's minimum is a 400 naming the field."""
+    from sqlalchemy import update
+
+    from sharedcare.store.repository import now_utc
+
+    world(sc)
+    sub = {"resourceType": "Subscription", "status": "requested", "reason": "admissions",
+           "criteria": "https://fhir.sharedcare.org.uk/SubscriptionTopic/admission",
+           "channel": {"type": "rest-hook", "endpoint": receiver.url,
+                       "payload": "application/fhir+json",
+                       "header": ["X-Partner-Key: k9"],
+                       "extension": [{"url": BACKPORT + "backport-heartbeat-period",
+                                      "valueUnsignedInt": 60}]}}
+    bad = {**sub, "channel": {**sub["channel"], "extension": [
+        {"url": BACKPORT + "backport-heartbeat-period", "valueUnsignedInt": 5}]}}
+    refused = client.post("/fhir/Subscription", json=bad)
+    assert refused.status_code == 400
+    assert "Subscription.channel.extension" in refused.text
+    r = client.post("/fhir/Subscription", json=sub)
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    a, b = worker(sc), worker(sc)
+    a.drain()
+    assert receiver.received == [], "not quiet for a period yet"
+
+    def quiet_for(seconds: int) -> None:
+        from datetime import UTC, datetime, timedelta
+
+        then = (datetime.now(UTC) - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        with sc.engine.begin() as conn:
+            conn.execute(update(notify_subscription).where(
+                notify_subscription.c.resource_id == sid).values(created=then, last_sent=None))
+
+    quiet_for(61)
+    assert a.heartbeats() + b.heartbeats() == 1, "one heartbeat, whichever worker"
+    (beat,) = receiver.received
+    bundle = beat.json()
+    assert bundle["type"] == "history" and len(bundle["entry"]) == 1
+    params = {p["name"]: p for p in bundle["entry"][0]["resource"]["parameter"]}
+    assert params["type"]["valueCode"] == "heartbeat"
+    assert params["subscription"]["valueReference"]["reference"] == f"Subscription/{sid}"
+    assert beat.headers["x-partner-key"] == "k9"
+    assert a.heartbeats() == 0, "sent one this period"
+    with sc.engine.connect() as conn:
+        last = conn.execute(select(notify_subscription.c.last_sent).where(
+            notify_subscription.c.resource_id == sid)).scalar_one()
+    assert last and last <= now_utc()
