@@ -121,9 +121,8 @@ def test_expired_entries_do_not_count_and_are_cleaned(pair, state_backend):
         assert not a.client.exists(a._key("k", "short"))
 
 
+@pytest.mark.parametrize("state_backend", ["database"], indirect=True)  # Redis expires keys
 def test_writes_sweep_expired_rows_now_and_then(pair, state_backend, monkeypatch):
-    if state_backend != "database":
-        pytest.skip("Redis expires keys itself")
     from sharedcare.store import shared_state as mod
 
     a, _b = pair
