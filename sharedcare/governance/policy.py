@@ -378,19 +378,24 @@ def decide(conn: Connection, access: Access, row: dict, patient_id: str | None) 
 
 def for_person_of_row(c, recorded_for, *conds) -> ColumnElement:
     """EXISTS a row (relationship, choice, break-glass) recorded against the person of any of
-    the resource row's compartment patients -- `one_person` per row, as two indexed probes:
-    the patient's own rows, then the rows of the person's other records through person_link.
-    One EXISTS with `recorded_for = p OR recorded_for IN (same person as p)` cannot use the
-    index on `recorded_for`: PostgreSQL walked every relationship of the viewer's organisation
-    (thousands at a GP practice), or every patient choice, for every candidate row."""
+    the resource row's compartment patients -- `one_person` per row, as indexed probes: the
+    row's compartment patients (by row key), then for each, the rows recorded against that
+    patient, or against the person's other records through person_link. One EXISTS with
+    `recorded_for = p OR recorded_for IN (same person as p)` cannot use the index on
+    `recorded_for`: PostgreSQL walked every relationship of the viewer's organisation
+    (thousands at a GP practice), or every patient choice, for every candidate row. The probe
+    of the recorded rows is an EXISTS of its own inside the compartment's, so that SQLite (no
+    planner statistics) cannot start from the organisation's relationships either."""
     mine = person_link.alias(f"{c.name}_pm")
     theirs = person_link.alias(f"{c.name}_pt")
-    direct = exists().where(c.c.resource_pk == resource.c.pk, recorded_for == c.c.patient_id,
-                            *conds)
+    direct = exists().where(c.c.resource_pk == resource.c.pk,
+                            exists().where(recorded_for == c.c.patient_id, *conds)
+                            .correlate(resource, c))
     linked = exists().where(c.c.resource_pk == resource.c.pk, mine.c.patient_id == c.c.patient_id,
                             theirs.c.person_key == mine.c.person_key,
                             theirs.c.patient_id != mine.c.patient_id,
-                            recorded_for == theirs.c.patient_id, *conds)
+                            exists().where(recorded_for == theirs.c.patient_id, *conds)
+                            .correlate(resource, theirs))
     return or_(direct, linked)
 
 
