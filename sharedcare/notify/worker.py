@@ -532,7 +532,9 @@ class NotifyWorker:
                     refused += 1
                 self.gov.audit(access, "notify", "0" if status == "sent" else "4",
                                patient_id=d.patient_id,
-                               entity=f"{d.rtype}/{d.rid} via {sub.channel} ({sub.id})",
+                               # which subscription is in notify_delivery: its id names an
+                               # organisation by code, which pages must not show
+                               entity=f"{d.rtype}/{d.rid} via {sub.channel}",
                                reason=reason if status != "sent" else
                                f"notification {_first_code(d, sub) or 'write'} sent", conn=conn)
             if inbox:
