@@ -183,6 +183,21 @@ def build(sc, persons: int, deep_every: int, seed: int) -> dict:
             "deep_persons": deep}
 
 
+def add_choices(sc, persons: int) -> int:
+    """Patients' choices as a real population has them, so the objection rule has rows to look
+    at: one person in 20 has the national data opt-out (England: ~5%), one in 200 objects to
+    sharing with an organisation outside this bench. Neither changes what the GP may see for
+    direct care; both are Consents written through the product (`Governance.record_choice`)."""
+    gov, n = sc.governance, 0
+    for i in range(0, persons, 20):
+        gov.record_choice(f"g{i}", "national-opt-out")
+        n += 1
+        if i % 200 == 0:
+            gov.record_choice(f"g{i}", "objection-to", "RXXX9")
+            n += 1
+    return n
+
+
 # ------------------------------------------------------------------------------ measuring
 def first_page(gov, access, pid: str) -> int:
     return len(gov.everything(access, pid, 100).matches)
@@ -265,6 +280,13 @@ def main() -> int:
         print(f"built {built['persons']:,} persons, {built['resources']:,} resources "
               f"({built['resources'] / built['persons']:.0f} a person) in "
               f"{built['seconds']:.0f} s ({built['resources'] / built['seconds']:,.0f}/s)")
+    with sc.engine.connect() as conn:
+        consents = conn.execute(select(func.count()).select_from(resource).where(
+            resource.c.type == "Consent")).scalar_one()
+    if not consents:
+        t = time.perf_counter()
+        print(f"recorded {add_choices(sc, args.persons):,} patient choices in "
+              f"{time.perf_counter() - t:.0f} s")
     with sc.engine.connect() as conn:
         total = conn.execute(select(func.count()).select_from(resource)).scalar_one()
         linked = patients_of_person(conn, "g0")
