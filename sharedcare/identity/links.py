@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 
 import orjson
-from sqlalchemy import Connection, false, select, union
+from sqlalchemy import Connection, bindparam, false, select, union
 
 from ..fhir.codes import BASE, NHS_NUMBER_SYSTEM
 from ..store.repository import WriteOp
@@ -68,26 +68,34 @@ def persons_of(conn: Connection, patient_ids) -> dict[str, list[str]]:
     return out
 
 
+def _persons_linking_sql():
+    """Built once: the statement runs on every Patient write, and building it each time cost
+    more than running it."""
+    linking = select(resource.c.id, resource.c.content).where(
+        resource.c.type == "Person", resource.c.deleted == false(),
+        resource.c.pk.in_(select(idx_reference.c.resource_pk).where(
+            idx_reference.c.target_id.in_(bindparam("patients", expanding=True)),
+            idx_reference.c.target_type == "Patient",
+            idx_reference.c.type == "Person", idx_reference.c.param == "link")))
+    named = select(resource.c.id, resource.c.content).where(
+        resource.c.type == "Person", resource.c.id.in_(bindparam("persons", expanding=True)),
+        resource.c.deleted == false())
+    return union(linking, named)
+
+
+_PERSONS_LINKING = _persons_linking_sql()
+
+
 def persons_linking(conn: Connection, patient_ids, person_ids=()) -> dict[str, dict]:
     """Current Persons that link any of the patients, or whose id is named: id -> resource.
     A UNION, not an OR, so both halves use their index on PostgreSQL."""
     out: dict[str, dict] = {}
     patients, persons = list(_chunks(sorted(patient_ids))), list(_chunks(sorted(person_ids)))
     for i in range(max(len(patients), len(persons))):
-        parts = []
-        if i < len(patients):
-            parts.append(select(resource.c.id, resource.c.content).where(
-                resource.c.type == "Person", resource.c.deleted == false(),
-                resource.c.pk.in_(select(idx_reference.c.resource_pk).where(
-                    idx_reference.c.target_id.in_(patients[i]),
-                    idx_reference.c.target_type == "Patient",
-                    idx_reference.c.type == "Person", idx_reference.c.param == "link"))))
-        if i < len(persons):
-            parts.append(select(resource.c.id, resource.c.content).where(
-                resource.c.type == "Person", resource.c.id.in_(persons[i]),
-                resource.c.deleted == false()))
-        stmt = parts[0] if len(parts) == 1 else union(*parts)
-        for rid, content in conn.execute(stmt):
+        # An empty IN list is valid with expanding parameters (it matches nothing).
+        params = {"patients": patients[i] if i < len(patients) else [],
+                  "persons": persons[i] if i < len(persons) else []}
+        for rid, content in conn.execute(_PERSONS_LINKING, params):
             out.setdefault(rid, orjson.loads(content))
     return out
 
