@@ -388,14 +388,17 @@ def for_person_of_row(c, recorded_for, *conds) -> ColumnElement:
     planner statistics) cannot start from the organisation's relationships either."""
     mine = person_link.alias(f"{c.name}_pm")
     theirs = person_link.alias(f"{c.name}_pt")
-    direct = exists().where(c.c.resource_pk == resource.c.pk,
-                            exists().where(recorded_for == c.c.patient_id, *conds)
-                            .correlate(resource, c))
+    def probe(patient, outer):
+        # OFFSET 0 keeps PostgreSQL from pulling the probe up into a join, which it planned
+        # as a scan of every patient choice per row (its estimate of the kinds filter is 1).
+        return exists(select(literal(1)).where(recorded_for == patient, *conds).offset(0)
+                      .correlate(resource, outer))
+
+    direct = exists().where(c.c.resource_pk == resource.c.pk, probe(c.c.patient_id, c))
     linked = exists().where(c.c.resource_pk == resource.c.pk, mine.c.patient_id == c.c.patient_id,
                             theirs.c.person_key == mine.c.person_key,
                             theirs.c.patient_id != mine.c.patient_id,
-                            exists().where(recorded_for == theirs.c.patient_id, *conds)
-                            .correlate(resource, theirs))
+                            probe(theirs.c.patient_id, theirs))
     return or_(direct, linked)
 
 
