@@ -70,6 +70,10 @@ def person_ops(conn: Connection, ops: list[WriteOp]) -> list[WriteOp]:
     numbers = {pid: valid_nhs_number(res) if res is not None else None
                for pid, res in patients.items()}
     plan.load(patients, {person_id_for_nhs(n) for n in numbers.values() if n})
+    # Patients that a Person written in this same unit links are placed by its writer.
+    placed = {(lk.get("target") or {}).get("reference", "").removeprefix("Patient/")
+              for op in ops if op.rtype == "Person" and op.resource
+              for lk in op.resource.get("link") or [] if isinstance(lk, dict)}
     queue = []
     for pid, res in patients.items():
         number = numbers[pid]
@@ -81,7 +85,8 @@ def person_ops(conn: Connection, ops: list[WriteOp]) -> list[WriteOp]:
         else:
             link = plan.link_of(pid)
             if link is None:
-                queue.append(pid)
+                if pid not in placed:
+                    queue.append(pid)
             elif link_basis(link) == "nhs-number":
                 # Its NHS number was removed or corrected to an invalid one: it no longer
                 # belongs to that number's Person; the model decides again.

@@ -14,8 +14,9 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from sharedcare.app import create_app
-from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, ODS_SYSTEM
+from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, ODS_SYSTEM, SOURCE_ORG_SYSTEM
 from sharedcare.governance.schema import audit_event
+from sharedcare.identity.schema import identity_queue
 from sharedcare.store.persons import patients_of_person
 from sharedcare.store.repository import WriteOp
 
@@ -105,12 +106,16 @@ def test_a_search_by_nhs_number_finds_every_record_of_the_person(person):
     """The outpatient record a second clinic keeps without the NHS number is found by it once
     identity has joined it to the person; unlinked, it is not."""
     sc, c = person
-    _write(sc, "HOS", WriteOp("PUT", "Patient", "hos-op", {
+    # One unit: the identity worker (running in this app) has nothing to place.
+    _write(sc, None, WriteOp("PUT", "Patient", "hos-op", {
         "resourceType": "Patient", "name": [{"family": "Kaur"}], "birthDate": "1941-03-02",
-        "identifier": [{"system": "https://hos.example/mrn", "value": "OP9"}]}))
-    _write(sc, None, WriteOp("PUT", "Person", "person-1", {
-        "resourceType": "Person", "link": [{"target": {"reference": f"Patient/{p}"}}
-                                           for p in ("gp-p", "hos-p", "hos-op")]}))
+        "meta": {"tag": [{"system": SOURCE_ORG_SYSTEM, "code": "HOS"}]},
+        "identifier": [{"system": "https://hos.example/mrn", "value": "OP9"}]}),
+        WriteOp("PUT", "Person", "person-1", {
+            "resourceType": "Person", "link": [{"target": {"reference": f"Patient/{p}"}}
+                                               for p in ("gp-p", "hos-p", "hos-op")]}))
+    with sc.engine.connect() as conn:
+        assert "hos-op" not in conn.execute(select(identity_queue.c.patient_id)).scalars().all()
     h = token(sc, "hos.doc", "HOS")
     by_nhs = f"/fhir/Patient?identifier={NHS_NUMBER_SYSTEM}|{NHS}"
     assert ids(c.get(by_nhs, headers=h).json()) == {"gp-p", "hos-p", "hos-op"}
