@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, delete, or_, select, update
 
+from ..background import PollingWorker, attach
 from ..logsafe import log_failure
 from ..store.repository import now_utc
 from .schema import identity_queue
@@ -33,7 +33,9 @@ def _later(seconds: float) -> str:
     return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
-class IdentityWorker:
+class IdentityWorker(PollingWorker):
+    thread_name = "identity-worker"
+
     def __init__(self, sc, lease_seconds: float = LEASE_SECONDS, batch: int = 50):
         from .service import IdentityService
 
@@ -110,54 +112,8 @@ class IdentityWorker:
             total += n
         return total
 
-    # ------------------------------------------------------------------ in the server
-    def start(self, interval: float = 1.0) -> threading.Event:
-        """Run in a daemon thread until the returned event is set."""
-        stop = threading.Event()
-
-        def loop():
-            while not stop.is_set():
-                try:
-                    busy = self.run_once()
-                except Exception as e:  # noqa: BLE001 - the database may be briefly away
-                    log_failure(log, "identity worker pass failed", e)
-                    busy = 0
-                if not busy:
-                    stop.wait(interval)
-
-        self._thread = threading.Thread(target=loop, daemon=True, name="identity-worker")
-        self._thread.start()
-        return stop
-
-    def stop(self, event: threading.Event, timeout: float = 30.0) -> None:
-        event.set()
-        thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join(timeout)
-
 
 def attach_identity_worker(app, sc, interval: float | None = None) -> None:
     """Run an identity worker for the web app's lifetime (its Starlette lifespan).
     ``SHAREDCARE_IDENTITY_WORKER=0`` turns it off (a dedicated process runs it instead)."""
-    import contextlib
-
-    if os.environ.get("SHAREDCARE_IDENTITY_WORKER", "1") == "0":
-        return
-    interval = interval if interval is not None else float(
-        os.environ.get("SHAREDCARE_IDENTITY_INTERVAL", "1.0"))
-    previous = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a):
-        import asyncio
-
-        worker = IdentityWorker(sc)
-        stop = worker.start(interval)
-        app.state.identity_worker = worker
-        try:
-            async with previous(a) as state:
-                yield state
-        finally:
-            await asyncio.to_thread(worker.stop, stop)
-
-    app.router.lifespan_context = lifespan
+    attach(app, lambda: IdentityWorker(sc), "identity", 1.0, interval)

@@ -51,6 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..background import PollingWorker, attach
 from ..fhir.outcome import FHIRError
 from ..governance.policy import (
     Access,
@@ -89,7 +90,9 @@ def backoff(attempts: int, base: float | None = None) -> float:
     return min(BACKOFF_CAP, base * (2 ** max(0, attempts - 1))) * (0.5 + random.random())
 
 
-class NotifyWorker:
+class NotifyWorker(PollingWorker):
+    thread_name = "notify-worker"
+
     def __init__(self, sc, lease_seconds: float | None = None, max_attempts: int | None = None,
                  backoff_base: float | None = None, threads: int = 8):
         self.sc = sc
@@ -649,28 +652,8 @@ class NotifyWorker:
                     return total
         return total
 
-    def start(self, interval: float = 0.2) -> threading.Event:
-        stop = threading.Event()
-
-        def loop():
-            while not stop.is_set():
-                try:
-                    busy = self.run_once()
-                except Exception as e:  # noqa: BLE001 - the database may be briefly away
-                    log_failure(log, "notification worker pass failed", e)
-                    busy = 0
-                if not busy:
-                    stop.wait(interval)
-
-        self._thread = threading.Thread(target=loop, daemon=True, name="notify-worker")
-        self._thread.start()
-        return stop
-
     def stop(self, event: threading.Event, timeout: float = 30.0) -> None:
-        event.set()
-        thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join(timeout)
+        super().stop(event, timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -720,25 +703,4 @@ def counts(sc) -> dict[str, int]:
 def attach_notify_worker(app, sc, interval: float | None = None) -> None:
     """Run a delivery worker for the web app's lifetime (its Starlette lifespan).
     ``SHAREDCARE_NOTIFY_WORKER=0`` turns it off (another process runs it)."""
-    import contextlib
-
-    if os.environ.get("SHAREDCARE_NOTIFY_WORKER", "1") == "0":
-        return
-    interval = interval if interval is not None else float(
-        os.environ.get("SHAREDCARE_NOTIFY_INTERVAL", "0.25"))
-    previous = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a):
-        import asyncio
-
-        worker = NotifyWorker(sc)
-        stop = worker.start(interval)
-        app.state.notify_worker = worker
-        try:
-            async with previous(a) as state:
-                yield state
-        finally:
-            await asyncio.to_thread(worker.stop, stop)
-
-    app.router.lifespan_context = lifespan
+    attach(app, lambda: NotifyWorker(sc), "notify", 0.25, interval)
