@@ -35,6 +35,7 @@ from .operations.http import (
     json_body,
     not_modified,
     prefer_return,
+    searchset,
     since_param,
     written_response,
 )
@@ -303,14 +304,7 @@ class FhirApi:
         warnings = page.warnings + page.withheld_notes
         if warnings:
             entries.append({"resource": operation_outcome(warnings), "search": {"mode": "outcome"}})
-        links = [{"relation": "self", "url": f"{path}?{urlencode(req.echo)}"}]
-        if page.next_cursor:
-            links.append({"relation": "next",
-                          "url": f"{path}?{urlencode(req.echo + [('_cursor', page.next_cursor)])}"})
-        out = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
-        if page.total is not None:
-            out["total"] = page.total
-        return out
+        return searchset(path, req.echo, entries, page)
 
     def instance(self, request: Request, raw: bytes) -> Response:
         rtype, rid = request.path_params["type"], request.path_params["id"]

@@ -5,12 +5,10 @@ counted, one audit event) per page."""
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 import orjson
 
 from ..outcome import operation_outcome
-from .http import fhir_response, since_param
+from .http import fhir_response, searchset, since_param
 
 
 def handle(api, request):
@@ -28,12 +26,4 @@ def handle(api, request):
         entries.append({"resource": operation_outcome(page.withheld_notes),
                         "search": {"mode": "outcome"}})
     echo = [(k, v) for k, v in q.multi_items() if k != "_cursor"]
-    path = f"{base}/Patient/{pid}/$everything"
-    links = [{"relation": "self", "url": f"{path}?{urlencode(echo)}"}]
-    if page.next_cursor:
-        links.append({"relation": "next",
-                      "url": f"{path}?{urlencode(echo + [('_cursor', page.next_cursor)])}"})
-    out = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
-    if page.total is not None:
-        out["total"] = page.total
-    return fhir_response(out)
+    return fhir_response(searchset(f"{base}/Patient/{pid}/$everything", echo, entries, page))

@@ -112,6 +112,21 @@ def not_modified(request, s: Stored) -> Response | None:
     return None
 
 
+def searchset(path: str, echo: list[tuple[str, str]], entries: list[dict], page) -> dict:
+    """A searchset Bundle: the entries, a self link echoing the request and a next link when
+    there is a further page, and the total when it was counted."""
+    from urllib.parse import urlencode
+
+    links = [{"relation": "self", "url": f"{path}?{urlencode(echo)}"}]
+    if page.next_cursor:
+        links.append({"relation": "next",
+                      "url": f"{path}?{urlencode(echo + [('_cursor', page.next_cursor)])}"})
+    out = {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
+    if page.total is not None:
+        out["total"] = page.total
+    return out
+
+
 # ------------------------------------------------------------------ request bodies and parameters
 def json_body(raw: bytes) -> dict:
     """A request body that must be one JSON object (a resource)."""
