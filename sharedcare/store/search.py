@@ -134,6 +134,10 @@ class SearchBuilder:
         # database should drive from it and only probe the others row by row; a broad date
         # range as an IN-list would otherwise be materialised in full for every search.
         driver = self._driver(rtype, [name for name, _ in params])
+        # Across several types (`_type=Patient,Practitioner&family=...`): a parameter they all
+        # define applies to each type as that type defines it.
+        types = [t for n, v in params if n == "_type" for t in split_values(v)] \
+            if rtype is None else []
         for name, raw in params:
             base = name.split(":", 1)[0]
             if base not in ("_cursor",):
@@ -144,6 +148,12 @@ class SearchBuilder:
             if base in NOT_SUPPORTED:
                 raise _bad(f"search parameter {base} is not supported by this server", name)
             try:
+                if types and base not in ("_type", "_id", "_lastUpdated") \
+                        and not name.startswith("_has:"):
+                    req.clauses.append(or_(*[
+                        and_(resource.c.type == t, self.clause(t, name, raw, policy))
+                        for t in types]))
+                    continue
                 req.clauses.append(self.clause(rtype, name, raw, policy,
                                                probe=driver is not None and name != driver))
             except UnknownParam as e:

@@ -48,6 +48,16 @@ def test_type_list_searches_across_types(client, loaded):
         [loaded[0]]
 
 
+def test_a_parameter_the_types_share_applies_to_each(client, loaded):
+    """family is a parameter of Patient and of Practitioner: across both it matches either."""
+    both = {"_type": "Patient,Practitioner"}
+    assert keys(search(client, "/fhir", {**both, "family": "Systema"})) == [loaded[0]]
+    assert keys(search(client, "/fhir", {**both, "family": "Doctor"})) == [loaded[2]]
+    got = search(client, "/fhir", {**both, "family": "Systema,Doctor", "_count": "10"})
+    assert sorted(keys(got)) == sorted([loaded[0], loaded[2]])
+    assert search(client, "/fhir", {**both, "family": "Nobody"}).get("entry", []) == []
+
+
 def test_paging_and_post(client, loaded):
     got = pages(client, "/fhir", {"_type": "Patient,Practitioner,Observation", "_count": "1"})
     assert len(got) == 4
@@ -66,8 +76,9 @@ def test_refusals_name_the_parameter(client, loaded):
     bad_type = client.get("/fhir", params={"_type": "Patient,Nonsense"})
     assert bad_type.status_code == 400 and "_type" in outcome(bad_type)
     not_common = client.get("/fhir", params={"_type": "Patient,Practitioner",
-                                             "family": "Systema"})
-    assert not_common.status_code == 400 and "family" in outcome(not_common)
+                                             "birthdate": "1950"})
+    assert not_common.status_code == 400 and "birthdate" in outcome(not_common)
+    assert "Practitioner" in outcome(not_common), "says which type lacks it"
     # one type is that type's search, with its own parameters
     one = search(client, "/fhir", {"_type": "Patient", "family": "Systema"})
     assert keys(one) == [loaded[0]]
