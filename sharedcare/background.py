@@ -22,12 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class PollingWorker:
-    """Mixin: ``start``/``stop`` around the subclass's ``run_once``."""
+    """Mixin: ``start``/``stop`` around the ``run_once`` each worker class defines."""
 
     thread_name = "worker"
-
-    def run_once(self) -> int:  # pragma: no cover - every worker defines it
-        raise NotImplementedError
 
     def start(self, interval: float = 1.0) -> threading.Event:
         """Run in a daemon thread until the returned event is set."""
