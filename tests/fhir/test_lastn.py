@@ -9,10 +9,10 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from sharedcare.app import create_app
-from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, SENSITIVITY_SYSTEM
+from sharedcare.fhir.codes import SENSITIVITY_SYSTEM
 from sharedcare.governance.schema import audit_event
-from sharedcare.store.repository import PermitAll, WriteOp
-from tests.governance.small_world import build
+from sharedcare.store.repository import WriteOp
+from tests.governance.small_world import build, join_hospital_record
 
 from ._support import entries, outcome
 
@@ -127,18 +127,8 @@ def test_lastn_follows_the_person_across_partners_records(world):
     """The hospital keeps its own Patient record of P1 (joined by a Person); its newer
     haemoglobin there is the person's latest, whichever record the GP asks through."""
     sc, c = world
-    nhs = [{"system": NHS_NUMBER_SYSTEM, "value": "9990000018"}]
-    p1 = sc.store.read("Patient", "P1", PermitAll()).json()
-    sc.store.write([WriteOp("PUT", "Patient", "P1", {**p1, "identifier": nhs})],
-                   source_org="GP1")
-    sc.store.write([WriteOp("PUT", "Patient", "hos-p1", {
-        "resourceType": "Patient", "name": [{"family": "Wolfeschlegelstein"}],
-        "identifier": nhs}),
-        WriteOp("PUT", "Observation", "hb-hos-record",
-                lab("hb-hos-record", HB, "2026-04-20", pid="hos-p1"))], source_org="HOS")
-    sc.store.write([WriteOp("PUT", "Person", "person-p1", {
-        "resourceType": "Person", "link": [{"target": {"reference": "Patient/P1"}},
-                                           {"target": {"reference": "Patient/hos-p1"}}]})])
+    join_hospital_record(sc, WriteOp("PUT", "Observation", "hb-hos-record",
+                lab("hb-hos-record", HB, "2026-04-20", pid="hos-p1")))
     h = as_user(sc, "gp.doc", "GP1")
     assert ids(lastn(c, h, patient="P1", code=HB, max="2")) == ["hb-hos-record", "hb-secret"]
     assert ids(lastn(c, h, patient="hos-p1", code=HB)) == ["hb-hos-record"]

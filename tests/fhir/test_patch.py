@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from sharedcare.app import create_app
 from sharedcare.governance.schema import audit_event
 from sharedcare.store.repository import PermitAll
-from tests.governance.small_world import build
+from tests.governance.small_world import bearer, build
 
 from ._support import FHIR_JSON, outcome
 
@@ -229,10 +229,6 @@ def world(sc):
     build(sc)
     with TestClient(create_app(sc), base_url="http://testserver") as c:
         yield sc, c
-
-
-def bearer(sc, user, ods, role="clinician", scope="user/*.cruds"):
-    return {"Authorization": f"Bearer {sc.governance.issue_token(user, ods, role, scope=scope)}"}
 
 
 CHANGE = [{"op": "replace", "path": "/status", "value": "amended"}]

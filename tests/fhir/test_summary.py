@@ -10,11 +10,11 @@ from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
 from sharedcare.app import create_app
-from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, SENSITIVITY_SYSTEM
+from sharedcare.fhir.codes import SENSITIVITY_SYSTEM
 from sharedcare.fhir.validation import problems
 from sharedcare.governance.schema import audit_event
-from sharedcare.store.repository import PermitAll, WriteOp
-from tests.governance.small_world import build
+from sharedcare.store.repository import WriteOp
+from tests.governance.small_world import build, join_hospital_record
 
 from ._support import outcome
 
@@ -148,18 +148,8 @@ def test_no_relationship_is_refused_and_audited_once(world):
 
 def test_summary_follows_the_person_across_partners_records(world):
     sc, c = world
-    nhs = [{"system": NHS_NUMBER_SYSTEM, "value": "9990000018"}]
-    p1 = sc.store.read("Patient", "P1", PermitAll()).json()
-    sc.store.write([WriteOp("PUT", "Patient", "P1", {**p1, "identifier": nhs})],
-                   source_org="GP1")
-    sc.store.write([WriteOp("PUT", "Patient", "hos-p1", {
-        "resourceType": "Patient", "name": [{"family": "Wolfeschlegelstein"}],
-        "identifier": nhs}),
-        WriteOp("PUT", "Condition", "c-hos", condition("c-hos", "Atrial fibrillation",
-                                                        pid="hos-p1"))], source_org="HOS")
-    sc.store.write([WriteOp("PUT", "Person", "person-p1", {
-        "resourceType": "Person", "link": [{"target": {"reference": "Patient/P1"}},
-                                           {"target": {"reference": "Patient/hos-p1"}}]})])
+    join_hospital_record(sc, WriteOp("PUT", "Condition", "c-hos", condition("c-hos", "Atrial fibrillation",
+                                                        pid="hos-p1")))
     doc = summary(c, as_user(sc, "gp.doc", "GP1"))
     assert set(sections(doc)["Problems"]) == {"Condition/c-diabetes", "Condition/c-secret",
                                               "Condition/c-hos"}

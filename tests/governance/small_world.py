@@ -8,9 +8,9 @@ mental-health labelled one; HOS recorded an Observation for P1. P2 has a GP1 Obs
 
 from __future__ import annotations
 
-from sharedcare.fhir.codes import ODS_SYSTEM, SENSITIVITY_SYSTEM
+from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, ODS_SYSTEM, SENSITIVITY_SYSTEM
 from sharedcare.governance import Access
-from sharedcare.store.repository import WriteOp
+from sharedcare.store.repository import PermitAll, WriteOp
 
 PATIENT_FAMILY = "Wolfeschlegelstein"
 USERS = {
@@ -66,3 +66,23 @@ def access(sc, username, ods, role, scope="user/*.cruds", **kw) -> Access:
 def system(sc, ods) -> Access:
     return sc.governance.prepare(Access(None, ods, "system", scopes=frozenset({"system/*.cruds"}),
                                         client_id=f"sys-{ods}", kind="system"))
+
+
+def bearer(sc, user, ods, role="clinician", scope="user/*.cruds") -> dict:
+    """An Authorization header for a person's token."""
+    return {"Authorization": f"Bearer {sc.governance.issue_token(user, ods, role, scope=scope)}"}
+
+
+def join_hospital_record(sc, *ops: WriteOp) -> None:
+    """The hospital HOS keeps its own Patient hos-p1 of P1 (same NHS number), with `ops` on
+    it; a Person joins the two records."""
+    nhs = [{"system": NHS_NUMBER_SYSTEM, "value": "9990000018"}]
+    p1 = sc.store.read("Patient", "P1", PermitAll()).json()
+    sc.store.write([WriteOp("PUT", "Patient", "P1", {**p1, "identifier": nhs})],
+                   source_org="GP1")
+    sc.store.write([WriteOp("PUT", "Patient", "hos-p1", {
+        "resourceType": "Patient", "name": [{"family": "Wolfeschlegelstein"}],
+        "identifier": nhs}), *ops], source_org="HOS")
+    sc.store.write([WriteOp("PUT", "Person", "person-p1", {
+        "resourceType": "Person", "link": [{"target": {"reference": "Patient/P1"}},
+                                           {"target": {"reference": "Patient/hos-p1"}}]})])

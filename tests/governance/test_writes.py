@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from small_world import build, obs
+from small_world import bearer, build, obs
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
@@ -26,10 +26,6 @@ def world(sc):
     build(sc)
     with TestClient(create_app(sc), base_url="http://testserver") as c:
         yield sc, c
-
-
-def bearer(sc, user, ods, role="clinician", scope="user/*.cruds"):
-    return {"Authorization": f"Bearer {sc.governance.issue_token(user, ods, role, scope=scope)}"}
 
 
 def system_bearer(sc, ods, scope="system/*.cruds"):
