@@ -5,7 +5,7 @@
 
 Loads the synthetic care system (``sharedcare.demo.generate(seed, patients)``: organisations,
 agreements and every patient's record as transaction bundles through
-``sharedcare.fhir.bundle.process``) into a fresh database unless it already holds that dataset,
+``sharedcare.api.bundle.process``) into a fresh database unless it already holds that dataset,
 then runs ``GET /fhir/$export`` (in process, through the real routes and governance) as a
 partner system of the host trust and of a GP practice, polls to completion and prints
 resources/s. Target: >= 20,000 resources/s. A PostgreSQL database given with --database is
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def load(sc, cs) -> int:
-    from sharedcare.fhir import bundle as bundles
+    from sharedcare.api import bundle as bundles
 
     gov = sc.governance
     for o in cs.organisations:
@@ -78,9 +78,9 @@ def main() -> None:
     from starlette.applications import Starlette
     from starlette.testclient import TestClient
 
+    from sharedcare.api import FhirApi
     from sharedcare.app import SharedCare
     from sharedcare.demo import generate
-    from sharedcare.fhir.api import FhirApi
     from sharedcare.population import export
     from sharedcare.store.db import database_url
     from sharedcare.store.schema import resource

@@ -11,7 +11,7 @@ dir; PostgreSQL: a new database on 127.0.0.1:5432, dropped afterwards), loads th
 system (sharedcare.demo.generate: organisations, agreements, staff, choices, audit history and
 ~22 FHIR resources per patient as 500-entry transaction Bundles) and measures:
 
-  P1 ingest     resources/s of `fhir.bundle.process` over the Bundles (validated, indexed, with
+  P1 ingest     resources/s of `api.bundle.process` over the Bundles (validated, indexed, with
                 provenance and relationship derivation); wall and CPU; validators warmed first
   P2 $everything  in-process `gov.everything`, all pages, >= 200 random visible patients, as a
                 partner system (broadest direct-care agreement) and as a GP persona (relationship-
@@ -97,7 +97,7 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------ loading
 class TimedBundles:
-    """Stands in for `fhir.bundle` inside sharedcare.demo.load while it loads, so only
+    """Stands in for `api.bundle` inside sharedcare.demo.load while it loads, so only
     `bundle.process` calls are timed (wall and process CPU), not generation or staff set-up."""
 
     def __init__(self, real):
@@ -154,7 +154,7 @@ def load(sc, cs, synthea: Path | None, synthea_org: str) -> dict:
         "load_demo_counts": counts,
     }
     if synthea:
-        from sharedcare.fhir import bundle as bundles
+        from sharedcare.api import bundle as bundles
 
         files = sorted(synthea.glob("*.json"))
         files.sort(key=lambda f: 0 if f.name.startswith(("hospital", "practitioner")) else 1)

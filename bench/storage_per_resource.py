@@ -5,7 +5,7 @@
     python bench/storage_per_resource.py --patients 1000 --json out.json
 
 Builds a fresh PostgreSQL database (dropped afterwards), loads the data through the product's
-own write path (`sharedcare.demo.load.load_demo`, or `fhir.bundle.process` for each Synthea
+own write path (`sharedcare.demo.load.load_demo`, or `api.bundle.process` for each Synthea
 Bundle), runs VACUUM ANALYZE, then reads every table's exact row count and its size on disk
 (heap, TOAST and indexes: `pg_total_relation_size`). It reports, per current resource:
 
@@ -42,7 +42,7 @@ INDEX_TABLES = ("idx_token", "idx_string", "idx_date", "idx_number", "idx_refere
 def load(sc, patients: int, seed: int, synthea: bool) -> dict:
     t0 = time.perf_counter()
     if synthea:
-        from sharedcare.fhir import bundle as bundles
+        from sharedcare.api import bundle as bundles
 
         sys.path.insert(0, str(REPO / "tests"))
         from conftest import data_dir  # the test data, decompressed once into a cache

@@ -70,28 +70,28 @@ def _indexer() -> Indexer:
 
 
 def create_app(sc: SharedCare | None = None, **open_kwargs) -> Starlette:
-    from .fhir.api import FhirApi
+    from .api.rest import FhirApi
 
     sc = sc or SharedCare.open(**open_kwargs)
     from . import web
-    from .governance import pages as governance_pages
     from .governance import smart
     from .identity import pages as identity_pages
     from .population import export as bulk_export
     from .population import pages as population_pages
     from .programme import pages as programme_pages
+    from .web import ig as ig_pages
 
     # $export and SMART routes come before the FHIR ones, whose /fhir/{type}/{id} would
     # otherwise catch /fhir/$export-poll/... and /fhir/.well-known/smart-configuration.
-    routes = (web.routes(sc) + programme_pages.routes(sc) + governance_pages.routes(sc)
+    routes = (web.routes(sc) + programme_pages.routes(sc) + ig_pages.routes(sc)
               + population_pages.routes(sc) + identity_pages.routes(sc) + smart.routes(sc)
               + bulk_export.routes(sc) + notify.routes(sc)
               + FhirApi(sc.store, sc.governance, sc).routes())
+    from starlette.exceptions import HTTPException
+
     from .governance.request_audit import AuditEveryRequest
     from .web.core import CsrfMiddleware
     from .web.security import SecurityMiddleware
-
-    from starlette.exceptions import HTTPException
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, middleware=[Middleware(SecurityMiddleware),
                                                Middleware(GZipMiddleware, minimum_size=2048),
@@ -121,7 +121,7 @@ async def _http_error(request, exc):
     answer is; Starlette's plain text elsewhere."""
     from starlette.responses import PlainTextResponse
 
-    from .fhir.api import error_response
+    from .api.rest import error_response
     from .fhir.outcome import FHIRError
 
     if request.url.path.startswith("/fhir"):

@@ -20,8 +20,8 @@ from pathlib import Path
 import orjson
 from sqlalchemy import insert, select
 
+from .api import bundle as bundles
 from .feeds.schema import load_receipt
-from .fhir import bundle as bundles
 from .fhir.categories import DIRECTORY_TYPES
 from .fhir.outcome import FHIRError
 from .fhir.validation import problems

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import date
 
-from . import names
+from ..synthetic import names
 from .history import build_audit, build_objections
 from .model import CareSystem, Persona
 from .organisations import (

@@ -10,7 +10,7 @@ from datetime import timedelta
 import orjson
 from sqlalchemy import insert, select, update
 
-from ..fhir import bundle as bundles
+from ..api import bundle as bundles
 from ..fhir.codes import NHS_NUMBER_SYSTEM
 from ..governance.policy import Access
 from ..governance.schema import break_glass, organisation, staff

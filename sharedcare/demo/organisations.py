@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources as _resources
 
 from ..fhir.categories import CATEGORIES
-from . import names
+from ..synthetic import names
 from .model import Agreement, Organisation, StaffMember
 
 ICB_CODE = "QOP"

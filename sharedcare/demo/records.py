@@ -27,8 +27,8 @@ from ..fhir.codes import (
     local_identifier_system,
 )
 from ..identity.nicknames import VARIANTS
+from ..synthetic import names
 from . import clinical as cx
-from . import names
 from .nhs import synthetic_nhs_numbers
 from .organisations import LOCALITY_ACUTE, LOCALITY_MH
 

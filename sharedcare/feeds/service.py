@@ -34,8 +34,8 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from ..api.bundle import parse_entries, plan_writes
 from ..fhir import codes
-from ..fhir.bundle import parse_entries, plan_writes
 from ..fhir.codes import BASE, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SOURCE_ORG_SYSTEM, feed_source
 from ..fhir.outcome import FHIRError
 from ..identity import nhs_number
@@ -568,7 +568,7 @@ class FeedService:
         except FHIRError as e:
             self._record_reject(feed, None, str(e)[:500], "fhir", ident)
             raise
-        from ..fhir.bundle import _response_entry
+        from ..api.bundle import _response_entry
 
         if out is None:
             return {"resourceType": "Bundle", "type": "transaction-response", "entry": [],

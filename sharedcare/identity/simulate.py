@@ -20,7 +20,7 @@ from sharedcare.identity.matching import Demographics
 from sharedcare.identity.nhs_number import synthetic
 from sharedcare.identity.nicknames import VARIANTS
 
-from ..demo import names as _names  # one list of British surnames for both
+from ..synthetic import names as _names  # one list of British surnames for demo and simulator
 
 __all__ = [
     "DEFAULT_PARTNERS",

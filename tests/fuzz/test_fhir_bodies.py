@@ -229,8 +229,8 @@ def test_deeply_nested_body_is_a_400_not_a_500(client):
 
 def test_conditional_update_with_an_id_that_is_not_a_string_is_a_400(client):
     """Found by the fuzzer: a conditional update that matches nothing took the body's id as
-    the new id before the body was validated (fhir/api.py type_level: `rid = ... body.get("id")
-    or uuid`; fhir/bundle.py plan_writes, the same), so a list/object id reached the SQL of
+    the new id before the body was validated (api/rest.py type_level: `rid = ... body.get("id")
+    or uuid`; api/bundle.py plan_writes, the same), so a list/object id reached the SQL of
     Governance.write's target check: a ProgrammingError and a 500."""
     for bad_id in ([None], 7, {"x": 1}, True, "", "a b"):
         obs = {"resourceType": "Observation", "id": bad_id, "status": "final",

@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from sharedcare.fhir.api import FhirApi
+from sharedcare.api import FhirApi
 from sharedcare.fhir.codes import ODS_SYSTEM
 from sharedcare.governance import smart
 

@@ -19,7 +19,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from sharedcare.fhir.api import FhirApi
+from sharedcare.api import FhirApi
 from sharedcare.fhir.codes import ODS_SYSTEM
 from sharedcare.governance import smart
 from sharedcare.governance.smart import ASSERTION_TYPE, grant_scopes, register_client

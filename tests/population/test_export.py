@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from sharedcare.fhir.api import FhirApi
+from sharedcare.api import FhirApi
 from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, SENSITIVITY_SYSTEM
 from sharedcare.governance.schema import audit_event
 from sharedcare.population import export

@@ -9,9 +9,9 @@ error (with why), off, and how many events it has had.
 
 from __future__ import annotations
 
+from ...fhir.outcome import FHIRError
+from ...fhir.validation import ID_RE
 from ...notify.subscriptions import status_parameters
-from ..outcome import FHIRError
-from ..validation import ID_RE
 from .http import fhir_response
 
 

@@ -21,11 +21,11 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from ..governance.policy import Access, now_text
+from ..governance.schema import audit_event, break_glass, care_relationship, organisation
 from ..programme.pages import api, csv_response
-from ..web.core import ROLE_LABELS, page, render
-from ..web.csvsafe import csv_text
-from .policy import Access, now_text
-from .schema import audit_event, break_glass, care_relationship, organisation
+from .core import ROLE_LABELS, page, render
+from .csvsafe import csv_text
 
 AUDIT_ROLES = ("ig-lead", "sysadmin")
 IG = ("ig-lead",)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import orjson
 
+from ..fhir.outcome import FHIRError, Issue, operation_outcome
+from ..fhir.validation import ID_RE, resource_types
 from ..store.repository import PermitAll, Store, Stored, WriteOp, WriteResult, instant
-from .outcome import FHIRError, Issue, operation_outcome
-from .validation import ID_RE, resource_types
 
 # Processing order the FHIR spec gives for transactions.
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}

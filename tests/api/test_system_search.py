@@ -11,7 +11,7 @@ from sharedcare.app import create_app
 from sharedcare.governance.schema import audit_event
 from tests.governance.small_world import build
 
-from ._support import keys, outcome, pages, search
+from ..fhir._support import keys, outcome, pages, search
 
 
 def audit_count(sc) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import orjson
 
-from ..outcome import operation_outcome
+from ...fhir.outcome import operation_outcome
 from .http import fhir_response, searchset, since_param
 
 

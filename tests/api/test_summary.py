@@ -16,7 +16,7 @@ from sharedcare.governance.schema import audit_event
 from sharedcare.store.repository import WriteOp
 from tests.governance.small_world import build, join_hospital_record
 
-from ._support import outcome
+from ..fhir._support import outcome
 
 LOINC = "http://loinc.org"
 SCT = "http://snomed.info/sct"
@@ -162,7 +162,7 @@ def test_summary_follows_the_person_across_partners_records(world):
 def test_summary_and_lastn_of_a_synthea_record(client):
     """On a real-shaped record (Synthea): the document is valid FHIR, every section entry
     resolves in it, results hold one per code, and $lastn agrees with the source."""
-    from ._support import load_files, patient_file
+    from ..fhir._support import load_files, patient_file
 
     loaded = load_files(client, [patient_file("Tom_Goodwin")])
     pid = next(iter(loaded.patients))

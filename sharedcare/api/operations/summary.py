@@ -16,8 +16,8 @@ import html
 import uuid
 from datetime import UTC, datetime
 
-from ..outcome import FHIRError
-from ..validation import ID_RE
+from ...fhir.outcome import FHIRError
+from ...fhir.validation import ID_RE
 from .http import fhir_response
 from .lastn import ALL, latest
 

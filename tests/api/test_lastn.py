@@ -14,7 +14,7 @@ from sharedcare.governance.schema import audit_event
 from sharedcare.store.repository import WriteOp
 from tests.governance.small_world import build, join_hospital_record
 
-from ._support import entries, outcome
+from ..fhir._support import entries, outcome
 
 LOINC = "http://loinc.org"
 CAT = "http://terminology.hl7.org/CodeSystem/observation-category"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import httpx
 
-from ._support import load_json, patient_file
+from ..fhir._support import load_json, patient_file
 
 MRN = "http://hospital.example.org/mrn"
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from sharedcare.governance.schema import audit_event
 
-from ._support import FHIR_JSON, outcome
+from ..fhir._support import FHIR_JSON, outcome
 
 MRN = "http://hospital.example.org/mrn"
 

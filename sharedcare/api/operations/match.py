@@ -3,8 +3,8 @@ search."""
 
 from __future__ import annotations
 
-from ..outcome import FHIRError, Issue
-from ..validation import problems
+from ...fhir.outcome import FHIRError, Issue
+from ...fhir.validation import problems
 from .http import fhir_response, json_body
 
 

@@ -10,8 +10,8 @@ from email.utils import format_datetime, parsedate_to_datetime
 import orjson
 from starlette.responses import Response
 
+from ...fhir.outcome import FHIRError, Issue, operation_outcome
 from ...store.repository import Stored, instant
-from ..outcome import FHIRError, Issue, operation_outcome
 
 FHIR_JSON = "application/fhir+json"
 RETURN_PREFERENCES = ("minimal", "representation", "OperationOutcome")

@@ -14,7 +14,7 @@ from sharedcare.governance.schema import audit_event
 from sharedcare.store.repository import PermitAll
 from tests.governance.small_world import bearer, build
 
-from ._support import FHIR_JSON, outcome
+from ..fhir._support import FHIR_JSON, outcome
 
 JSON_PATCH = "application/json-patch+json"
 MRN = "http://hospital.example.org/mrn"

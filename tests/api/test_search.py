@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from ._support import (
+from ..fhir._support import (
     FHIR_JSON,
     Loaded,
     codes_of,

@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..fhir.outcome import FHIRError, Issue, operation_outcome
+from ..fhir.validation import ID_RE, resource_types
 from ..governance import Access, Governance
 from ..governance.request_audit import current_request
 from ..logsafe import log_failure
@@ -40,8 +42,6 @@ from .operations.http import (
     written_response,
 )
 from .operations.http import resource_headers as _resource_headers
-from .outcome import FHIRError, Issue, operation_outcome
-from .validation import ID_RE, resource_types
 
 log = logging.getLogger(__name__)
 # Longest query parameter value taken: longer ones are refused, not run (a 60,000-character

@@ -10,10 +10,10 @@ import pytest
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
-from sharedcare.fhir.capability import OPERATIONS
+from sharedcare.api.capability import OPERATIONS
 from sharedcare.fhir.compartment import patient_compartment_types
 
-from ._support import FHIR_JSON
+from ..fhir._support import FHIR_JSON
 
 
 @pytest.fixture

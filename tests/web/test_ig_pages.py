@@ -9,9 +9,9 @@ from starlette.testclient import TestClient
 
 from sharedcare.app import create_app
 from sharedcare.fhir.outcome import FHIRError
-from sharedcare.governance import pages
 from sharedcare.governance.policy import Access
 from sharedcare.governance.schema import audit_event, break_glass, care_relationship
+from sharedcare.web import ig as pages
 
 
 @pytest.fixture

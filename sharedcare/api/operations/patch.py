@@ -22,9 +22,9 @@ import jsonpatch
 import jsonpointer
 import orjson
 
+from ...fhir.outcome import FHIRError, Issue
+from ...fhir.validation import problems
 from ...store.repository import WriteOp
-from ..outcome import FHIRError, Issue
-from ..validation import problems
 from .http import written_response
 
 JSON_PATCH = "application/json-patch+json"
@@ -407,7 +407,7 @@ def _last_name(resource: dict, path: str, where: str) -> str:
 
 @cache
 def _definitions() -> dict:
-    from ..validation import _schema
+    from ...fhir.validation import _schema
 
     return _schema()["definitions"]
 

@@ -8,7 +8,7 @@ import copy
 import pytest
 from sqlalchemy import func, select
 
-from ._support import FHIR_JSON, load_json, next_link, outcome, patient_file, relative
+from ..fhir._support import FHIR_JSON, load_json, next_link, outcome, patient_file, relative
 
 MRN = "http://hospital.example.org/mrn"
 

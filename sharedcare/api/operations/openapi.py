@@ -10,8 +10,8 @@ from __future__ import annotations
 from functools import cache
 
 from ... import __version__
+from ...fhir.compartment import patient_compartment_types
 from ..capability import OPERATIONS, capability_statement
-from ..compartment import patient_compartment_types
 
 FHIR_JSON = "application/fhir+json"
 JSON_PATCH = "application/json-patch+json"

@@ -1,4 +1,4 @@
-"""Patient/$match and Patient/$everything over HTTP, now modules of sharedcare/fhir/operations:
+"""Patient/$match and Patient/$everything over HTTP, now modules of sharedcare/api/operations:
 a match by NHS number finds the record the caller may see, scored; $everything pages the
 person's record. SQLite and PostgreSQL."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM
 
-from ._support import entries, outcome, pages
+from ..fhir._support import entries, outcome, pages
 
 NHS = "9990000018"
 

@@ -14,8 +14,8 @@ from urllib.parse import urlencode
 
 import orjson
 
-from ..outcome import FHIRError, operation_outcome
-from ..validation import ID_RE
+from ...fhir.outcome import FHIRError, operation_outcome
+from ...fhir.validation import ID_RE
 from .http import fhir_response
 
 # Everything the person has of one type, in one governed read (one audit event): far more

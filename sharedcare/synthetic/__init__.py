@@ -1,0 +1,1 @@
+"""Synthetic people for the demo and the identity simulator: names only, nothing real."""
