@@ -23,7 +23,7 @@ time, decimal, boolean, markdown) already has its type and regex in the official
 
 NHS numbers: any Identifier with system ``https://fhir.nhs.uk/Id/nhs-number`` (``Patient
 .identifier``, ``subject.identifier``, in contained resources and Bundle entries too) must have a
-value of exactly 10 digits that `sharedcare.identity.nhs_number.is_valid` accepts (modulus-11 check
+value of exactly 10 digits that `sharedcare.fhir.nhs_number.is_valid` accepts (modulus-11 check
 digit; in the Scottish CHI range the first six digits must be a date). A custom schema keyword on
 Identifier does this inside the same jsonschema-rs pass, so resources without identifiers pay
 nothing.
@@ -44,8 +44,8 @@ import jsonschema_rs
 import orjson
 from nhs_number import calculate_checksum as _nhs_checksum
 
-from ..identity.nhs_number import is_valid as _nhs_is_valid
 from .codes import NHS_NUMBER_SYSTEM
+from .nhs_number import is_valid as _nhs_is_valid
 from .outcome import FHIRError, Issue
 
 DEFINITIONS = Path(__file__).parent / "definitions"
@@ -142,7 +142,7 @@ def _nhs_problem(value) -> str | None:
         return None
     if _nhs_checksum(value[:9]) != int(value[9]):
         return "not a valid NHS number: the modulus-11 check digit does not match"
-    # sharedcare.identity.nhs_number.is_valid also refuses a number in the Scottish CHI range
+    # sharedcare.fhir.nhs_number.is_valid also refuses a number in the Scottish CHI range
     # whose first six digits are not a date of birth (DDMMYY)
     return ("not a valid NHS number: in the Scottish CHI range (0100000000-3112999999) "
             "the first six digits must be a date (DDMMYY)")
