@@ -5,7 +5,7 @@
     GET  /auth/jwks                                                keys that sign our tokens
     GET|POST /auth/authorize                                       authorization code + PKCE
     POST /auth/authorize/sign-in, /auth/authorize/choose           the pages behind it
-    POST /auth/token                                               code and client_credentials
+    POST /auth/token                                  code, refresh_token and client_credentials
 
 Two ways in:
 
@@ -20,11 +20,21 @@ Two ways in:
 Granted scopes are always the requested ones intersected with what the client is registered
 for; the governance policy still decides what any token can see.
 
+Refresh tokens (OAuth 2.0 Security BCP, RFC 9700 §4.14): an app granted `offline_access` or
+`online_access` also gets a refresh token. Each use (`grant_type=refresh_token`) returns a new
+access token and a *new* refresh token; the one used stops working. Every refresh token descends
+from one authorisation (a family); presenting a refresh token that was already rotated away
+means two parties hold it, so the whole family is revoked and the app must send the person
+through sign-in again. A refresh token is bound to the client it was issued to (a confidential
+client authenticates as it did for the code), may ask for the same scopes or fewer (never more:
+invalid_scope), expires with its family (`online_access`: a working shift; `offline_access`:
+30 days), and is refused once the person's account is disabled or the role removed.
+
 Shared state: pending authorisations (15 minutes), one-time codes (60 s) and used assertion `jti`s
 (until the assertion expires) live in the shared state (`sharedcare.store.shared_state`: the
 database, or Redis), so any server behind a load balancer can take the next step: a code issued
 by one is redeemed at another, once (taken atomically), and a replayed assertion is refused by
-every server. Codes and transaction ids are stored only as hashes.
+every server. Codes, refresh tokens and transaction ids are stored only as hashes.
 """
 
 from __future__ import annotations
@@ -69,15 +79,20 @@ ASSERTION_ALGS = ("RS384", "ES384")
 BROWSER_COOKIE = "sc_auth_browser"  # binds a half-finished sign-in to the browser that began it
 VERIFIER_RE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 # Non-resource scopes we understand; granted when the client is registered for them.
-CONTEXT_SCOPES = ("openid", "launch/patient")
+CONTEXT_SCOPES = ("openid", "launch/patient", "offline_access", "online_access")
+REFRESH_SCOPES = ("offline_access", "online_access")
+# How long a family of refresh tokens lives from the sign-in that started it.
+REFRESH_LIFETIME = {"online_access": 8 * 3600, "offline_access": 30 * 24 * 3600}
 CAPABILITIES = ["launch-standalone", "authorize-post", "client-public",
                 "client-confidential-asymmetric", "context-standalone-patient",
                 "permission-patient", "permission-user", "permission-v1", "permission-v2",
-                "sso-openid-connect"]
+                "permission-offline", "permission-online", "sso-openid-connect"]
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 CORS = {"Access-Control-Allow-Origin": "*"}
 # Kinds of shared state (sharedcare.store.shared_state)
 PENDING, CODE, JTI = "smart-pending", "smart-code", "smart-jti"
+# refresh token -> its grant; family id -> alive; a rotated refresh token -> its family
+REFRESH, FAMILY, ROTATED = "smart-refresh", "smart-refresh-family", "smart-refresh-used"
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -181,6 +196,19 @@ def grant_scopes(requested: str, allowed: str | Iterable[str],
 
 def _needs_patient(granted: Iterable[str]) -> bool:
     return any(s == "launch/patient" or s.startswith("patient/") for s in granted)
+
+
+def narrow_scopes(requested: str, granted: list[str], contexts: Collection[str]) -> list[str]:
+    """The scopes for a refreshed access token: `requested` when each of its scopes is covered
+    by the original grant (RFC 6749 §6), else invalid_scope naming the first that is not."""
+    for text in requested.split():
+        if Scope.parse(text) is None and text not in CONTEXT_SCOPES:
+            raise OAuthError("invalid_scope", f"scope '{text}' is not understood here")
+        whole = grant_scopes(text, [text], contexts)  # the scope itself, normalised
+        if not whole or grant_scopes(text, granted, contexts) != whole:
+            raise OAuthError("invalid_scope", f"scope '{text}' was not granted to this refresh "
+                             "token: ask for the same scopes or fewer")
+    return grant_scopes(requested, granted, contexts)
 
 
 # ------------------------------------------------------------------ helpers
@@ -308,12 +336,14 @@ class SmartServer:
             "jwks_uri": f"{base}/auth/jwks",
             "authorization_endpoint": f"{base}/auth/authorize",
             "token_endpoint": f"{base}/auth/token",
-            "grant_types_supported": ["authorization_code", "client_credentials"],
+            "grant_types_supported": ["authorization_code", "refresh_token",
+                                      "client_credentials"],
             "response_types_supported": ["code"],
             "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
             "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
             "code_challenge_methods_supported": ["S256"],
-            "scopes_supported": ["openid", "launch/patient", "patient/*.rs", "patient/*.read",
+            "scopes_supported": ["openid", "launch/patient", "offline_access",
+                                 "online_access", "patient/*.rs", "patient/*.read",
                                  "user/*.rs", "user/*.cruds", "user/*.read", "user/*.write",
                                  "system/*.rs", "system/*.cruds", "system/*.read"],
             "capabilities": CAPABILITIES,
@@ -499,6 +529,8 @@ class SmartServer:
             if grant == "authorization_code":
                 body = await run_in_threadpool(self._exchange_code, form, token_url,
                                                public_base(request))
+            elif grant == "refresh_token":
+                body = await run_in_threadpool(self._refresh, form, token_url)
             elif grant == "client_credentials":
                 body = await run_in_threadpool(self._client_credentials, form, token_url)
             elif not grant:
@@ -553,6 +585,96 @@ class SmartServer:
             body["patient"] = granted["patient"]
         if "openid" in granted["scope"]:
             body["id_token"] = self._id_token(issuer, client.client_id, granted)
+        lasting = [s for s in REFRESH_SCOPES if s in granted["scope"]]
+        if lasting:
+            # offline_access outlives online_access when both are granted
+            lifetime = max(REFRESH_LIFETIME[s] for s in lasting)
+            family = secrets.token_urlsafe(16)
+            self.state.put(FAMILY, family, {"client_id": client.client_id}, lifetime)
+            body["refresh_token"] = self._new_refresh(family, time.time() + lifetime, granted)
+        return body
+
+    # -------------------------------------------------------------- refresh tokens
+    def _new_refresh(self, family: str, family_expires: float, granted: dict) -> str:
+        """A refresh token for `granted` (person, role, client, scopes, patient), stored as a
+        hash, living as long as its family."""
+        token = secrets.token_urlsafe(32)
+        keep = {k: granted.get(k) for k in ("client_id", "username", "ods", "role", "purpose",
+                                            "scope", "patient", "need_patient_banner")}
+        self.state.put(REFRESH, token, {**keep, "family": family, "family_expires":
+                                        family_expires}, max(1.0, family_expires - time.time()))
+        return token
+
+    def _revoke_family(self, family: str) -> None:
+        self.state.delete(FAMILY, family)
+
+    def _refresh(self, form: dict, token_url: str) -> dict:
+        for name in ("refresh_token", "client_id"):
+            if not form.get(name):
+                raise OAuthError("invalid_request", f"{name} is required")
+        client = get_client(self.engine, form["client_id"])
+        if client is None:
+            raise OAuthError("invalid_client", "unknown client_id")
+        if form.get("client_assertion") or not client.public:
+            self._authenticate_client(form, token_url, client)
+        presented = form["refresh_token"]
+        held = self.state.get(REFRESH, presented)
+        if held is not None and held["client_id"] != client.client_id:
+            # Bound to the client it was issued to; another client's attempt does not use it up.
+            raise OAuthError("invalid_grant", "the refresh token was issued to another client")
+        contexts = ("patient", "user")
+        # A scope refused (invalid_scope) does not use the token up: checked before taking it.
+        scopes = narrow_scopes(form["scope"], held["scope"], contexts) \
+            if held is not None and form.get("scope") else None
+        # Rotation: taken atomically, so of two requests with one token exactly one succeeds.
+        grant = self.state.take(REFRESH, presented) if held is not None else None
+        if grant is None:
+            rotated = self.state.get(ROTATED, presented)
+            if rotated is not None and rotated["client_id"] == client.client_id:
+                # RFC 9700 §4.14.2: a rotated token presented again -- the legitimate app and
+                # an attacker both hold the family: revoke all of it.
+                self._revoke_family(rotated["family"])
+                audit_sign_in(self.gov, rotated.get("username"), rotated.get("ods"),
+                              rotated.get("role") or "", "4", "a refresh token was used again "
+                              "after rotation: every refresh token of this sign-in is revoked",
+                              client.client_id, action="token")
+                raise OAuthError("invalid_grant", "the refresh token was already used; this "
+                                 "sign-in is revoked, sign in again")
+            raise OAuthError("invalid_grant", "the refresh token is unknown, expired or revoked")
+        remaining = grant["family_expires"] - time.time()
+        self.state.put(ROTATED, presented, {
+            "family": grant["family"], "client_id": client.client_id,
+            "username": grant["username"], "ods": grant["ods"], "role": grant["role"]},
+            max(1.0, remaining))
+        if remaining <= 0 or self.state.get(FAMILY, grant["family"]) is None:
+            raise OAuthError("invalid_grant", "the refresh token is expired or revoked")
+        scope = " ".join(scopes if scopes is not None else grant["scope"])
+        extra = {"client_id": client.client_id}
+        if grant.get("patient"):
+            extra["patient"] = grant["patient"]
+        try:
+            # Checks again that the account is active and still holds the role.
+            token = self.gov.issue_token(grant["username"], grant["ods"], grant["role"],
+                                         purpose=grant["purpose"], scope=scope,
+                                         lifetime=ACCESS_LIFETIME, **extra)
+        except FHIRError:
+            self._revoke_family(grant["family"])
+            audit_sign_in(self.gov, grant["username"], grant["ods"], grant["role"], "4",
+                          "refresh refused: the account is disabled or no longer holds the "
+                          "role", client.client_id, action="token", purpose=grant["purpose"])
+            raise OAuthError("invalid_grant", "the account is disabled or no longer holds "
+                             "this role") from None
+        audit_sign_in(self.gov, grant["username"], grant["ods"], grant["role"], "0",
+                      f"SMART app refreshed its access with scopes {scope}", client.client_id,
+                      action="token", purpose=grant["purpose"])
+        body = {"access_token": token, "token_type": "Bearer", "expires_in": ACCESS_LIFETIME,
+                "scope": scope,
+                "refresh_token": self._new_refresh(grant["family"], grant["family_expires"],
+                                                   grant)}
+        if grant.get("patient"):
+            body["patient"] = grant["patient"]
+            if grant.get("need_patient_banner") is not None:
+                body["need_patient_banner"] = grant["need_patient_banner"]
         return body
 
     def _id_token(self, issuer: str, client_id: str, granted: dict) -> str:

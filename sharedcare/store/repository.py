@@ -36,7 +36,7 @@ from ..fhir.categories import category_of
 from ..fhir.codes import DATA_CATEGORY_SYSTEM, SENSITIVITY_SYSTEM, SOURCE_ORG_SYSTEM
 from ..fhir.compartment import patient_compartment_types
 from ..fhir.outcome import FHIRError, Issue, not_found
-from ..fhir.validation import problems
+from ..fhir.validation import problems, write_status
 from .db import replica_reads
 from .indexing import Indexer, IndexRows
 from .persons import patients_of_person
@@ -198,8 +198,8 @@ class Store:
         for op in ops:
             if op.resource is not None:
                 issues.extend(problems(op.resource, op.where or None))
-        if issues:
-            raise FHIRError(400, issues)
+        if issues:  # 400, or 422 when valid R4 breaks a claimed (UK Core) profile
+            raise FHIRError(write_status(issues), issues)
         if source_org:
             for op in ops:
                 if op.resource is not None:

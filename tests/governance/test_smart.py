@@ -142,7 +142,7 @@ def test_well_known_smart_configuration(sc):
             assert doc["jwks_uri"] == f"{BASE}/auth/jwks"
             assert doc["code_challenge_methods_supported"] == ["S256"]
             assert set(doc["grant_types_supported"]) == {"authorization_code",
-                                                         "client_credentials"}
+                                                         "refresh_token", "client_credentials"}
             assert "private_key_jwt" in doc["token_endpoint_auth_methods_supported"]
             assert set(doc["token_endpoint_auth_signing_alg_values_supported"]) == {"RS384",
                                                                                    "ES384"}
