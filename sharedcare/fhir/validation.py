@@ -28,6 +28,10 @@ digit; in the Scottish CHI range the first six digits must be a date). A custom 
 Identifier does this inside the same jsonschema-rs pass, so resources without identifiers pay
 nothing.
 
+UK Core: a resource whose ``meta.profile`` claims a UK Core profile is also checked against it
+(`ukcore.py`); those issues are `ukcore.ProfileIssue`s, and a write refused only for them is a
+422 (`write_status`), where an R4 problem is a 400.
+
 Errors inside a contained resource or a Bundle entry are reported at the inner field
 (``Bundle.entry[2].resource.code``), not as the schema's "not valid under oneOf". Diagnostics name
 the field, never the value in it: they reach logs and feed error lists.
@@ -44,6 +48,7 @@ import jsonschema_rs
 import orjson
 from nhs_number import calculate_checksum as _nhs_checksum
 
+from . import ukcore
 from .codes import NHS_NUMBER_SYSTEM
 from .nhs_number import is_valid as _nhs_is_valid
 from .outcome import FHIRError, Issue
@@ -178,11 +183,22 @@ def problems(resource, where: str | None = None) -> list[Issue]:
         issues.append(Issue("value", "id must be 1-64 of A-Z a-z 0-9 - .", f"{root}.id"))
     validator = _validator(rtype)
     try:
-        return _schema_problems(validator, resource, root, issues)
+        issues = _schema_problems(validator, resource, root, issues)
     except ValueError:
         # The validator's recursion limit: no FHIR resource nests hundreds of levels deep.
         return [Issue("structure", "the resource is nested too deeply to be a FHIR resource",
                       root)]
+    # UK Core: only for a resource that claims a UK Core profile (others pay a dict lookup)
+    issues.extend(ukcore.problems(resource, root))
+    return issues[:MAX_ISSUES]
+
+
+def write_status(issues: list[Issue]) -> int:
+    """The HTTP status of a refused write: 422 when the resource is valid R4 but breaks the
+    profiles it claims (http://hl7.org/fhir/R4/http.html#2.21.0.10.1), else 400."""
+    if issues and all(isinstance(i, ukcore.ProfileIssue) for i in issues):
+        return 422
+    return 400
 
 
 def _schema_problems(validator, resource: dict, root: str, issues: list[Issue]) -> list[Issue]:
