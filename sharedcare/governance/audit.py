@@ -46,6 +46,7 @@ ACTIONS = {
     "delete": ("delete", "D"),
     "transaction": ("transaction", "C"),
     "export": ("operation", "E"),
+    "validate": ("operation", "E"),
     "break-glass": ("break-glass", "E"),
     "declare-relationship": ("declare-relationship", "C"),
     "login": ("login", "E"),
