@@ -34,6 +34,13 @@ OPERATIONS = [
     ("status", ("http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/"
                 "backport-subscription-status"), "Subscription", "/Subscription/{id}/$status", ("GET",),
      "a subscription's SubscriptionStatus (Subscriptions Backport)"),
+    # on "*": every resource type
+    ("validate", f"{HL7_OPS}/Resource-validate", "*", "/{type}/$validate", ("POST",),
+     ("validate a resource (FHIR R4 and its UK Core profiles): an OperationOutcome, nothing "
+      "written")),
+    ("validate", f"{HL7_OPS}/Resource-validate", "*", "/{type}/{id}/$validate", ("POST",),
+     ("validate an update (or mode=delete) of this resource: an OperationOutcome, nothing "
+      "written")),
 ]
 
 
@@ -78,8 +85,9 @@ def _resources(indexer) -> tuple:
 
 
 def _with_operations(res: dict) -> dict:
-    ops = [{"name": name, "definition": definition}
-           for name, definition, on, *_ in OPERATIONS if on == res["type"]]
+    named = {name: definition for name, definition, on, *_ in OPERATIONS
+             if on in (res["type"], "*")}
+    ops = [{"name": name, "definition": definition} for name, definition in named.items()]
     if ops:
         res["operation"] = [*res.get("operation", []), *ops]
     return res
@@ -94,7 +102,7 @@ def capability_statement(indexer, base_url: str) -> dict:
         "software": {"name": "sharedcare", "version": __version__},
         "implementation": {"description": "sharedcare shared care record", "url": base_url},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "patchFormat": ["application/json-patch+json", "application/fhir+json",
                         "application/merge-patch+json"],
         "rest": [{

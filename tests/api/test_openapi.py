@@ -88,8 +88,9 @@ def test_capability_statement_lists_operations_and_patch(client):
     assert {"patch"} <= {i["code"] for i in by_type["Condition"]["interaction"]}
     assert {o["name"] for o in by_type["Patient"]["operation"]} >= {
         "everything", "match", "export", "summary"}
-    assert {o["name"] for o in by_type["Observation"]["operation"]} == {"lastn"}
-    assert {o["name"] for o in by_type["Group"]["operation"]} == {"export"}
+    assert {o["name"] for o in by_type["Observation"]["operation"]} == {"lastn", "validate"}
+    assert {o["name"] for o in by_type["Group"]["operation"]} == {"export", "validate"}
+    assert all("validate" in {o["name"] for o in r["operation"]} for r in rest["resource"])
     assert {o["name"] for o in rest["operation"]} == {"export"}
     for name, definition, *_ in OPERATIONS:
         assert re.match(r"^https?://", definition), name

@@ -14,6 +14,7 @@ from ...fhir.compartment import patient_compartment_types
 from ..capability import OPERATIONS, capability_statement
 
 FHIR_JSON = "application/fhir+json"
+FHIR_XML = "application/fhir+xml"
 JSON_PATCH = "application/json-patch+json"
 RESULT_PARAMS = ["_count", "_sort", "_include", "_revinclude", "_summary", "_elements",
                  "_total", "_cursor"]
@@ -24,8 +25,14 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _body(schema: str = "Resource", media: str = FHIR_JSON) -> dict:
-    return {"content": {media: {"schema": _ref(schema)}}}
+def _xml(schema: str) -> dict:
+    return {"schema": {"type": "string", "description": f"the {schema} in FHIR XML "
+                       "(http://hl7.org/fhir/R4/xml.html)"}}
+
+
+def _body(schema: str = "Resource") -> dict:
+    """A FHIR body: JSON or XML (Content-Type in, Accept or _format out)."""
+    return {"content": {FHIR_JSON: {"schema": _ref(schema)}, FHIR_XML: _xml(schema)}}
 
 
 def _responses(ok: str = "200", schema: str | None = "Resource", extra: dict | None = None
@@ -54,7 +61,9 @@ def _query(name: str, description: str | None = None) -> dict:
 
 
 CREATED = {"201": {"description": "created (no resource had this id, or none matched)",
-                   "content": {FHIR_JSON: {"schema": {"$ref": "#/components/schemas/Resource"}}}}}
+                   **_body()}}
+# A Binary also travels as itself (http://hl7.org/fhir/R4/binary.html): any other media type.
+RAW = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
 PREFER = _header("Prefer", "return=minimal | representation | OperationOutcome")
 IF_MATCH = _header("If-Match", 'the version this change is based on, as an ETag (W/"3")')
 
@@ -74,6 +83,7 @@ def _op(op_id: str, summary: str, responses: dict, params: list | None = None,
 def _patch_body() -> dict:
     return {"content": {JSON_PATCH: {"schema": _ref("JsonPatch")},
                         FHIR_JSON: {"schema": _ref("Parameters")},
+                        FHIR_XML: _xml("Parameters"),
                         "application/merge-patch+json": {"schema": {"type": "object"}}}}
 
 
@@ -84,7 +94,7 @@ def _type_paths(res: dict) -> dict[str, dict]:
     search += [_query(p) for p in RESULT_PARAMS]
     cond = [_query(p["name"]) for p in res.get("searchParam", [])]
     rid = _path_param("id")
-    return {
+    paths = {
         f"/{t}": {
             "get": _op(f"search-{t}", f"search {t}", _responses(schema="Bundle"), search,
                        tags=tag),
@@ -133,6 +143,25 @@ def _type_paths(res: dict) -> dict[str, dict]:
                        [rid, _path_param("vid", {"type": "string", "pattern": "^[0-9]+$"})],
                        tags=tag)},
     }
+    if t == "Binary":
+        _raw_binary(paths, t)
+    return paths
+
+
+def _raw_binary(paths: dict, t: str) -> None:
+    """Binary's own content in and out: any media type; X-Security-Context names what it is
+    part of (Patient/{id}, DocumentReference/{id})."""
+    context = _header("X-Security-Context", "the resource this content belongs to, e.g. "
+                      "Patient/123 or DocumentReference/456 (sets Binary.securityContext)")
+    for path, method in ((f"/{t}", "post"), (f"/{t}/{{id}}", "put")):
+        op = paths[path][method]
+        op["requestBody"]["content"].update(RAW)
+        op["parameters"] = op.get("parameters", []) + [context]
+        op["responses"]["413"] = {"description": "larger than the server takes",
+                                  **_body("OperationOutcome")}
+    read = paths[f"/{t}/{{id}}"]["get"]["responses"]["200"]
+    read["description"] = "the Binary as FHIR (Accept FHIR JSON or XML), else its content"
+    read["content"].update(RAW)
 
 
 def _system_paths() -> dict[str, dict]:
@@ -183,28 +212,37 @@ def _system_paths() -> dict[str, dict]:
     }
 
 
-def _operation_paths() -> dict[str, dict]:
+def _operation_paths(types: list[str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    for name, definition, on, path, methods, what in OPERATIONS:
-        params = [_path_param(p) for p in ("id",) if "{id}" in path]
-        if name == "export":
-            params += [_query("_type"), _query("_since"), _header(
-                "Prefer", "respond-async (required)")]
-        elif name == "lastn":
-            params += [_query(p) for p in ("patient", "subject", "category", "code", "max")]
-        elif name == "everything":
-            params += [_query(p) for p in ("_count", "_type", "_since", "_cursor")]
-        for method in methods:
-            body = _body("Parameters") if method == "POST" else None
-            if name == "everything" and method == "POST":
-                body = None
-            key = f"{name}-{on or 'system'}-{method.lower()}"
-            ok = "202" if name == "export" else "200"
-            out.setdefault(path, {})[method.lower()] = {
-                **_op(key, what, _responses(ok, None if name == "export" else "Bundle"),
-                      params, body, tags=[on or "system"]),
-                "externalDocs": {"url": definition}}
+    for name, definition, every, every_path, methods, what in OPERATIONS:
+        # an operation on "*" (every type: $validate) is listed under each type's path
+        for on, path in ([(t, every_path.replace("{type}", t)) for t in types] if every == "*"
+                         else [(every, every_path)]):
+            _operation_path(out, name, definition, on, path, methods, what,
+                            "-instance" if every == "*" and "{id}" in path else "")
     return out
+
+
+def _operation_path(out: dict, name: str, definition: str, on: str | None, path: str,
+                    methods, what: str, suffix: str) -> None:
+    params = [_path_param(p) for p in ("id",) if "{id}" in path]
+    if name == "export":
+        params += [_query("_type"), _query("_since"), _header(
+            "Prefer", "respond-async (required)")]
+    elif name == "lastn":
+        params += [_query(p) for p in ("patient", "subject", "category", "code", "max")]
+    elif name == "everything":
+        params += [_query(p) for p in ("_count", "_type", "_since", "_cursor")]
+    for method in methods:
+        body = _body("Parameters") if method == "POST" else None
+        if name == "everything" and method == "POST":
+            body = None
+        key = f"{name}-{on or 'system'}{suffix}-{method.lower()}"
+        ok = "202" if name == "export" else "200"
+        answer = {"export": None, "validate": "OperationOutcome"}.get(name, "Bundle")
+        out.setdefault(path, {})[method.lower()] = {
+            **_op(key, what, _responses(ok, answer), params, body, tags=[on or "system"]),
+            "externalDocs": {"url": definition}}
 
 
 @cache
@@ -214,7 +252,8 @@ def _paths(indexer) -> dict:
     for res in cs["rest"][0]["resource"]:
         paths.update(_type_paths(res))
     paths.update(_system_paths())
-    for path, methods in _operation_paths().items():
+    types = [r["type"] for r in cs["rest"][0]["resource"]]
+    for path, methods in _operation_paths(types).items():
         paths.setdefault(path, {}).update(methods)
     return paths
 
