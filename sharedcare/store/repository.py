@@ -38,7 +38,7 @@ from ..fhir.compartment import patient_compartment_types
 from ..fhir.outcome import FHIRError, Issue, not_found
 from ..fhir.validation import problems, write_status
 from .db import replica_reads
-from .indexing import Indexer, IndexRows
+from .indexing import Indexer, IndexRows, fulltext
 from .persons import patients_of_person
 from .schema import (
     compartment,
@@ -253,6 +253,8 @@ class Store:
         stamp = now_utc()
         new_rows, upd_rows, del_rows, version_rows, results = [], [], [], [], []
         indexed: list[tuple[tuple[str, str], IndexRows | None]] = []
+        # _text / _content: the last write of a key in the unit wins
+        texts: dict[tuple[str, str], tuple[str, str] | None] = {}
         for op in ops:
             key = (op.rtype, op.rid)
             prior = existing.get(key)
@@ -276,6 +278,7 @@ class Store:
                                  "deleted": True, "content": None})
                 version_rows.append((key, version, "DELETE", True, None))
                 indexed.append((key, None))
+                texts[key] = None
                 results.append(WriteResult(Stored(op.rtype, op.rid, version, stamp, None, True),
                                            False))
                 continue
@@ -300,6 +303,7 @@ class Store:
             existing[key] = (prior[0] if prior else None, version, False)
             version_rows.append((key, version, op.method, False, row["content"]))
             indexed.append((key, self.indexer.index(res)))
+            texts[key] = fulltext.text_rows(res)
             results.append(WriteResult(
                 Stored(op.rtype, op.rid, version, stamp, content, False), prior is None or prior[2]))
 
@@ -326,10 +330,13 @@ class Store:
             for t in INDEX_WRITE:
                 for chunk in _chunks(stale, 500):
                     conn.execute(delete(t).where(t.c.resource_pk.in_(chunk)))
+            fulltext.delete_rows(conn, stale)
         if version_rows:
             conn.exec_driver_sql(_insert_sql(conn, resource_version, skip=("seq",)), [
                 (existing[k][0], v, stamp, m, d, c) for k, v, m, d, c in version_rows])
         self._insert_index(conn, [(existing[k][0], k[0], rows) for k, rows in indexed if rows])
+        fulltext.insert_rows(conn, [(existing[k][0], *words) for k, words in texts.items()
+                                    if words])
         for hook in self.after_write:
             hook(conn, results)
         return results[:asked]
@@ -466,7 +473,7 @@ class Store:
                                      ).scalar_one()
             if req.summary == "count":
                 return SearchPage([], [], total, None, req, req.warnings)
-            if req.sort:
+            if req.sort or req.rank:
                 matches, nxt = self._sorted_page(conn, req, where)
             else:
                 matches, nxt = self._keyset_page(conn, req, where)
@@ -510,7 +517,9 @@ class Store:
             if not pks and start > 0:
                 raise FHIRError.of(410, "expired", "this search's pages have expired; search again")
         else:
-            order = [self._sort_expr(req.rtype, k) for k in req.sort] + [resource.c.pk]
+            # _sort, else the relevance of _text/_content (best first); then the row key.
+            order = ([self._sort_expr(req.rtype, k) for k in req.sort]
+                     or [sum(req.rank[1:], req.rank[0]).desc()]) + [resource.c.pk]
             pks = conn.execute(select(resource.c.pk).where(*where).order_by(*order)
                                ).scalars().all()
             start, sid = 0, None

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import TSVECTOR
 
 metadata = MetaData()
 
@@ -171,6 +172,24 @@ INDEX_TABLES = {
     "reference": idx_reference,
     "uri": idx_uri,
 }
+
+# Full-text search (`_text`, `_content`; store/indexing/fulltext.py). On PostgreSQL this table;
+# on SQLite the same name is an FTS5 virtual table (made by migration 0005_fulltext, since
+# SQLAlchemy cannot describe one): `resource_text(narrative, content)` whose rowid is the
+# resource's pk, tokenised 'porter unicode61 remove_diacritics 2'.
+resource_text = Table(
+    "resource_text",
+    metadata,
+    Column("resource_pk", BigInteger, ForeignKey("resource.pk"), primary_key=True),
+    Column("narrative", TSVECTOR().with_variant(Text(), "sqlite"), nullable=True,
+           comment="text.div with the markup stripped, as to_tsvector('english', ...): _text"),
+    Column("content", TSVECTOR().with_variant(Text(), "sqlite"), nullable=True,
+           comment="every string of the resource and its text/* attachments' text: _content"),
+    comment="One row per current resource with any text, replaced with every update, removed "
+            "by a delete, written in the resource's transaction.",
+)
+Index("ix_resource_text_narrative", resource_text.c.narrative, postgresql_using="gin")
+Index("ix_resource_text_content", resource_text.c.content, postgresql_using="gin")
 
 search_result = Table(
     "search_result",

@@ -16,9 +16,9 @@ from sqlalchemy.sql.util import ClauseAdapter
 
 from ..fhir.codes import NHS_NUMBER_SYSTEM
 from ..fhir.outcome import FHIRError, Issue
-from .indexing import Indexer, SearchParam, date_range, normalize_string, number_range
+from .indexing import Indexer, SearchParam, date_range, fulltext, normalize_string, number_range
 from .persons import same_person
-from .schema import INDEX_TABLES, idx_reference, idx_token, person_link, resource
+from .schema import INDEX_TABLES, idx_reference, idx_token, idx_uri, person_link, resource
 
 # Parameters of the search itself, not of the resource.
 RESULT_PARAMS = {
@@ -34,7 +34,9 @@ RESULT_PARAMS = {
     "_pretty",
     "_search",
 }
-NOT_SUPPORTED = {"_text", "_content", "_query", "_filter", "_list", "_contained", "_containedType"}
+NOT_SUPPORTED = {"_query", "_filter", "_list", "_contained", "_containedType"}
+# Full-text parameters (indexing/fulltext.py) and the text each searches.
+TEXT_PARAMS = {"_text": "narrative", "_content": "content"}
 DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 MODIFIERS = {
     "token": {"not", "text", "missing", "exact"},
@@ -105,6 +107,9 @@ class SearchRequest:
     total: str = "accurate"
     cursor: str | None = None
     warnings: list[Issue] = field(default_factory=list)
+    # Relevance of each _text/_content parameter (higher is better): the order of the results
+    # when there is no _sort.
+    rank: list[ColumnElement] = field(default_factory=list)
     # The query string without paging state, for self/next links.
     echo: list[tuple[str, str]] = field(default_factory=list)
 
@@ -147,6 +152,11 @@ class SearchBuilder:
                 continue
             if base in NOT_SUPPORTED:
                 raise _bad(f"search parameter {base} is not supported by this server", name)
+            if base in TEXT_PARAMS:
+                cond, rank = self._text(rtype, name, raw, policy)
+                req.clauses.append(cond)
+                req.rank.append(rank)
+                continue
             try:
                 if types and base not in ("_type", "_id", "_lastUpdated") \
                         and not name.startswith("_has:"):
@@ -177,7 +187,7 @@ class SearchBuilder:
                 ):
                     raise _bad(f"cannot sort by unknown parameter '{key}'", name)
                 if key not in ("_id", "_lastUpdated") and (
-                    key in NOT_SUPPORTED
+                    key in NOT_SUPPORTED or key in TEXT_PARAMS
                     or self.indexer.params_for(req.rtype)[key].type not in INDEX_TABLES
                 ):
                     # composite and special parameters (and _text, _filter ...) have no
@@ -244,6 +254,8 @@ class SearchBuilder:
             return or_(*[self._last_updated(v, name) for v in split_values(raw)])
         if code == "_type" and rtype is None:
             return resource.c.type.in_(split_values(raw))
+        if code in TEXT_PARAMS and not dot:
+            return self._text(rtype, name, raw, policy)[0]
         sp = self._param(rtype, code)
         if dot:
             return self._chain(sp, modifier, chain, raw, name, policy)
@@ -273,6 +285,36 @@ class SearchBuilder:
             return not_(self._in(sp, or_(*[self._token(sp, v, None) for v in values])))
         return self._in(sp, or_(*[self._value(sp, modifier, v, name) for v in values]),
                         probe=probe)
+
+    def _text(self, rtype: str | None, name: str, raw: str, policy: ColumnElement | None
+              ) -> tuple[ColumnElement, ColumnElement]:
+        """_text / _content: the condition, and the relevance to order by."""
+        code, _, modifier = name.partition(":")
+        if modifier:
+            raise _bad(f"{code} takes no modifier (:{modifier})", name)
+        field = TEXT_PARAMS[code]
+        try:
+            trees = [fulltext.check(fulltext.parse_query(v)) for v in split_values(raw)]
+        except fulltext.TextError as e:
+            raise _bad(f"{code}: {e}", name) from None
+        tree = trees[0] if len(trees) == 1 else fulltext.Or(tuple(trees))
+        cond = resource.c.pk.in_(fulltext.text_subquery(field, tree))
+        if field == "content" and rtype in (None, "DocumentReference"):
+            cond = or_(cond, self._binary_text(tree, policy))
+        return cond, fulltext.text_rank(field, tree, resource.c.pk)
+
+    def _binary_text(self, tree, policy: ColumnElement | None) -> ColumnElement:
+        """A DocumentReference whose attachment.url is `Binary/{id}` (the `location` parameter)
+        matches _content when that Binary's text does -- looked up at search time, so it is
+        never stale, and only through a Binary the viewer may see itself."""
+        b = resource.alias("text_binary")
+        ids = select(literal("Binary/") + b.c.id).where(
+            b.c.type == "Binary", b.c.deleted == false(),
+            b.c.pk.in_(fulltext.text_subquery("content", tree)), *_on(b, [policy]))
+        refs = select(idx_uri.c.resource_pk).where(
+            idx_uri.c.type == "DocumentReference", idx_uri.c.param == "location",
+            idx_uri.c.uri.in_(ids))
+        return and_(resource.c.type == "DocumentReference", resource.c.pk.in_(refs))
 
     def _whole_person(self, cond: ColumnElement) -> ColumnElement:
         """Patients matching an NHS number, and every other Patient record of the same
@@ -551,4 +593,4 @@ def _all_types() -> frozenset[str]:
     return resource_types()
 
 
-__all__ = ["SearchBuilder", "SearchRequest", "Include", "SortKey", "split_values"]
+__all__ = ["TEXT_PARAMS", "Include", "SearchBuilder", "SearchRequest", "SortKey", "split_values"]

@@ -8,6 +8,7 @@ The R4 SearchParameter expressions are compiled once into plain Python closures 
 listed in ``Indexer.fallbacks``. Composite/special parameters are listed in ``Indexer.skipped``.
 """
 
+from . import fulltext
 from .indexer import DEFAULT_DEFINITIONS, SUPPORTED_TYPES, Indexer, IndexRows, SearchParam
 from .values import MAX_DATE, MIN_DATE, date_range, normalize_string, number_range
 
@@ -20,6 +21,7 @@ __all__ = [
     "Indexer",
     "SearchParam",
     "date_range",
+    "fulltext",
     "normalize_string",
     "number_range",
 ]
