@@ -32,6 +32,7 @@ from .operations import patch as patch_op
 from .operations import status as status_op
 from .operations import summary as summary_op
 from .operations import validate as validate_op
+from .operations import validate as validate_op
 from .operations.http import (
     FHIR_JSON,
     JSON,
@@ -118,6 +119,8 @@ class FhirApi:
             Route("/fhir/Patient/{id}/$summary", h(self.summary), methods=["GET"]),
             Route("/fhir/Observation/$lastn", h(self.lastn), methods=["GET"]),
             Route("/fhir/Subscription/{id}/$status", h(self.status), methods=["GET"]),
+            Route("/fhir/{type}/$validate", h(self.validate), methods=["POST"]),
+            Route("/fhir/{type}/{id}/$validate", h(self.validate), methods=["POST"]),
             Route("/fhir/{type}/$validate", h(self.validate), methods=["POST"]),
             Route("/fhir/{type}/{id}/$validate", h(self.validate), methods=["POST"]),
             Route("/fhir/{type}", h(self.type_level),
@@ -366,6 +369,10 @@ class FhirApi:
 
     def status(self, request: Request, raw: bytes) -> Response:
         return status_op.handle(self, request)
+
+    def validate(self, request: Request, raw: bytes) -> Response:
+        _check_type(request.path_params["type"])
+        return validate_op.handle(self, request, raw)
 
     def validate(self, request: Request, raw: bytes) -> Response:
         _check_type(request.path_params["type"])
