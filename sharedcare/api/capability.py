@@ -58,6 +58,14 @@ def _resources(indexer) -> tuple:
         params += [
             {"name": "_id", "type": "token"},
             {"name": "_lastUpdated", "type": "date"},
+            # full text (store/indexing/fulltext.py): words, "phrases", AND, OR, NOT, ()
+            {"name": "_text", "type": "string",
+             "definition": "http://hl7.org/fhir/SearchParameter/DomainResource-text",
+             "documentation": "the narrative; ranked by relevance unless _sort is given"},
+            {"name": "_content", "type": "string",
+             "definition": "http://hl7.org/fhir/SearchParameter/Resource-content",
+             "documentation": "the whole resource with its text/* attachments and Binaries; "
+                              "ranked by relevance unless _sort is given"},
         ]
         res = {
             "type": rtype,
@@ -104,7 +112,7 @@ def capability_statement(indexer, base_url: str) -> dict:
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "patchFormat": ["application/json-patch+json", "application/fhir+json",
-                        "application/merge-patch+json"],
+                        "application/fhir+xml", "application/merge-patch+json"],
         "rest": [{
             "mode": "server",
             "security": {
