@@ -481,6 +481,74 @@ def admin_keygen(client_id: str = typer.Argument(..., help="The partner system's
           f"--jwks {public_path}")
 
 
+epr_app = typer.Typer(help="Partner EPRs allowed to launch sharedcare (SMART EHR launch).")
+admin_app.add_typer(epr_app, name="epr")
+
+
+@epr_app.command("add")
+def admin_epr_add(iss: str = typer.Argument(..., help="The EPR's FHIR base URL, as it sends "
+                                            "it in iss."),
+                  name: str = typer.Option(..., help="What staff call the EPR."),
+                  org: str = typer.Option(..., help="ODS code of the organisation the EPR "
+                                          "belongs to: its users' roles there are used."),
+                  client_id: str = typer.Option(..., help="sharedcare's client id at the EPR."),
+                  client_secret: str = typer.Option(
+                      "", envvar="SHAREDCARE_EPR_CLIENT_SECRET", prompt=True, hide_input=True,
+                      show_default=False,
+                      help="sharedcare's secret at the EPR (prompted; or "
+                      "$SHAREDCARE_EPR_CLIENT_SECRET). Empty for a public client."),
+                  match: str = typer.Option("sds-user-id", help="How the EPR's user becomes a "
+                                            "staff account: sds-user-id (the fhirUser "
+                                            "Practitioner's SDS user id = the account's SDS id) "
+                                            "or preferred-username (= the account's username)."),
+                  scope: str = typer.Option(None, help="Scopes asked of the EPR (default "
+                                            "'launch openid fhirUser patient/Patient.read')."),
+                  database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Allow a partner EPR to open the shared record in its patient's context (GET /launch)."""
+    from .governance.ehr_launch import DEFAULT_SCOPE, register_epr
+
+    sc = _open(database, data_dir)
+    from sqlalchemy import select
+
+    from .governance.schema import organisation
+
+    with sc.engine.connect() as conn:
+        if conn.execute(select(organisation.c.ods).where(organisation.c.ods == org)).first() \
+                is None:
+            fail(f"--org {org}: no such organisation; add it with 'sharedcare admin org'")
+    try:
+        epr = register_epr(sc.engine, iss, name, ods=org, client_id=client_id,
+                           client_secret=client_secret or None, user_match=match,
+                           scope=scope or DEFAULT_SCOPE)
+    except ValueError as e:
+        fail(str(e))
+    print(f"EPR {epr.name} ({epr.ods}) may launch sharedcare: iss {epr.iss}, users matched by "
+          f"{epr.user_match}")
+    print("  its launch URL for sharedcare: <sharedcare public URL>/launch "
+          "(it adds ?iss=...&launch=...)")
+
+
+@epr_app.command("list")
+def admin_epr_list(database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """List the partner EPRs allowed to launch sharedcare (never their secrets)."""
+    from .governance.ehr_launch import list_eprs
+
+    t = Table("iss", "name", "org", "client id", "match", "scope")
+    for e in list_eprs(_open(database, data_dir).engine):
+        t.add_row(e.iss, e.name, e.ods, e.client_id, e.user_match, e.scope)
+    Console().print(t)
+
+
+@epr_app.command("remove")
+def admin_epr_remove(iss: str, database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
+    """Stop a partner EPR launching sharedcare."""
+    from .governance.ehr_launch import remove_epr
+
+    if not remove_epr(_open(database, data_dir).engine, iss):
+        fail(f"no EPR registered with iss {iss}")
+    print(f"EPR {iss} removed")
+
+
 @admin_app.command("agreements")
 def admin_agreements(database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
     """List sharing agreements."""

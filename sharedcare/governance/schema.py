@@ -133,7 +133,30 @@ api_client = Table(
     Column("scopes", Text, nullable=False),  # the most it may ever be granted
     Column("purpose", String(16), nullable=False, default="direct-care"),
     Column("public", Boolean, nullable=False, default=True),
+    Column("launch_url", Text, comment="Apps sharedcare launches (SMART EHR launch): the app's "
+           "launch URL; the patient view offers 'Open in <app>' when set."),
     comment="SMART on FHIR clients: apps acting for a user, and partner systems.",
+)
+
+partner_epr = Table(
+    "partner_epr", metadata,
+    Column("iss", String(400), primary_key=True,
+           comment="The EPR's FHIR base URL, as it sends it in iss when it launches sharedcare."),
+    Column("name", String(200), nullable=False),
+    Column("ods", String(16), nullable=False,
+           comment="The organisation the EPR belongs to: its users' home organisation here."),
+    Column("client_id", String(200), nullable=False,
+           comment="sharedcare's client id at the EPR's authorisation server."),
+    Column("client_secret", Text, comment="sharedcare's secret there (client_secret_basic)."),
+    Column("user_match", String(32), nullable=False, default="sds-user-id",
+           comment="How the EPR's user is matched to a staff account: sds-user-id (the fhirUser "
+                   "Practitioner's SDS user id = staff.sds_id) or preferred-username (the ID "
+                   "token's preferred_username = staff.username)."),
+    Column("scope", String(400), nullable=False,
+           comment="Scopes asked of the EPR on launch."),
+    Column("active", Boolean, nullable=False, default=True),
+    comment="Partner EPRs a sysadmin allowed to launch sharedcare (SMART EHR launch): only "
+            "these issuers are contacted.",
 )
 
 audit_event = Table(

@@ -758,8 +758,9 @@ def _with_query(uri: str, params: dict) -> str:
 
 
 def routes(sc) -> list[Route]:
-    """Every /auth and .well-known route: SMART App Launch and OpenID Connect staff sign-in."""
-    from . import oidc
+    """Every /auth, /launch and .well-known route: SMART App Launch (sharedcare as the
+    authorisation server, and as an app a partner EPR launches) and OpenID Connect sign-in."""
+    from . import ehr_launch, oidc
 
     server = SmartServer(sc)
-    return server.routes() + oidc.routes(sc)
+    return server.routes() + oidc.routes(sc) + ehr_launch.routes(sc)
