@@ -33,11 +33,16 @@ from .operations import status as status_op
 from .operations import summary as summary_op
 from .operations import validate as validate_op
 from .operations.http import (
+    FHIR_JSON,
+    JSON,
     error_response,
     fhir_response,
     json_body,
+    negotiated,
     not_modified,
     prefer_return,
+    request_body,
+    response_format,
     searchset,
     since_param,
     written_response,
@@ -130,6 +135,10 @@ class FhirApi:
         """Read the body on the event loop, then run the (blocking, database-bound) handler in
         the thread pool so one slow query never stalls other requests.
 
+        Content negotiation happens here, once, for every interaction: the answer's format
+        (JSON, XML, or a Binary's raw content) from _format / Accept, and a body in FHIR XML --
+        or a Binary's raw content -- becomes the FHIR JSON every handler reads.
+
         The one place a surprise becomes an answer: a FHIRError is its OperationOutcome, and
         anything else a 500 OperationOutcome (the connection kept), logged by type and place
         only -- an exception's message can quote patient data. The request's audit record
@@ -137,21 +146,32 @@ class FhirApi:
 
         async def endpoint(request: Request) -> Response:
             record = current_request.get()
+            fmt = JSON
             try:
                 body = await request.body()
                 _check_request(request)
-                return await run_in_threadpool(fn, request, body)
+                path = request.path_params
+                fmt = response_format(request, binary=request.method == "GET" and path.get(
+                    "type") == "Binary" and "id" in path)
+
+                def run() -> Response:
+                    raw, converted = request_body(request, body)
+                    if converted:
+                        _declare_fhir_json(request)
+                    return negotiated(fn(request, raw), fmt)
+
+                return await run_in_threadpool(run)
             except FHIRError as e:
                 if record is not None:
                     record.reason = str(e)[:1000]
-                return error_response(e)
+                return negotiated(error_response(e), fmt)
             except Exception as e:  # noqa: BLE001 - the last line of defence, see docstring
                 log_failure(log, f"{request.method} {fn.__name__}", e)
                 if record is not None:
                     record.reason = f"unexpected {type(e).__name__}"
-                return error_response(FHIRError(500, [Issue(
+                return negotiated(error_response(FHIRError(500, [Issue(
                     "exception", "the server could not complete this request; it has been "
-                    "logged (without its data) for the operators")]))
+                    "logged (without its data) for the operators")])), fmt)
 
         return endpoint
 
@@ -389,6 +409,14 @@ class FhirApi:
         return fhir_response({"resourceType": "Bundle", "type": "history", "link": links,
                               "entry": entries})
 
+
+
+def _declare_fhir_json(request: Request) -> None:
+    """After request_body converted the body (XML, raw Binary), its Content-Type says what the
+    handlers now read: FHIR JSON."""
+    request.scope["headers"] = [(k, v) for k, v in request.scope["headers"]
+                                if k != b"content-type"] + [(b"content-type", FHIR_JSON.encode())]
+    request.__dict__.pop("_headers", None)
 
 
 def _system_params(params) -> tuple[str | None, list]:

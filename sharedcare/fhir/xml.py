@@ -326,7 +326,8 @@ def _read(el, props: dict[str, Prop], path: str, parse_decimal, primitive=False)
         if prop is None or prop.attribute or (prop.kind == XHTML) != (ns == XHTML_NS) or (
                 prop.kind != XHTML and ns != FHIR_NS):
             shown = name if ns in (FHIR_NS, XHTML_NS) else f"{{{ns}}}{name}"
-            raise _structure(f"{path}: unknown element <{shown[:80]}>", f"{path}.{name[:60]}")
+            raise _structure(f"{path}.{shown[:80]} is not a known element",
+                             f"{path}.{name[:60]}")
         i = counts.get(name, 0)
         counts[name] = i + 1
         if i and not prop.repeats:

@@ -74,7 +74,7 @@ def test_search_parameters_come_from_the_capability_statement(spec, client):
     assert {p["name"] for p in observation["searchParam"]} <= listed
     assert {"code", "patient", "_count", "_include"} <= listed
     patch = spec["paths"]["/Observation/{id}"]["patch"]["requestBody"]["content"]
-    assert set(patch) == {"application/json-patch+json", FHIR_JSON,
+    assert set(patch) == {"application/json-patch+json", FHIR_JSON, "application/fhir+xml",
                           "application/merge-patch+json"}
 
 
