@@ -389,6 +389,9 @@ def admin_staff(username: str, name: str,
                 role: list[str] = typer.Option(..., help="ODS:ROLE, repeatable"),
                 password: str = typer.Option(None, prompt=True, hide_input=True,
                                              confirmation_prompt=True),
+                sds_id: str = typer.Option(None, "--sds-id", help="The person's SDS user id "
+                                           "(smartcard): how a partner EPR's launch finds the "
+                                           "account."),
                 database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
     """Add or replace a staff account with its roles."""
     from .governance.policy import ROLES
@@ -399,7 +402,9 @@ def admin_staff(username: str, name: str,
         if rname not in ROLES:
             fail(f"--role {r}: role must be one of {', '.join(ROLES)}")
         roles.append((ods, rname))
-    _open(database, data_dir).governance.add_staff(username, name, roles, password or None)
+    extra = {"sds_id": sds_id} if sds_id else {}
+    _open(database, data_dir).governance.add_staff(username, name, roles, password or None,
+                                                   **extra)
     print(f"staff {username} saved with {len(roles)} role(s)")
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, ODS_SYSTEM
 from sharedcare.governance.ehr_launch import get_epr, register_epr, remove_epr
-from sharedcare.governance.schema import audit_event
+from sharedcare.governance.schema import audit_event, staff
 
 ORG = "RTEST"
 OTHER = "RGP01"
@@ -250,6 +250,12 @@ def test_admin_epr_commands(sc, database_url, tmp_path):
                                         str(tmp_path / "data")], catch_exceptions=False,
                                   env={"COLUMNS": "300"}, **kw)
 
+    r = run("admin", "staff", "dr.lee", "Dr Lee", "--role", f"{ORG}:clinician", "--sds-id",
+            "555000111222", input="pw-for-test\npw-for-test\n")
+    assert r.exit_code == 0, r.output
+    with sc.engine.connect() as conn:
+        assert conn.execute(select(staff.c.sds_id).where(staff.c.username == "dr.lee")
+                            ).scalar() == "555000111222"
     r = run("admin", "epr", "add", "https://epr.example/fhir", "--name", "Riverside EPR",
             "--org", ORG, "--client-id", "sc-at-riverside", input="the-secret\n")
     assert r.exit_code == 0, r.output
