@@ -62,7 +62,7 @@ class ProfileIssue(Issue):
 # ------------------------------------------------------------------ reading the definitions
 
 def _local(tag: str) -> str:
-    return tag[len(_NS):] if tag.startswith(_NS) else tag
+    return tag.removeprefix(_NS)
 
 
 def _val(el: ET.Element | None, name: str) -> str | None:
@@ -173,6 +173,10 @@ class Node:
     el: ElementDef | None = None
     children: dict[str, Node] = field(default_factory=dict)
     slices: dict[str, Node] = field(default_factory=dict)
+    # each slice's discriminator (path, value) pairs, None when undeterminable; worked out on
+    # first use (they depend only on the profile) -- see _Walk.sliced
+    keys: dict[str, list | None] | None = None
+    closed: bool = False
 
 
 def _steps(element_id: str) -> list[str]:
@@ -321,6 +325,19 @@ def _in_valueset(vs: ValueSet, system: str | None, code) -> str:
 
 # ------------------------------------------------------------------ walking a resource
 
+@cache
+def _element_types(dtype: str) -> dict[str, str]:
+    """name -> type of each element of an R4 type or backbone element (from the R4 schema)."""
+    from .validation import _schema  # the same layer; validation imports this module
+
+    props = (_schema()["definitions"].get(dtype) or {}).get("properties") or {}
+    out = {}
+    for name, prop in props.items():
+        ref = prop.get("$ref") or (prop.get("items") or {}).get("$ref") or ""
+        out[name] = ref.rsplit("/", 1)[-1]
+    return out
+
+
 @dataclass
 class Item:
     value: object  # the JSON value (a primitive or an object)
@@ -397,6 +414,17 @@ def _path_values(value, path: str) -> list:
                 nxt.extend(got if isinstance(got, list) else [] if got is None else [got])
         values = nxt
     return values
+
+
+def _has(value, path: str, wanted) -> bool:
+    """Does `value` carry `wanted` at `path` (a discriminator: "url", "system", "code.text")?"""
+    if path == "$this":
+        return _matches(wanted, value)
+    if "." not in path and isinstance(wanted, str):  # the common case: one primitive
+        got = value.get(path) if isinstance(value, dict) else None
+        if not isinstance(got, list):
+            return got is not None and not isinstance(got, dict) and _prim(got) == wanted
+    return any(_matches(wanted, got) for got in _path_values(value, path))
 
 
 class _Walk:
@@ -504,36 +532,40 @@ class _Walk:
         walk(sl, "")
         return found
 
-    def sliced(self, prof: Profile, node: Node, items: list[Item], loc: str,
-               in_ext: bool) -> None:
+    def _slice_keys(self, prof: Profile, node: Node) -> dict[str, list | None]:
         base_el = prof.element(node.id)
         discriminators = base_el.discriminators if base_el and base_el.discriminators else None
         if discriminators is None and node.name in ("extension", "modifierExtension"):
             discriminators = [("value", "url")]
-        matched: set[int] = set()
-        determinable = True
+        keys: dict[str, list | None] = {}
         for sl_name, sl in node.slices.items():
             if discriminators is not None:
                 wanted = []
                 for dtype, path in discriminators:
-                    if dtype not in ("value", "pattern"):
-                        wanted = None
-                        break
-                    v = self._discriminator_value(prof, node, sl, path)
+                    v = self._discriminator_value(prof, node, sl, path) \
+                        if dtype in ("value", "pattern") else None
                     if v is None:
                         wanted = None
                         break
                     wanted.append((path, v))
             else:
                 wanted = self._inferred(prof, sl) or None
-            if not wanted:
-                determinable = False
+            keys[sl_name] = wanted or None
+        node.closed = bool(base_el is not None and base_el.closed)
+        return keys
+
+    def sliced(self, prof: Profile, node: Node, items: list[Item], loc: str,
+               in_ext: bool) -> None:
+        if node.keys is None:
+            node.keys = self._slice_keys(prof, node)
+        matched: set[int] = set()
+        for sl_name, sl in node.slices.items():
+            wanted = node.keys[sl_name]
+            if wanted is None:
                 continue  # not guessed: this slice's members cannot be told apart
             members = []
             for i, item in enumerate(items):
-                if all(any(_matches(v, got) for got in
-                           (_path_values(item.value, p) if p != "$this" else [item.value]))
-                       for p, v in wanted):
+                if all(_has(item.value, p, v) for p, v in wanted):
                     members.append(item)
                     matched.add(i)
             if sl.el is not None:
@@ -541,7 +573,7 @@ class _Walk:
                                  f"{prof.name}: {node.id} slice '{sl_name}'")
             for item in members:
                 self.item(prof, sl, item, in_ext)
-        if base_el is not None and base_el.closed and determinable:
+        if node.closed and None not in node.keys.values():
             for i, item in enumerate(items):
                 if i not in matched:
                     self.error("structure", f"{prof.name}: {node.id} is closed to anything "
@@ -550,32 +582,24 @@ class _Walk:
     # -- UK Core extensions anywhere in the resource
     def extensions(self, value, loc: str, rpath: str, dtype: str, parent: str, last: str,
                    resource_root: bool) -> None:
-        from .validation import _schema  # the R4 element types (same layer, loaded once)
-
         if isinstance(value, list):
             for i, v in enumerate(value):
-                self.extensions(v, f"{loc}[{i}]", rpath, dtype, parent, last, resource_root)
-            return
-        if not isinstance(value, dict):
+                if isinstance(v, (dict, list)):
+                    self.extensions(v, f"{loc}[{i}]", rpath, dtype, parent, last, resource_root)
             return
         if isinstance(value.get("resourceType"), str) and not resource_root:
             rt = value["resourceType"]
             return self.extensions(value, loc, rt, rt, "", "", True)
-        definitions = _schema()["definitions"]
-        props = (definitions.get(dtype) or {}).get("properties") or {}
+        types = _element_types(dtype)
         for key, child in value.items():
-            if key == "resourceType":
+            if not isinstance(child, (dict, list)):
                 continue
-            name = key[1:] if key.startswith("_") else key
+            name = key.removeprefix("_")
             if key in ("extension", "modifierExtension") and isinstance(child, list):
                 for i, ext in enumerate(child):
                     self.extension(ext, f"{loc}.{key}[{i}]", rpath, dtype, parent, last,
                                    resource_root)
-            prop = props.get(name) or {}
-            ref = prop.get("$ref") or (prop.get("items") or {}).get("$ref") or ""
-            ctype = ref.rsplit("/", 1)[-1] if ref else ""
-            if key.startswith("_"):
-                ctype = "Element"
+            ctype = "Element" if key.startswith("_") else types.get(name, "")
             self.extensions(child, f"{loc}.{key}", f"{rpath}.{name}", ctype, dtype, name, False)
 
     def extension(self, ext, loc: str, rpath: str, dtype: str, parent: str, last: str,
