@@ -96,16 +96,18 @@ def _definition(url: str) -> ET.Element | None:
     return root if root is not None and _local(root.tag) == "StructureDefinition" else None
 
 
-def profile_urls() -> list[str]:
+@cache
+def profile_urls() -> tuple[str, ...]:
     """Every bundled UK Core resource profile."""
-    return sorted(u for u, r in _resources().items()
-                  if _local(r.tag) == "StructureDefinition" and u.startswith(PROFILE_PREFIX))
+    return tuple(sorted(u for u, r in _resources().items()
+                  if _local(r.tag) == "StructureDefinition" and u.startswith(PROFILE_PREFIX)))
 
 
-def extension_urls() -> list[str]:
+@cache
+def extension_urls() -> tuple[str, ...]:
     """Every bundled UK Core Extension definition."""
-    return sorted(u for u, r in _resources().items()
-                  if _local(r.tag) == "StructureDefinition" and u.startswith(EXTENSION_PREFIX))
+    return tuple(sorted(u for u, r in _resources().items()
+                  if _local(r.tag) == "StructureDefinition" and u.startswith(EXTENSION_PREFIX)))
 
 
 def is_known_profile(url: str) -> bool:
@@ -313,6 +315,8 @@ def _in_valueset(vs: ValueSet, system: str | None, code) -> str:
     """'ok', 'bad' or 'unchecked'."""
     if not isinstance(code, str):
         return "bad"
+    if not isinstance(system, str):
+        system = None  # not a system: the R4 check says so; look the code up on its own
     if system is None:
         if any(c == code for _, c in vs.codes):
             return "ok"
@@ -492,8 +496,8 @@ class _Walk:
         if isinstance(value, str):
             pairs = [(None, value)]
         elif isinstance(value, dict) and "coding" in value:
-            pairs = [(c.get("system"), c.get("code")) for c in value.get("coding") or []
-                     if isinstance(c, dict)]
+            codings = value["coding"] if isinstance(value["coding"], list) else []
+            pairs = [(c.get("system"), c.get("code")) for c in codings if isinstance(c, dict)]
         elif isinstance(value, dict) and "code" in value:
             pairs = [(value.get("system"), value.get("code"))]
         elif isinstance(value, dict):

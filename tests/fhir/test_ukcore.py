@@ -285,3 +285,22 @@ def test_the_fhir_model_layer_imports_nothing_above_it():
                 parts = node.module.split(".")
                 assert not (parts[0] == "sharedcare" and len(parts) > 1
                             and parts[1] in above), path.name
+
+
+@pytest.mark.parametrize("where, value", [
+    (("identifier", 0, "extension", 0, "valueCodeableConcept", "coding"), 1.5),
+    (("identifier", 0, "extension", 0, "valueCodeableConcept", "coding", 0, "system"), [1]),
+    (("extension",), {"url": 3}),
+    (("extension", 0), [None]),
+    (("identifier",), "x"),
+    (("contact", 0, "extension", 0, "url"), None),
+])
+def test_a_resource_that_is_not_even_r4_is_reported_never_a_crash(where, value):
+    # $validate runs the UK Core check beside the R4 one, whatever the R4 check found
+    p = richard_smith()
+    node = p
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    assert problems(p)  # the R4 problem
+    ukcore.check(p)  # and the UK Core walk copes
