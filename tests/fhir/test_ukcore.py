@@ -304,3 +304,21 @@ def test_a_resource_that_is_not_even_r4_is_reported_never_a_crash(where, value):
     node[where[-1]] = value
     assert problems(p)  # the R4 problem
     ukcore.check(p)  # and the UK Core walk copes
+
+
+def test_an_extension_without_its_value_and_a_complex_one_with_a_value():
+    p = richard_smith()
+    p["extension"][0] = {"url": ETHNIC}
+    assert found(p) == [("required", "Patient.extension[0].value[x]")]
+    p = richard_smith()
+    p["extension"][1]["valueString"] = "a complex extension has no value of its own"
+    assert found(p) == [("structure", "Patient.extension[1].value[x]")]
+
+
+def test_a_complex_extension_missing_a_required_sub_extension():
+    p = richard_smith()
+    del p["extension"][2]["extension"][0]  # DeathNotificationStatus without its status
+    issues = ukcore.check(p).issues
+    assert [(i.code, i.expression) for i in issues] == [
+        ("required", "Patient.extension[2].extension")]
+    assert "deathNotificationStatus" in issues[0].diagnostics
