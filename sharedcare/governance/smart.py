@@ -7,12 +7,18 @@
     POST /auth/authorize/sign-in, /auth/authorize/choose           the pages behind it
     POST /auth/token                                  code, refresh_token and client_credentials
 
-Two ways in:
+Three ways in:
 
 * An app acting for a person (standalone launch): authorization code with PKCE (S256 only).
   The person signs in with a local account (`Governance.sign_in`, with lock-out), chooses one of
   the roles they hold, and -- for `launch/patient` or `patient/` scopes -- the patient; the app
   exchanges the one-time code for `Governance.issue_token(...)` narrowed to the granted scopes.
+* An app sharedcare launches (EHR launch, sharedcare as the EHR): from the patient view, "Open
+  in <app>" (`start_launch`) makes a `launch` id bound to the patient, the person and their role
+  (five minutes, single use) and sends the browser to the app's registered `launch_url` with
+  `iss` and `launch`; the app's authorize request with the `launch` scope and that `launch`
+  needs no second sign-in while the browser's sharedcare session is the same person in the same
+  role, and the token response carries `patient` and `need_patient_banner`.
 * A partner system (SMART Backend Services): client_credentials, the client authenticating with
   a JWT signed by a key registered in `api_client.jwks` (RS384 or ES384), for
   `Governance.issue_system_token(...)` with `system/` scopes.
@@ -79,11 +85,11 @@ ASSERTION_ALGS = ("RS384", "ES384")
 BROWSER_COOKIE = "sc_auth_browser"  # binds a half-finished sign-in to the browser that began it
 VERIFIER_RE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 # Non-resource scopes we understand; granted when the client is registered for them.
-CONTEXT_SCOPES = ("openid", "launch/patient", "offline_access", "online_access")
+CONTEXT_SCOPES = ("openid", "launch", "launch/patient", "offline_access", "online_access")
 REFRESH_SCOPES = ("offline_access", "online_access")
 # How long a family of refresh tokens lives from the sign-in that started it.
 REFRESH_LIFETIME = {"online_access": 8 * 3600, "offline_access": 30 * 24 * 3600}
-CAPABILITIES = ["launch-standalone", "authorize-post", "client-public",
+CAPABILITIES = ["launch-ehr", "context-ehr-patient", "launch-standalone", "authorize-post", "client-public",
                 "client-confidential-asymmetric", "context-standalone-patient",
                 "permission-patient", "permission-user", "permission-v1", "permission-v2",
                 "permission-offline", "permission-online", "sso-openid-connect"]
@@ -93,6 +99,9 @@ CORS = {"Access-Control-Allow-Origin": "*"}
 PENDING, CODE, JTI = "smart-pending", "smart-code", "smart-jti"
 # refresh token -> its grant; family id -> alive; a rotated refresh token -> its family
 REFRESH, FAMILY, ROTATED = "smart-refresh", "smart-refresh-family", "smart-refresh-used"
+LAUNCH_CTX = "smart-launch"  # launch id -> patient, person, role, client (EHR launch)
+LAUNCH_LIFETIME = 300
+WEB_SESSION_COOKIE = "sc_session"  # the web pages' session (web.core, oidc)
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -108,14 +117,16 @@ class Client:
     scopes: tuple[str, ...]
     purpose: str
     public: bool
+    launch_url: str | None = None  # apps sharedcare launches from the patient view
 
 
 def register_client(engine: Engine, client_id: str, name: str, *, ods: str | None,
                     redirect_uris: Iterable[str] = (), jwks: dict | str | None = None,
                     scopes: str | Iterable[str], purpose: str = DIRECT_CARE,
-                    public: bool = True) -> Client:
+                    public: bool = True, launch_url: str | None = None) -> Client:
     """Add or replace a SMART client. `scopes` is the most it may ever be granted; `jwks` (a
-    JWK Set, public keys only) is how a confidential client authenticates (private_key_jwt)."""
+    JWK Set, public keys only) is how a confidential client authenticates (private_key_jwt);
+    `launch_url` makes it launchable from the patient view (it should hold `launch`)."""
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose '{purpose}'")
     scope_list = scopes.split() if isinstance(scopes, str) else list(scopes)
@@ -125,6 +136,13 @@ def register_client(engine: Engine, client_id: str, name: str, *, ods: str | Non
         if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
             raise ValueError(f"redirect URI '{uri}' must be an absolute http(s) URL without a "
                              "fragment")
+    if launch_url is not None:
+        parts = urlsplit(launch_url)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
+            raise ValueError(f"launch URL '{launch_url}' must be an absolute http(s) URL "
+                             "without a fragment")
+        if "launch" not in scope_list:
+            raise ValueError("a launchable app must be registered for the 'launch' scope")
     if jwks is not None:
         keys = json.loads(jwks) if isinstance(jwks, str) else jwks
         if any(k.get(p) for k in keys.get("keys", []) for p in ("d", "p", "q", "k")):
@@ -136,7 +154,7 @@ def register_client(engine: Engine, client_id: str, name: str, *, ods: str | Non
         conn.execute(insert(api_client), [{
             "client_id": client_id, "name": name, "ods": ods, "redirect_uris": " ".join(uris),
             "jwks": jwks, "scopes": " ".join(scope_list), "purpose": purpose,
-            "public": public}])
+            "public": public, "launch_url": launch_url}])
     return get_client(engine, client_id)
 
 
@@ -149,7 +167,34 @@ def get_client(engine: Engine, client_id: str | None) -> Client | None:
         return None
     return Client(row.client_id, row.name, row.ods, tuple((row.redirect_uris or "").split()),
                   json.loads(row.jwks) if row.jwks else None, tuple(row.scopes.split()),
-                  row.purpose or DIRECT_CARE, bool(row.public))
+                  row.purpose or DIRECT_CARE, bool(row.public), row.launch_url)
+
+
+def launchable_clients(engine: Engine) -> list[Client]:
+    """Apps with a launch URL: offered as "Open in <app>" on the patient view."""
+    with engine.connect() as conn:
+        ids = conn.execute(select(api_client.c.client_id)
+                           .where(api_client.c.launch_url.is_not(None))
+                           .order_by(api_client.c.name)).scalars().all()
+    return [c for c in (get_client(engine, i) for i in ids) if c is not None]
+
+
+def start_launch(sc, request: Request, access: Access, client: Client,
+                 patient_id: str) -> str:
+    """EHR launch of `client` for `patient_id` by the person in `access` (who may see the
+    patient: the caller checks): a single-use launch id in the shared state and the URL of the
+    app's launch page with `iss` and `launch`. Audited once."""
+    if not client.launch_url:
+        raise ValueError(f"{client.client_id} has no launch URL")
+    launch = secrets.token_urlsafe(24)
+    shared_state_of(sc).put(LAUNCH_CTX, launch, {
+        "client_id": client.client_id, "username": access.username, "ods": access.ods,
+        "role": access.role, "patient": patient_id}, LAUNCH_LIFETIME)
+    sc.governance.audit(access, "launch", "0", patient_id=patient_id,
+                        entity=f"app {client.client_id}"[:400],
+                        reason=f"opened {client.name} in this patient's context (EHR launch)")
+    return _with_query(client.launch_url, {"iss": public_base(request) + "/fhir",
+                                           "launch": launch})
 
 
 def remove_client(engine: Engine, client_id: str) -> bool:
@@ -342,7 +387,7 @@ class SmartServer:
             "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
             "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGS),
             "code_challenge_methods_supported": ["S256"],
-            "scopes_supported": ["openid", "launch/patient", "offline_access",
+            "scopes_supported": ["openid", "launch", "launch/patient", "offline_access",
                                  "online_access", "patient/*.rs", "patient/*.read",
                                  "user/*.rs", "user/*.cruds", "user/*.read", "user/*.write",
                                  "system/*.rs", "system/*.cruds", "system/*.read"],
@@ -396,24 +441,58 @@ class SmartServer:
         fhir_base = public_base(request) + "/fhir"
         if (params.get("aud") or "").rstrip("/") != fhir_base:
             return fail("invalid_request", f"aud must be this server's FHIR base, {fhir_base}")
-        if "launch" in (params.get("scope") or "").split():
-            return fail("invalid_scope", "EHR launch is not supported; use standalone launch")
         granted = grant_scopes(params.get("scope") or "", client.scopes, ("patient", "user"))
+        ctx = None
+        if "launch" in (params.get("scope") or "").split():
+            if "launch" not in granted:
+                return fail("invalid_scope", "this application is not registered for EHR "
+                            "launch")
+            if not params.get("launch"):
+                return fail("invalid_request", "the launch scope needs the launch parameter "
+                            "the EHR sent")
+            # Single use: taken now, whatever happens next.
+            ctx = await run_in_threadpool(self.state.take, LAUNCH_CTX, params["launch"])
+            if ctx is None or ctx["client_id"] != client.client_id:
+                return fail("invalid_request", "the launch is unknown, expired, already used or "
+                            "for another application")
         if not any("/" in s and not s.startswith("launch") for s in granted):
             return fail("invalid_scope", "none of the requested scopes can be granted to this "
                         "application")
         browser, new = browser_id(request)
         txn = secrets.token_urlsafe(24)
-        await run_in_threadpool(self.state.put, PENDING, txn, {
+        pending = {
             "client_id": client.client_id, "client_name": client.name,
             "redirect_uri": redirect_uri, "state": state, "scope": granted,
             "code_challenge": params["code_challenge"], "nonce": params.get("nonce"),
             "purpose": client.purpose, "browser": browser_hash(browser), "username": None,
-        }, PENDING_LIFETIME)
+        }
+        if ctx is not None:
+            pending.update(launch={k: ctx[k] for k in ("username", "ods", "role")},
+                           patient=ctx["patient"], need_patient_banner=True)
+        await run_in_threadpool(self.state.put, PENDING, txn, pending, PENDING_LIFETIME)
+        if ctx is not None and self._session_is(request, ctx):
+            # Launched from the session of this same person in this same role: no second
+            # sign-in.
+            pending["username"] = ctx["username"]
+            return await self._finish(request, txn, pending, ctx["ods"], ctx["role"],
+                                      ctx["patient"])
         resp = self._sign_in_page(request, txn, client.name, granted)
         if new:
             set_browser_cookie(request, resp, browser)
         return resp
+
+    def _session_is(self, request: Request, ctx: dict) -> bool:
+        """Is the browser's sharedcare session the person and role of the launch?"""
+        cookie = request.cookies.get(WEB_SESSION_COOKIE)
+        if not cookie:
+            return False
+        try:
+            claims = self.gov.tokens.verify(cookie)
+        except FHIRError:
+            return False
+        return claims.get("kind", "user") == "user" and \
+            (claims.get("sub"), claims.get("ods"), claims.get("role")) == \
+            (ctx["username"], ctx["ods"], ctx["role"])
 
     def _sign_in_page(self, request, txn, client_name, granted, message=None, status=200):
         return page(request, "auth_sign_in.html", status, txn=txn, client_name=client_name,
@@ -465,6 +544,22 @@ class SmartServer:
             await run_in_threadpool(self.state.delete, PENDING, txn)
             return error_page(request, "No role", "Your account holds no role at any "
                               "organisation, so it cannot be used to open records.", 403)
+        launch = pending.get("launch")
+        if launch is not None:
+            # An EHR launch was made by one person in one role: only they may finish it.
+            if username != launch["username"] or not any(
+                    o == launch["ods"] and r == launch["role"] for o, _, r in roles):
+                await run_in_threadpool(self.state.delete, PENDING, txn)
+                await run_in_threadpool(audit_sign_in, self.gov, username, None, "", "4",
+                                        "EHR launch finished by another person",
+                                        pending["client_id"])
+                return error_page(request, "Launched by someone else", "This application "
+                                  "was opened from another person's shared care record "
+                                  "session. Open it again from your own.", 403)
+            pending["username"] = username
+            await run_in_threadpool(self.state.put, PENDING, txn, pending, PENDING_LIFETIME)
+            return await self._finish(request, txn, pending, launch["ods"], launch["role"],
+                                      pending["patient"])
         pending["username"] = username
         pending["patient"] = await run_in_threadpool(own_patient, self.engine, username)
         await run_in_threadpool(self.state.put, PENDING, txn, pending, PENDING_LIFETIME)
@@ -583,6 +678,8 @@ class SmartServer:
                 "scope": scope}
         if granted.get("patient"):
             body["patient"] = granted["patient"]
+            if granted.get("need_patient_banner") is not None:
+                body["need_patient_banner"] = granted["need_patient_banner"]
         if "openid" in granted["scope"]:
             body["id_token"] = self._id_token(issuer, client.client_id, granted)
         lasting = [s for s in REFRESH_SCOPES if s in granted["scope"]]

@@ -13,6 +13,7 @@ def routes(sc) -> list:
         Route("/patients/{patient_id}", patient.patient_view),
         Route("/patients/{patient_id}/break-glass", patient.break_glass, methods=["POST"]),
         Route("/patients/{patient_id}/declare", patient.declare, methods=["POST"]),
+        Route("/patients/{patient_id}/open/{client_id}", patient.open_app, methods=["POST"]),
         Route("/patients/{patient_id}/care-plans/new", careplans.new_plan,
               methods=["GET", "POST"]),
         Route("/care-plans/{plan_id}", careplans.show_plan),

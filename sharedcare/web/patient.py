@@ -1027,7 +1027,29 @@ def patient_view(request: Request, access: Access) -> Response:
                   may_write=access.role in ("clinician", "nurse", "allied-health",
                                             "social-worker"),
                   min_reason=MIN_REASON, document_text=document_text, plan_kind=plan_kind,
-                  notice=request.query_params.get("notice"))
+                  notice=request.query_params.get("notice"), apps=_launchable(sc))
+
+
+def _launchable(sc) -> list:
+    from ..governance.smart import launchable_clients
+
+    return launchable_clients(sc.engine)
+
+
+@page(*CLINICAL_ROLES)
+def open_app(request: Request, access: Access, form) -> Response:
+    """"Open in <app>": SMART EHR launch of a registered app in this patient's context, as the
+    person and role of this session (governance.smart.start_launch)."""
+    from ..governance.smart import get_client, start_launch
+
+    sc = request.app.state.sc
+    pid = request.path_params["patient_id"]
+    client = get_client(sc.engine, request.path_params["client_id"])
+    if client is None or not client.launch_url:
+        return render(request, "error.html", 404, title="Application not found",
+                      message="This application cannot be opened from the shared care record.")
+    sc.governance.check_patient(access, pid, "launch")  # 403 page when they may not see them
+    return RedirectResponse(start_launch(sc, request, access, client, pid), 303)
 
 
 def _reason_error(reason: str) -> str | None:
