@@ -429,6 +429,10 @@ def admin_client(client_id: str, name: str,
                  jwks: Path = typer.Option(None, help="Confidential clients: JWK Set (public "
                                            "keys) for private_key_jwt."),
                  purpose: str = typer.Option("direct-care"),
+                 launch_url: str = typer.Option(None, help="Apps sharedcare launches (EHR "
+                                                "launch): the app's launch URL; the patient "
+                                                "view then offers 'Open in NAME'. Needs the "
+                                                "'launch' scope."),
                  database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
     """Register a SMART on FHIR client: an app acting for a user, or a partner system."""
     from .governance.smart import register_client
@@ -441,7 +445,7 @@ def admin_client(client_id: str, name: str,
         keys = orjson.loads(jwks.read_bytes()) if jwks else None
         register_client(_open(database, data_dir).engine, client_id, name, ods=org,
                         redirect_uris=redirect_uri, jwks=keys, scopes=scope, purpose=purpose,
-                        public=keys is None)
+                        public=keys is None, launch_url=launch_url)
     except (OSError, orjson.JSONDecodeError, ValueError) as e:
         fail(str(e))
     print(f"client {client_id} registered ({'confidential' if jwks else 'public'})")

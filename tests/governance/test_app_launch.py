@@ -195,3 +195,22 @@ def test_launch_page_link_targets(app):
     html = c.get("/patients/p1").text
     action = re.search(r'action="(/patients/p1/open/[^"]+)"', html).group(1)
     assert urlsplit(action).path == "/patients/p1/open/app1"
+
+
+def test_admin_client_launch_url(sc, database_url, tmp_path):
+    from typer.testing import CliRunner
+
+    from sharedcare.cli import app as cli
+    from sharedcare.governance.smart import get_client
+
+    r = CliRunner().invoke(cli, [
+        "admin", "client", "viewer", "Viewer", "--scope", "launch patient/*.rs",
+        "--redirect-uri", REDIRECT, "--launch-url", LAUNCH_URL, "--database", database_url,
+        "--data-dir", str(tmp_path / "data")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert get_client(sc.engine, "viewer").launch_url == LAUNCH_URL
+    r = CliRunner().invoke(cli, [
+        "admin", "client", "viewer", "Viewer", "--scope", "patient/*.rs",
+        "--redirect-uri", REDIRECT, "--launch-url", LAUNCH_URL, "--database", database_url,
+        "--data-dir", str(tmp_path / "data")], catch_exceptions=False)
+    assert r.exit_code != 0 and "launch" in r.output
