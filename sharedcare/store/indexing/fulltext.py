@@ -128,35 +128,33 @@ def decoded_text(content_type: str | None, data: str | None) -> str:
 
 def content_text(res: dict) -> str:
     parts: list[str] = []
-    budget = [MAX_CHARS]
+    add = parts.append
 
-    def add(s: str) -> None:
-        if s and budget[0] > 0:
-            parts.append(s)
-            budget[0] -= len(s) + 1
-
-    def walk(node) -> None:
-        if budget[0] <= 0:
-            return
-        if isinstance(node, dict):
-            if "contentType" in node and isinstance(node.get("data"), str):
-                add(decoded_text(node.get("contentType"), node["data"]))  # an Attachment
-            for k, v in node.items():
-                if k in SKIP_KEYS or k == "data" or k.endswith("Base64Binary"):
-                    continue
-                if k == "text" and isinstance(v, dict) and "div" in v:
+    # The second-hottest loop of ingest (after index extraction): strings are taken inline
+    # and the total is capped once at the end.
+    def walk(node: dict) -> None:
+        if "contentType" in node and node.get("data").__class__ is str:
+            add(decoded_text(node["contentType"], node["data"]))  # an Attachment
+        for k, v in node.items():
+            if k in SKIP_KEYS or k == "data" or k.endswith("Base64Binary"):
+                continue
+            cls = v.__class__
+            if cls is str:
+                add(v)
+            elif cls is dict:
+                if k == "text" and "div" in v:
                     add(narrative_text(node))
-                    continue
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-        elif isinstance(node, str):
-            add(node)
+                else:
+                    walk(v)
+            elif cls is list:
+                for item in v:
+                    if item.__class__ is str:
+                        add(item)
+                    elif item.__class__ is dict:
+                        walk(item)
 
     if res.get("resourceType") == "Binary":
-        add(decoded_text(res.get("contentType"), res.get("data")))
-        return _clean(" ".join(parts))
+        return decoded_text(res.get("contentType"), res.get("data"))
     walk(res)
     return _clean(" ".join(parts))
 
