@@ -214,3 +214,37 @@ def test_admin_client_launch_url(sc, database_url, tmp_path):
         "--redirect-uri", REDIRECT, "--launch-url", LAUNCH_URL, "--database", database_url,
         "--data-dir", str(tmp_path / "data")], catch_exceptions=False)
     assert r.exit_code != 0 and "launch" in r.output
+
+
+def test_smart_python_client_ehr_launch_and_refresh(app, live_server, sc):
+    """SMART's own Python client (fhirclient) as the launched app, against a real server:
+    it finds the endpoints in the CapabilityStatement, sends launch and PKCE, reads the
+    patient in context and refreshes (rotation: the first refresh token then fails)."""
+    import httpx
+    from fhirclient import client as fhirclient
+
+    with httpx.Client(base_url=live_server, follow_redirects=False) as b:
+        b.get("/sign-in")
+        assert b.post("/sign-in", data={"username": "drsmith", "password": PASSWORD,
+                                        "next": "/", "csrf": b.cookies.get("sc_csrf")}
+                      ).status_code == 303
+        r = b.post("/patients/p1/open/app1", data={"csrf": b.cookies.get("sc_csrf")})
+        assert r.status_code == 303
+        q = query_of(r.headers["location"])
+        assert q["iss"] == f"{live_server}/fhir"
+        smart = fhirclient.FHIRClient(settings={
+            "app_id": "app1", "api_base": q["iss"], "redirect_uri": REDIRECT,
+            "scope": "launch patient/*.rs offline_access", "launch_token": q["launch"]})
+        r = b.get(smart.authorize_url)
+        assert r.status_code == 303 and r.headers["location"].startswith(REDIRECT)
+    smart.handle_callback(r.headers["location"])
+    assert smart.patient_id == "p1"
+    assert smart.patient.name[0].family == "Test-p1"
+    first = smart.server.auth.refresh_token
+    assert first
+    assert smart.reauthorize()
+    assert smart.server.auth.refresh_token not in (None, first)
+    assert smart.patient_id == "p1"
+    r = httpx.post(f"{live_server}/auth/token", data={
+        "grant_type": "refresh_token", "client_id": "app1", "refresh_token": first})
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
