@@ -28,9 +28,10 @@ digit; in the Scottish CHI range the first six digits must be a date). A custom 
 Identifier does this inside the same jsonschema-rs pass, so resources without identifiers pay
 nothing.
 
-UK Core: a resource whose ``meta.profile`` claims a UK Core profile is also checked against it
-(`ukcore.py`); those issues are `ukcore.ProfileIssue`s, and a write refused only for them is a
-422 (`write_status`), where an R4 problem is a 400.
+UK Core: a valid R4 resource whose ``meta.profile`` claims a UK Core profile is also checked
+against it (`ukcore.py`); those issues are `ukcore.ProfileIssue`s, and a write refused only for
+them is a 422 (`write_status`), where an R4 problem is a 400. `r4_problems` is the R4 check
+alone ($validate runs both itself).
 
 Errors inside a contained resource or a Bundle entry are reported at the inner field
 (``Bundle.entry[2].resource.code``), not as the schema's "not valid under oneOf". Diagnostics name
@@ -168,7 +169,17 @@ class _NhsNumberKeyword:
 
 
 def problems(resource, where: str | None = None) -> list[Issue]:
-    """All problems with `resource`, each with its location ("Patient.name[0].given")."""
+    """All problems with `resource`, each with its location ("Patient.name[0].given"): R4, and
+    the UK Core profiles it claims (`ukcore.ProfileIssue`s)."""
+    issues = r4_problems(resource, where)
+    if not issues:
+        # UK Core profiles constrain valid R4 (and cost a resource that claims none a lookup)
+        issues = ukcore.problems(resource, where)
+    return issues[:MAX_ISSUES]
+
+
+def r4_problems(resource, where: str | None = None) -> list[Issue]:
+    """The problems of `resource` as FHIR R4 (the JSON schema, ids, NHS numbers)."""
     if not isinstance(resource, dict):
         return [Issue("structure", "a resource must be a JSON object", where)]
     rtype = resource.get("resourceType")
@@ -183,14 +194,11 @@ def problems(resource, where: str | None = None) -> list[Issue]:
         issues.append(Issue("value", "id must be 1-64 of A-Z a-z 0-9 - .", f"{root}.id"))
     validator = _validator(rtype)
     try:
-        issues = _schema_problems(validator, resource, root, issues)
+        return _schema_problems(validator, resource, root, issues)
     except ValueError:
         # The validator's recursion limit: no FHIR resource nests hundreds of levels deep.
         return [Issue("structure", "the resource is nested too deeply to be a FHIR resource",
                       root)]
-    # UK Core: only for a resource that claims a UK Core profile (others pay a dict lookup)
-    issues.extend(ukcore.problems(resource, root))
-    return issues[:MAX_ISSUES]
 
 
 def write_status(issues: list[Issue]) -> int:
