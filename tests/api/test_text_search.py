@@ -58,6 +58,7 @@ def world(sc):
         letter("gp-documents", "Bronchiectasis and housing letter."),
         WriteOp("PUT", "Binary", "gp-bin", {
             "resourceType": "Binary", "contentType": "text/plain",
+            "securityContext": {"reference": "Patient/P1"},  # part of P1's record
             "data": base64.b64encode(b"Bronchiectasis; haemoptysis noted.").decode()}),
         letter("gp-linked", "", category="gp-summary", url="Binary/gp-bin"),
     ], source_org="GP1")
@@ -182,3 +183,57 @@ def test_fhirpy_finds_a_clinic_letter_by_its_words(live_server, system_token):
         _content='"tapered steroids"').fetch_all() == []
     assert len(client.resources("DocumentReference").search(
         subject=f"Patient/{patient.id}", _content="eye OR sarcoidosis").fetch_all()) == 2
+
+
+# Words every generated resource of a type holds (tests/governance/gov_world.clinical_body).
+WORLD_WORDS = {"Observation": "pulse", "Condition": "asthma", "DocumentReference": "current",
+               "CarePlan": "plan", "Flag": '"falls risk"'}
+
+
+def test_text_search_in_random_worlds_matches_the_oracle(database_url, tmp_path):
+    """Random care systems (every agreement state, relationship, objection, label, break-glass)
+    from the governance property tests: for every viewer, a `_content` search finds exactly the
+    resources holding the words that the oracle says the viewer may see, and counts only
+    those -- per type and across types."""
+    import tests.governance.conftest  # noqa: F401  (puts the oracle on the path)
+    from gov_world import access_for, fresh, load, worlds
+    from hypothesis import HealthCheck, given, settings
+    from oracle import Oracle
+
+    examples = 4 if database_url.startswith("sqlite") else 2
+    checked = {"n": 0}
+
+    @settings(max_examples=examples, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(worlds())
+    def prop(generated):
+        world, viewers = generated
+        sc = fresh(database_url, tmp_path)
+        try:
+            load(sc, world, viewers)
+            oracle = Oracle(world)
+            present = sorted({r.type for r in world.resources} & set(WORLD_WORDS))
+            for v in viewers:
+                a = access_for(sc.governance, v)
+                visible = {r.ref for r in world.resources if oracle.may_see(v, r)}
+                for t in present:
+                    want = {r.ref for r in world.resources if r.type == t} & visible
+                    page = sc.governance.search(a, t, [("_content", WORLD_WORDS[t]),
+                                                       ("_count", "1000")])
+                    got = {f"{s.type}/{s.id}" for s in page.matches}
+                    assert got == want, (v, t, sorted(got ^ want))
+                    assert page.total == len(want), (v, t)
+                    checked["n"] += 1
+                everywhere = " OR ".join(WORLD_WORDS[t] for t in present)
+                page = sc.governance.search(a, None, [("_type", ",".join(present)),
+                                                      ("_content", everywhere),
+                                                      ("_count", "1000")])
+                want = {r.ref for r in world.resources if r.type in present} & visible
+                assert {f"{s.type}/{s.id}" for s in page.matches} == want, v
+                assert page.total == len(want), v
+        finally:
+            sc.engine.dispose()
+
+    prop()
+    assert checked["n"] >= examples * 6
