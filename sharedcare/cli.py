@@ -502,10 +502,13 @@ def admin_epr_add(iss: str = typer.Argument(..., help="The EPR's FHIR base URL, 
                                           "belongs to: its users' roles there are used."),
                   client_id: str = typer.Option(..., help="sharedcare's client id at the EPR."),
                   client_secret: str = typer.Option(
-                      "", envvar="SHAREDCARE_EPR_CLIENT_SECRET", prompt=True, hide_input=True,
-                      show_default=False,
-                      help="sharedcare's secret at the EPR (prompted; or "
-                      "$SHAREDCARE_EPR_CLIENT_SECRET). Empty for a public client."),
+                      None, envvar="SHAREDCARE_EPR_CLIENT_SECRET", show_default=False,
+                      help="sharedcare's secret at the EPR ($SHAREDCARE_EPR_CLIENT_SECRET, or "
+                      "prompted when no --private-key is given; empty for a public client)."),
+                  private_key: Path = typer.Option(
+                      None, help="Instead of a secret: sharedcare's private key file for "
+                      "private_key_jwt at the EPR (from 'sharedcare admin keygen'; the EPR "
+                      "registers the public JWK Set)."),
                   match: str = typer.Option("sds-user-id", help="How the EPR's user becomes a "
                                             "staff account: sds-user-id (the fhirUser "
                                             "Practitioner's SDS user id = the account's SDS id) "
@@ -525,10 +528,14 @@ def admin_epr_add(iss: str = typer.Argument(..., help="The EPR's FHIR base URL, 
         if conn.execute(select(organisation.c.ods).where(organisation.c.ods == org)).first() \
                 is None:
             fail(f"--org {org}: no such organisation; add it with 'sharedcare admin org'")
+    if client_secret is None and private_key is None:
+        client_secret = typer.prompt("Client secret (empty for a public client)", default="",
+                                     hide_input=True, show_default=False)
     try:
         epr = register_epr(sc.engine, iss, name, ods=org, client_id=client_id,
                            client_secret=client_secret or None, user_match=match,
-                           scope=scope or DEFAULT_SCOPE)
+                           scope=scope or DEFAULT_SCOPE,
+                           private_key_file=str(private_key) if private_key else None)
     except ValueError as e:
         fail(str(e))
     print(f"EPR {epr.name} ({epr.ods}) may launch sharedcare: iss {epr.iss}, users matched by "
@@ -542,9 +549,11 @@ def admin_epr_list(database: str = DatabaseOpt, data_dir: Path = DataDirOpt):
     """List the partner EPRs allowed to launch sharedcare (never their secrets)."""
     from .governance.ehr_launch import list_eprs
 
-    t = Table("iss", "name", "org", "client id", "match", "scope")
+    t = Table("iss", "name", "org", "client id", "authenticates", "match", "scope")
     for e in list_eprs(_open(database, data_dir).engine):
-        t.add_row(e.iss, e.name, e.ods, e.client_id, e.user_match, e.scope)
+        auth = ("private key " + e.private_key_file if e.private_key_file
+                else "secret" if e.client_secret else "public client")
+        t.add_row(e.iss, e.name, e.ods, e.client_id, auth, e.user_match, e.scope)
     Console().print(t)
 
 

@@ -13,7 +13,9 @@ through sharedcare to a server of their choosing. For a registered EPR:
 1. its `{iss}/.well-known/smart-configuration` is read (cached for an hour);
 2. the browser goes to its authorization endpoint with `launch`, the EPR's scopes (default
    `launch openid fhirUser patient/Patient.read`), `state`, `nonce`, PKCE S256 and `aud=iss`;
-3. on the way back the code is exchanged (client_secret_basic) and the ID token checked -- the
+3. on the way back the code is exchanged -- sharedcare authenticating with its secret
+   (client_secret_basic) or its private key (private_key_jwt, RFC 7523: a key file made by
+   `sharedcare admin keygen`, whose public JWK Set the EPR registers) -- and the ID token checked -- the
    signature against the EPR's JWKS, iss (the configuration's `issuer`), aud, exp, iat, nonce
    (`oidc.Provider`, the same checks as staff sign-in through OpenID Connect);
 4. the person is matched to a staff account by the EPR's `user_match`:
@@ -35,12 +37,16 @@ the shared state, taken once, bound to the browser by a cookie.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
+from joserfc import jwt
+from joserfc.jwk import import_key
 from sqlalchemy import Engine, delete, insert, select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -86,6 +92,20 @@ class Epr:
     user_match: str
     scope: str
     active: bool
+    private_key_file: str | None = None
+
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+KEY_ALGS = {"RSA": "RS384", "EC": "ES384"}
+
+
+def load_private_key(path: str):
+    """sharedcare's private key for private_key_jwt (a private JWK file) and its algorithm."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict) or data.get("kty") not in KEY_ALGS or "d" not in data:
+        raise ValueError(f"{path} is not a private RSA or EC key (JWK)")
+    key = import_key(data)
+    return key, data.get("alg") or KEY_ALGS[data["kty"]]
 
 
 def normalise_iss(iss: str) -> str:
@@ -94,8 +114,11 @@ def normalise_iss(iss: str) -> str:
 
 def register_epr(engine: Engine, iss: str, name: str, *, ods: str, client_id: str,
                  client_secret: str | None = None, user_match: str = "sds-user-id",
-                 scope: str = DEFAULT_SCOPE, active: bool = True) -> Epr:
-    """Allow the EPR whose FHIR base is `iss` to launch sharedcare (add or replace)."""
+                 scope: str = DEFAULT_SCOPE, active: bool = True,
+                 private_key_file: str | None = None) -> Epr:
+    """Allow the EPR whose FHIR base is `iss` to launch sharedcare (add or replace).
+    sharedcare authenticates to it with `client_secret`, or `private_key_file` (private_key_jwt),
+    or neither (a public client)."""
     iss = normalise_iss(iss)
     parts = urlsplit(iss)
     if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or \
@@ -111,12 +134,21 @@ def register_epr(engine: Engine, iss: str, name: str, *, ods: str, client_id: st
         raise ValueError("matching users by SDS user id needs the 'fhirUser' scope")
     if not client_id:
         raise ValueError("client_id is required")
+    if client_secret and private_key_file:
+        raise ValueError("give a client secret or a private key, not both")
+    if private_key_file:
+        try:
+            load_private_key(private_key_file)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"private key {private_key_file}: {e}") from None
+        private_key_file = str(Path(private_key_file).resolve())
     with engine.begin() as conn:
         conn.execute(delete(partner_epr).where(partner_epr.c.iss == iss))
         conn.execute(insert(partner_epr), [{
             "iss": iss, "name": name, "ods": ods, "client_id": client_id,
             "client_secret": client_secret or None, "user_match": user_match,
-            "scope": " ".join(words), "active": active}])
+            "scope": " ".join(words), "active": active,
+            "private_key_file": private_key_file or None}])
     return get_epr(engine, iss)
 
 
@@ -129,7 +161,7 @@ def get_epr(engine: Engine, iss: str | None) -> Epr | None:
     if row is None:
         return None
     return Epr(row.iss, row.name, row.ods, row.client_id, row.client_secret, row.user_match,
-               row.scope, bool(row.active))
+               row.scope, bool(row.active), row.private_key_file)
 
 
 def list_eprs(engine: Engine) -> list[Epr]:
@@ -167,6 +199,37 @@ class EprServer(Provider):
 
     async def metadata(self) -> dict:
         return self.doc
+
+    async def exchange(self, code: str, redirect_uri: str, verifier: str) -> dict:
+        if not self.epr.private_key_file:
+            return await super().exchange(code, redirect_uri, verifier)
+        # private_key_jwt (RFC 7523, as SMART's asymmetric client authentication)
+        try:
+            key, alg = load_private_key(self.epr.private_key_file)
+        except (OSError, ValueError) as e:
+            raise OidcError(f"sharedcare's private key for this EPR cannot be read ({e})") \
+                from None
+        now = int(time.time())
+        token_url = self.doc["token_endpoint"]
+        assertion = jwt.encode(
+            {"alg": alg, "kid": key.kid, "typ": "JWT"},
+            {"iss": self.epr.client_id, "sub": self.epr.client_id, "aud": token_url,
+             "iat": now, "exp": now + 240, "jti": secrets.token_hex(16)}, key, algorithms=[alg])
+        data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+                "code_verifier": verifier, "client_id": self.epr.client_id,
+                "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.post(token_url, data=data, headers={"Accept": "application/json"})
+        if r.status_code != 200:
+            try:
+                why = r.json().get("error_description") or r.json().get("error")
+            except ValueError:
+                why = r.text[:200]
+            raise OidcError(f"the sign-in service refused the code ({r.status_code}: {why})")
+        body = r.json()
+        if not body.get("id_token"):
+            raise OidcError("the sign-in service returned no ID token")
+        return body
 
 
 async def discover(epr: Epr) -> dict:

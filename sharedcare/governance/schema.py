@@ -148,6 +148,10 @@ partner_epr = Table(
     Column("client_id", String(200), nullable=False,
            comment="sharedcare's client id at the EPR's authorisation server."),
     Column("client_secret", Text, comment="sharedcare's secret there (client_secret_basic)."),
+    Column("private_key_file", Text,
+           comment="Path of sharedcare's private key (a JWK file, from 'sharedcare admin "
+                   "keygen') for private_key_jwt at the EPR; the key stays out of the "
+                   "database."),
     Column("user_match", String(32), nullable=False, default="sds-user-id",
            comment="How the EPR's user is matched to a staff account: sds-user-id (the fhirUser "
                    "Practitioner's SDS user id = staff.sds_id) or preferred-username (the ID "

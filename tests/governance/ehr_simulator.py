@@ -52,6 +52,9 @@ class EhrSimulator:
         self.sign_with: RSAKey | None = None
         self.token_extra: dict = {}
         self.requests: list[str] = []  # paths asked for, in order
+        # When set: the client authenticates with private_key_jwt signed by one of these keys
+        # (the public JWK Set sharedcare's admin gave the EPR), not client_secret_basic.
+        self.client_keys: KeySet | None = None
 
     @property
     def fhir(self) -> str:
@@ -109,9 +112,25 @@ class EhrSimulator:
 
     async def token(self, request: Request):
         form = await request.form()
-        expected = "Basic " + base64.b64encode(f"{self.client_id}:{self.secret}".encode()).decode()
-        if request.headers.get("authorization") != expected:
-            return JSONResponse({"error": "invalid_client"}, 401)
+        if self.client_keys is not None:
+            try:
+                tok = jwt.decode(str(form.get("client_assertion")), self.client_keys,
+                                 algorithms=["RS384", "ES384"])
+                jwt.JWTClaimsRegistry(
+                    iss={"essential": True, "value": self.client_id},
+                    sub={"essential": True, "value": self.client_id},
+                    aud={"essential": True, "value": f"{self.base}/auth/token"},
+                    exp={"essential": True}, jti={"essential": True}).validate(tok.claims)
+            except Exception:  # noqa: BLE001 - any failure is an unauthenticated client
+                return JSONResponse({"error": "invalid_client"}, 401)
+            if form.get("client_assertion_type") != \
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+                return JSONResponse({"error": "invalid_client"}, 401)
+        else:
+            expected = "Basic " + base64.b64encode(
+                f"{self.client_id}:{self.secret}".encode()).decode()
+            if request.headers.get("authorization") != expected:
+                return JSONResponse({"error": "invalid_client"}, 401)
         grant = self.codes.pop(str(form.get("code")), None)
         if grant is None or form.get("redirect_uri") != grant["redirect_uri"] or \
                 form.get("grant_type") != "authorization_code":

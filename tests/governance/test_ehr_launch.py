@@ -5,12 +5,13 @@ PostgreSQL; then every refusal.
 
 from __future__ import annotations
 
+import json
 from contextlib import closing
 
 import httpx
 import pytest
 from ehr_simulator import EhrSimulator, start
-from joserfc.jwk import RSAKey
+from joserfc.jwk import KeySet, RSAKey
 from sqlalchemy import select
 
 from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, ODS_SYSTEM
@@ -271,3 +272,36 @@ def test_admin_epr_commands(sc, database_url, tmp_path):
     assert r.exit_code != 0
     assert run("admin", "epr", "remove", "https://epr.example/fhir").exit_code == 0
     assert get_epr(sc.engine, "https://epr.example/fhir") is None
+
+
+def test_sharedcare_authenticates_to_the_epr_with_a_private_key(world, ehr, sc, tmp_path):
+    from typer.testing import CliRunner
+
+    from sharedcare.cli import app as cli
+
+    r = CliRunner().invoke(cli, ["admin", "keygen", "sharedcare-at-riverside", "--out-dir",
+                                 str(tmp_path)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    private = tmp_path / "sharedcare-at-riverside-private-key.json"
+    ehr.client_keys = KeySet.import_key_set(
+        json.loads((tmp_path / "sharedcare-at-riverside-jwks.json").read_text()))
+    # Still registered with the secret: the EPR now refuses it.
+    refused(world, ehr, 502, "did not complete the sign-in")
+    with pytest.raises(ValueError):
+        register_epr(sc.engine, ehr.fhir, "Riverside EPR", ods=ORG, client_id=CLIENT_ID,
+                     client_secret=SECRET, private_key_file=str(private))
+    with pytest.raises(ValueError):  # a public key set is not a private key
+        register_epr(sc.engine, ehr.fhir, "Riverside EPR", ods=ORG, client_id=CLIENT_ID,
+                     private_key_file=str(tmp_path / "sharedcare-at-riverside-jwks.json"))
+    register_epr(sc.engine, ehr.fhir, "Riverside EPR", ods=ORG, client_id=CLIENT_ID,
+                 private_key_file=str(private))
+    c, r = launch(world, ehr.fhir)
+    with closing(c):
+        assert r.status_code == 200 and r.url.path == "/patients/p1"
+    # Signed with another key: refused by the EPR.
+    other = tmp_path / "other"
+    CliRunner().invoke(cli, ["admin", "keygen", "sharedcare-at-riverside", "--out-dir",
+                             str(other)], catch_exceptions=False)
+    register_epr(sc.engine, ehr.fhir, "Riverside EPR", ods=ORG, client_id=CLIENT_ID,
+                 private_key_file=str(other / "sharedcare-at-riverside-private-key.json"))
+    refused(world, ehr, 502, "did not complete the sign-in")
