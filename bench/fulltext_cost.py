@@ -1,9 +1,9 @@
 """What the full-text index (_text/_content) costs on ingest: the demo care system's Bundles
-through `api.bundle.process` on a fresh database, with the index on and off, in alternating
-rounds (the machine is shared and noisy, so on/off pairs are compared, not two long runs).
+through `api.bundle.process` into one fresh database, the index on for every other Bundle (the
+machine is shared and noisy: adjacent on/off Bundles are compared, not two long runs).
 
-    python bench/fulltext_cost.py --patients 150 --rounds 3 --backend sqlite
-    python bench/fulltext_cost.py --patients 150 --rounds 3 --backend postgresql
+    python bench/fulltext_cost.py --patients 150 --backend sqlite
+    python bench/fulltext_cost.py --patients 150 --backend postgresql
 
 "Off" stubs `fulltext.text_rows` to find no text, so no text rows are written; everything else
 (validation, index rows, versions, relationships) is the same. Benchmark tooling only.
@@ -22,22 +22,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import create_engine, text
 
-from sharedcare.api import bundle as bundles  # noqa: E402
-from sharedcare.app import SharedCare  # noqa: E402
-from sharedcare.demo import generate  # noqa: E402
-from sharedcare.store.indexing import fulltext  # noqa: E402
+from sharedcare.api import bundle as bundles
+from sharedcare.app import SharedCare
+from sharedcare.demo import generate
+from sharedcare.store.indexing import fulltext
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
-def one_round(cs, backend: str, on: bool) -> tuple[int, float]:
+def run(cs, backend: str, size: int) -> list[tuple[bool, int, float, float]]:
+    """Every Bundle into one fresh database, the text index on for every other Bundle (which
+    one starts alternates per pair): [(on, resources, wall s, process CPU s)]."""
     real = fulltext.text_rows
-    if not on:
-        fulltext.text_rows = lambda res: None
     name = f"bench_fulltext_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT") if backend != "sqlite" else None
+    out = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if admin is not None:
@@ -49,12 +50,14 @@ def one_round(cs, backend: str, on: bool) -> tuple[int, float]:
             sc = SharedCare.open(url, Path(tmp) / "data")
             for o in cs.organisations:
                 sc.governance.add_organisation(o.ods, o.name, o.kind)
-            n, start = 0, time.perf_counter()
-            for b in cs.bundles(500):
-                n += len(bundles.process(sc.store, b, "")["entry"])
-            elapsed = time.perf_counter() - start
+            for i, b in enumerate(cs.bundles(size)):
+                on = (i % 2 == 0) == (i // 2 % 2 == 0)
+                fulltext.text_rows = real if on else (lambda res: None)
+                wall, cpu = time.perf_counter(), time.process_time()
+                n = len(bundles.process(sc.store, b, "")["entry"])
+                out.append((on, n, time.perf_counter() - wall, time.process_time() - cpu))
             sc.engine.dispose()
-        return n, elapsed
+        return out
     finally:
         fulltext.text_rows = real
         if admin is not None:
@@ -66,21 +69,26 @@ def one_round(cs, backend: str, on: bool) -> tuple[int, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--patients", type=int, default=150)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bundle", type=int, default=100, help="entries per Bundle")
     ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     args = ap.parse_args()
     cs = generate(7, args.patients)
-    one_round(cs, args.backend, True)  # warm the validators and the indexer
-    ratios = []
-    for r in range(args.rounds):
-        order = (False, True) if r % 2 == 0 else (True, False)
-        got = {on: one_round(cs, args.backend, on) for on in order}
-        (n, off_s), (_, on_s) = got[False], got[True]
-        ratios.append(on_s / off_s)
-        print(f"round {r + 1}: {n} resources  off {n / off_s:7.0f}/s  on {n / on_s:7.0f}/s  "
-              f"on/off time {on_s / off_s:.3f}  (+{(on_s - off_s) / n * 1e6:.0f} µs/resource)")
-    print(f"{args.backend}: median on/off ingest time ratio {statistics.median(ratios):.3f} "
-          f"over {args.rounds} alternating rounds")
+    run(generate(8, 20), args.backend, args.bundle)  # warm the validators and the indexer
+    rows = run(cs, args.backend, args.bundle)
+    # Adjacent Bundles form pairs (one on, one off): per-resource cost ratios, then the median.
+    walls, cpus = [], []
+    for (on1, n1, w1, c1), (on2, n2, w2, c2) in zip(rows[0::2], rows[1::2], strict=False):
+        (_, n_on, w_on, c_on), (_, n_off, w_off, c_off) = sorted(
+            [(on1, n1, w1, c1), (on2, n2, w2, c2)], key=lambda r: not r[0])
+        walls.append((w_on / n_on) / (w_off / n_off))
+        cpus.append((c_on / n_on) / (c_off / n_off))
+    total = {on: sum(r[1] for r in rows if r[0] == on) for on in (True, False)}
+    wall = {on: sum(r[2] for r in rows if r[0] == on) for on in (True, False)}
+    print(f"{args.backend}: {sum(total.values())} resources in {len(rows)} Bundles of "
+          f"{args.bundle}; on {total[True] / wall[True]:.0f}/s, off "
+          f"{total[False] / wall[False]:.0f}/s (wall)")
+    print(f"median on/off cost per resource over {len(walls)} adjacent pairs: wall "
+          f"{statistics.median(walls):.3f}, process CPU {statistics.median(cpus):.3f}")
 
 
 if __name__ == "__main__":
