@@ -77,6 +77,27 @@ def row(cells, widths):
     )
 
 
+def compare_engines(records, truth_pairs, args) -> None:
+    """Train and predict on DuckDB and on Spark; print precision/recall and time for each."""
+    results = {}
+    for engine in ("duckdb", "spark"):
+        linker = Linker(args.link_threshold, args.review_threshold, engine=engine)
+        t0 = time.perf_counter()
+        linker.train(records, m_method=args.m_method)
+        t_train = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        decisions = linker.predict(records)
+        t_predict = time.perf_counter() - t0
+        links = {(d.a, d.b) for d in decisions if d.outcome == "link"}
+        results[engine] = s = pairwise_scores(links, truth_pairs)
+        print(f"{engine:7} precision {s['precision']:.4f} recall {s['recall']:.4f} "
+              f"train {t_train:.1f}s predict {t_predict:.1f}s", flush=True)
+    d_p = abs(results["spark"]["precision"] - results["duckdb"]["precision"])
+    d_r = abs(results["spark"]["recall"] - results["duckdb"]["recall"])
+    print(f"spark vs duckdb: |precision diff| {d_p:.4f}, |recall diff| {d_r:.4f} "
+          f"(target <= 0.005: {'MET' if max(d_p, d_r) <= 0.005 else 'NOT MET'})\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--persons", type=int, default=2000)
@@ -84,6 +105,11 @@ def main() -> None:
     ap.add_argument("--m-method", default="auto", choices=("auto", "labels", "em"))
     ap.add_argument("--link-threshold", type=float, default=0.99)
     ap.add_argument("--review-threshold", type=float, default=0.80)
+    ap.add_argument("--engine", default="duckdb", choices=("duckdb", "spark"),
+                    help="where splink trains and predicts (spark: local mode unless "
+                         "SHAREDCARE_SPARK_MASTER names a cluster)")
+    ap.add_argument("--compare-engines", action="store_true",
+                    help="also train and predict on the other engine and print both")
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
@@ -108,7 +134,9 @@ def main() -> None:
     )
     print(f"true matching pairs: {len(truth_pairs)}")
 
-    linker = Linker(args.link_threshold, args.review_threshold)
+    if args.compare_engines:
+        compare_engines(records, truth_pairs, args)
+    linker = Linker(args.link_threshold, args.review_threshold, engine=args.engine)
     t0 = time.perf_counter()
     linker.train(records, m_method=args.m_method)
     t_train = time.perf_counter() - t0

@@ -316,17 +316,62 @@ def _records(df) -> list[dict[str, Any]]:
         df.drop_table_from_database_and_remove_from_cache()
 
 
-def _splink_linker(rows: list[dict[str, Any]], settings: Any, validate: bool = True):
-    from splink import DuckDBAPI
+def _splink_linker(rows: list[dict[str, Any]], settings: Any, validate: bool = True,
+                   engine: str = "duckdb"):
     from splink import Linker as SplinkLinker
 
-    db_api = DuckDBAPI()
-    df = db_api.register(_arrow(rows), table_name="sharedcare_identity_records")
+    if engine == "spark":
+        # A whole population's training and prediction on a cluster engine; the same model,
+        # SQL and comparisons as DuckDB (splink renders them in each dialect).
+        from pyspark.sql.types import StringType, StructField, StructType
+        from splink.backends.spark import SparkAPI
+
+        from ..spark import spark_session
+
+        spark = spark_session()
+        db_api = SparkAPI(spark_session=spark, break_lineage_method="parquet")
+        frame = spark.createDataFrame(
+            [tuple(r.get(c) for c in _COLUMNS) for r in rows],
+            schema=StructType([StructField(c, StringType(), True) for c in _COLUMNS]))
+        # splink names the view itself: Spark's session (one per process) outlives this linker,
+        # and only splink's own names may be replaced.
+        df = db_api.register(frame)
+    else:
+        from splink import DuckDBAPI
+
+        db_api = DuckDBAPI()
+        df = db_api.register(_arrow(rows), table_name="sharedcare_identity_records")
     # Scoring reuses settings validated when the model was trained: checking them again on
     # every score (parsing each comparison's SQL) cost more than the scoring itself.
     return SplinkLinker(df, settings, log_level=None, validate_settings=validate)
 
 
+def _in_dialect(model: dict[str, Any], engine: str) -> dict[str, Any]:
+    """The trained model with its SQL rendered for ``engine``.
+
+    A saved splink model holds SQL in the dialect it was trained in (DuckDB's ``epoch()`` for
+    the date comparison, say), so a model trained on DuckDB cannot run on Spark as saved. Our
+    comparisons are built by code, so render them afresh for the target dialect and carry the
+    trained m and u over level by level (the same creators give the same levels in order)."""
+    dialect = _DIALECTS[engine]
+    if model.get("sql_dialect") == dialect:
+        return model
+    fresh = _settings_creator(model["probability_two_random_records_match"]).create_settings_dict(
+        dialect)
+    fresh["sql_dialect"] = dialect
+    for key in ("retain_matching_columns", "retain_intermediate_calculation_columns"):
+        fresh[key] = model.get(key, fresh[key])
+    for new_comp, old_comp in zip(fresh["comparisons"], model["comparisons"], strict=True):
+        levels = zip(new_comp["comparison_levels"], old_comp["comparison_levels"], strict=True)
+        for new_level, old_level in levels:
+            for key in ("m_probability", "u_probability"):
+                if key in old_level:
+                    new_level[key] = old_level[key]
+    return fresh
+
+
+_DIALECTS = {"duckdb": "duckdb", "spark": "spark"}  # engine -> splink's SQL dialect
+ENGINES = tuple(_DIALECTS)
 _M_FLOOR = 0.001  # no level is impossible among true matches (a real record can say anything)
 _U_FLOOR = 1e-5
 
@@ -378,7 +423,10 @@ class Linker:
         seed: int = 20240601,
         report_threshold: float = 0.05,
         given_name_guard: bool = True,
+        engine: str = "duckdb",
     ):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
         if not 0.0 <= possible_threshold <= review_threshold <= link_threshold <= 1.0:
             raise ValueError("need 0 <= possible <= review <= link <= 1")
         self.link_threshold = link_threshold
@@ -387,6 +435,9 @@ class Linker:
         self.seed = seed
         self.report_threshold = report_threshold
         self.given_name_guard = given_name_guard
+        # Where train() and predict() run over many records. Scoring a few candidates for
+        # $match always runs in process on DuckDB: a cluster round trip would cost more.
+        self.engine = engine
         self._model: dict[str, Any] | None = None
         self.training_info: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -479,7 +530,7 @@ class Linker:
 
         from splink import block_on
 
-        linker = _splink_linker(rows, _settings_creator(lam or 1e-4))
+        linker = _splink_linker(rows, _settings_creator(lam or 1e-4), engine=self.engine)
         if lam is None:
             linker.training.estimate_probability_two_random_records_match(
                 [block_on("given", "family", "birth_date")], recall=0.6
@@ -546,9 +597,9 @@ class Linker:
 
         scored: dict[tuple[str, str], float] = {}
         if len(rows) >= 2:
-            settings = copy.deepcopy(model)
+            settings = copy.deepcopy(_in_dialect(model, self.engine))
             settings["retain_intermediate_calculation_columns"] = True
-            linker = _splink_linker(rows, settings)
+            linker = _splink_linker(rows, settings, engine=self.engine)
             df = linker.inference.predict(
                 threshold_match_probability=self.report_threshold, warning_mode="never"
             )
@@ -677,7 +728,7 @@ class Linker:
         do not change any score. Call with the lock held."""
         kept = self._scorers.get(explain)
         if kept is None or kept[0] is not model:
-            settings = copy.deepcopy(model)
+            settings = copy.deepcopy(_in_dialect(model, "duckdb"))  # a model trained on Spark too
             if explain:
                 settings["retain_intermediate_calculation_columns"] = True
             kept = self._scorers[explain] = (model, _splink_linker(rows, settings, validate=False))

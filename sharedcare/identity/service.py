@@ -26,6 +26,7 @@ FHIR API wires is :func:`match_handler`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -140,7 +141,8 @@ class IdentityService:
                 records = [demographics_from_patient(s.json(), _source_of(s.json()))
                            for s in self.store.iter_current(PermitAll(), ["Patient"])]
                 try:
-                    model = Linker()
+                    # Training reads every patient: on a large system, a Spark cluster.
+                    model = Linker(engine=os.environ.get("SHAREDCARE_LINKAGE_ENGINE", "duckdb"))
                     model.train(records)
                     self._linker, self._trained_on = model, count
                 except Exception as e:  # noqa: BLE001 - tiny populations cannot be trained

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import sys
 
 import duckdb
 import pytest
@@ -68,6 +69,8 @@ def spark():
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.driver.memory", "512m")
                .config("spark.sql.shuffle.partitions", "1")
+               # Python workers evaluating views need this interpreter (sharedcare on it).
+               .config("spark.pyspark.python", sys.executable)
                .getOrCreate())
     assert pyspark.__version__
     yield session
@@ -101,3 +104,32 @@ def test_spark_reads_the_parquet_duckdb_reads(spark, tmp_path, name, resources):
         assert types["deceased"] == "boolean"
     else:
         assert types["category_codes"] == "array<string>"
+
+
+def test_a_view_runs_on_spark_over_a_bulk_export_as_on_duckdb(spark, tmp_path):
+    """The ViewDefinition itself runs on Spark (its Python workers), over NDJSON as `$export`
+    writes it, and gives the rows DuckDB materialises from the same resources."""
+    import orjson
+
+    export = tmp_path / "export"
+    export.mkdir()
+    half = len(PATIENTS) // 2  # two files, as a bulk export splits a type
+    for i, part in enumerate((PATIENTS[:half], PATIENTS[half:])):
+        (export / f"Patient.{i}.ndjson").write_bytes(
+            b"\n".join(orjson.dumps(r) for r in _clean(part)) + b"\n")
+    view = viewdef.load_view("patient_demographics")
+    names = viewdef.compile_view(view).column_names
+
+    df = viewdef.run_on_spark(view, str(export / "*.ndjson"), spark=spark)
+    assert df.columns == names
+    from_spark = [r.asDict() for r in df.collect()]
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    viewdef.materialise_duckdb(view, _clean(PATIENTS), con, "patients")
+    cur = con.execute("select * from patients")
+    cols = [d[0] for d in cur.description]
+    from_duck = [dict(zip(cols, row)) for row in cur.fetchall()]
+    assert len(from_spark) == len(PATIENTS)
+    assert _rows(from_spark, names) == _rows(from_duck, names)
+    assert dict(df.dtypes)["birth_date"] == "date"
