@@ -284,3 +284,22 @@ def test_text_extraction():
                                "data": b64("png")}) is None
     latin = base64.b64encode("caf\xe9".encode("latin-1")).decode()
     assert fulltext.decoded_text("text/plain; charset=iso-8859-1", latin) == "caf\xe9"
+
+
+def test_upgrading_a_store_indexes_what_it_already_holds(sc):
+    """Migration 0005_fulltext on a database that already holds resources (as every running
+    deployment does) indexes them, so old letters are found like new ones."""
+    from sharedcare.store import migrate
+
+    sc.store.write([doc("old", "<p>Old narrative</p>", "sarcoidosis", "steroids tapered"),
+                    binary("old-bin", "coeliac"),
+                    doc("gone", description="sarcoidosis")])
+    sc.store.write([WriteOp("DELETE", "DocumentReference", "gone", None)])
+    with sc.engine.begin() as c:  # the database as it was before the migration
+        c.execute(text("DROP TABLE resource_text"))
+        c.execute(text("DELETE FROM alembic_version WHERE version_num = '0005_fulltext'"))
+    migrate.upgrade(sc.engine)
+    assert ids(sc, "DocumentReference", ("_content", "sarcoidosis steroids")) == ["old"]
+    assert ids(sc, "DocumentReference", ("_text", "narrative")) == ["old"]
+    assert ids(sc, "Binary", ("_content", "coeliac")) == ["old-bin"]
+    assert text_rows(sc) == 2  # not the deleted one
