@@ -261,7 +261,13 @@ async def fhir_read(epr: Epr, access_token: str, url: str) -> dict:
 
 
 def resource_url(epr: Epr, ref: str) -> str:
-    return ref if ref.startswith(("http://", "https://")) else f"{epr.iss}/{ref.lstrip('/')}"
+    """The EPR's URL for a reference; an absolute one must be on the EPR's own FHIR base, since
+    the EPR's access token goes with the request."""
+    if ref.startswith(("http://", "https://")):
+        if not ref.startswith(epr.iss.rstrip("/") + "/"):
+            raise ValueError("a reference outside the EPR's FHIR base")
+        return ref
+    return f"{epr.iss}/{ref.lstrip('/')}"
 
 
 def identifier(res: dict, system: str) -> str | None:

@@ -172,6 +172,12 @@ def test_unknown_user_is_refused(world, ehr, sc):
     refused(world, ehr, 403, "not linked")
 
 
+def test_a_practitioner_url_off_the_eprs_fhir_base_is_not_fetched(world, ehr):
+    """The EPR's access token goes with the Practitioner read: never to another host."""
+    ehr.overrides = {"fhirUser": "https://elsewhere.example/fhir/Practitioner/epr-doc-1"}
+    refused(world, ehr, 502, "could not be read")
+
+
 def test_no_role_at_the_eprs_organisation_is_refused(world, ehr, sc):
     sc.governance.add_staff("drsmith", "Dr Jo Smith", [(OTHER, "clinician")], sds_id=SDS)
     refused(world, ehr, 403, "no role at")
