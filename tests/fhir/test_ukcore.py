@@ -250,6 +250,19 @@ def test_the_location_follows_a_bundle_entry():
         "Bundle.entry[3].resource.extension[0].value[x]"]
 
 
+def test_terminology_a_code_system_not_bundled_is_not_checked_never_failed():
+    # UKCore-ConditionCode is SNOMED CT by filter: no SNOMED CT here, so not checked
+    snomed = ukcore.valueset("https://fhir.hl7.org.uk/ValueSet/UKCore-ConditionCode")
+    assert "http://snomed.info/sct" in snomed.unchecked
+    assert ukcore._in_valueset(snomed, "http://snomed.info/sct", "22298006") == "unchecked"
+    assert ukcore._in_valueset(snomed, "http://example.org/other", "1") == "bad"
+    # a whole CodeSystem that is bundled is expanded from its concepts
+    ethnic = ukcore.valueset("https://fhir.hl7.org.uk/ValueSet/UKCore-EthnicCategory")
+    assert not ethnic.unchecked
+    assert ukcore._in_valueset(ethnic, CS + "UKCore-EthnicCategoryEngland", "G") == "ok"
+    assert ukcore._in_valueset(ethnic, CS + "UKCore-EthnicCategoryEngland", "ZZ") == "bad"
+
+
 # ------------------------------------------------------------------ the bundled definitions
 @pytest.mark.parametrize("url", ukcore.profile_urls())
 def test_every_bundled_profile_loads(url):

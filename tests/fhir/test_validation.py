@@ -253,7 +253,7 @@ def test_nhs_number_is_checked_wherever_an_identifier_carries_it():
 
 
 def test_the_demo_generators_numbers_are_valid():
-    from sharedcare.identity.nhs_number import synthetic
+    from sharedcare.fhir.nhs_number import synthetic
 
     rng = random.Random(5)
     for _ in range(200):
