@@ -43,6 +43,9 @@ DEFAULT_CATEGORY = {
     "Media": "documents",
     "QuestionnaireResponse": "documents",
     "Communication": "documents",
+    # a Binary takes the category of what it secures (governance/policy.py secure_binaries);
+    # secured by a Patient, or by nothing, it is a document
+    "Binary": "documents",
     "CarePlan": "care-plans",
     "CareTeam": "care-plans",
     "Goal": "care-plans",

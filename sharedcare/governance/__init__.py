@@ -52,6 +52,7 @@ from .policy import (
     explain_relationship,
     now_text,
     one_person,
+    secure_binaries,
 )
 from .relationships import derive_relationships
 from .request_audit import current_request
@@ -92,6 +93,7 @@ class Governance:
         self._agreements: dict[tuple[str, str], tuple[float, dict]] = {}
         store.after_write.append(derive_relationships)
         store.after_write.append(derive_choices)
+        store.after_write.append(secure_binaries)  # a Binary joins the record it secures
         # Called as hook(conn, kind, access, patient_id) inside the break-glass and declared-
         # relationship transactions (notify/ puts an event in its outbox there).
         self.event_hooks: list = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
+import orjson
 from sqlalchemy import (
     Connection,
     String,
@@ -29,7 +30,9 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import DIRECTORY_TYPES
-from ..fhir.compartment import patient_compartment_types
+from ..fhir.codes import DATA_CATEGORY_SYSTEM
+from ..fhir.compartment import patient_compartment_types, secured_reference
+from ..fhir.outcome import FHIRError
 from ..store.persons import same_person
 from ..store.schema import compartment, person_link, resource
 from .schema import agreement, agreement_party, break_glass, care_relationship, patient_choice
@@ -471,3 +474,68 @@ def explain_relationship(conn: Connection, access: Access, patient_id: str) -> l
             "declared": f"you declared a relationship: {reason}",
         }.get(kind, kind))
     return out + glass
+
+
+# ------------------------------------------------------------------ Binary: part of what it secures
+def secure_binaries(conn: Connection, results) -> None:
+    """A store `after_write` hook (inside the write's transaction): a Binary whose
+    securityContext is a resource other than a Patient (the DocumentReference of a clinic
+    letter) joins the compartment of that resource's patients, takes its category and adds its
+    sensitivity labels -- it is read as that record is (fhir/compartment.py). A Binary secured by
+    a Patient is already in that patient's compartment (the indexer puts it there).
+
+    A person writing a Binary must say whose record it belongs to: one in no patient's record
+    is refused (422), and so is one in the record of a patient the writer has no legitimate
+    relationship with (403). Partner systems' feeds may store unattached content (no person
+    then sees it)."""
+    from .writes import current_writer
+
+    writer = current_writer.get()
+    for result in results:
+        s = result.stored
+        if s.type != "Binary" or s.deleted or not s.content:
+            continue
+        binary = orjson.loads(s.content)
+        target = secured_reference(binary)
+        row = conn.execute(select(resource.c.pk, resource.c.sensitivity).where(
+            resource.c.type == "Binary", resource.c.id == s.id)).one()
+        patients = set(conn.execute(select(compartment.c.patient_id).where(
+            compartment.c.resource_pk == row.pk)).scalars())
+        if target is not None and target[0] != "Patient" and \
+                target[0] in patient_compartment_types():
+            secured = conn.execute(select(
+                resource.c.pk, resource.c.category, resource.c.sensitivity).where(
+                resource.c.type == target[0], resource.c.id == target[1],
+                resource.c.deleted == false())).first()
+            if secured is not None:
+                theirs = set(conn.execute(select(compartment.c.patient_id).where(
+                    compartment.c.resource_pk == secured.pk)).scalars())
+                if theirs - patients:
+                    conn.execute(compartment.insert(), [
+                        {"resource_pk": row.pk, "patient_id": p} for p in sorted(
+                            theirs - patients)])
+                patients |= theirs
+                labels = sorted(set((row.sensitivity or "").split())
+                                | set((secured.sensitivity or "").split()))
+                values = {"sensitivity": f" {' '.join(labels)} " if labels else ""}
+                if not _tagged_category(binary):
+                    values["category"] = secured.category
+                conn.execute(resource.update().where(resource.c.pk == row.pk).values(**values))
+        if writer is None or not writer.needs_relationship:
+            continue
+        if not patients:
+            raise FHIRError.of(422, "business-rule", "a Binary written by a person must belong "
+                               "to a patient's record: give securityContext Patient/{id} or the "
+                               "DocumentReference it belongs to (the X-Security-Context header "
+                               "for raw content)", "Binary.securityContext")
+        for patient in sorted(patients):
+            if not explain_relationship(conn, writer, patient):
+                from .auth import forbidden
+
+                raise forbidden("you have no legitimate relationship with the patient whose "
+                                "record this Binary belongs to")
+
+
+def _tagged_category(res: dict) -> bool:
+    return any(t.get("system") == DATA_CATEGORY_SYSTEM
+               for t in (res.get("meta") or {}).get("tag") or () if isinstance(t, dict))

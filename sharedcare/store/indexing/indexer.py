@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...fhir.compartment import secured_reference
 from .convert import infer_type, make_sink
 from .fhirpath import Compiler, Unsupported, parse, reference_type, root_name, split_union
 from .model import Model
@@ -444,6 +445,11 @@ class Indexer:
             pid = resource.get("id")
             if pid:
                 rows.compartments.add(pid)
+        elif rt == "Binary":
+            # fhir/compartment.py: a Binary secured by a Patient is in that patient's record
+            target = secured_reference(resource)
+            if target is not None and target[0] == "Patient":
+                rows.compartments.add(target[1])
         return rows
 
     def extract(self, resource: dict, code: str) -> list:
