@@ -5,9 +5,11 @@ probed for -- with a real FHIR client (fhirpy) too. SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import base64
+import importlib
+from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from sharedcare.app import create_app
@@ -190,15 +192,19 @@ WORLD_WORDS = {"Observation": "pulse", "Condition": "asthma", "DocumentReference
                "CarePlan": "plan", "Flag": '"falls risk"'}
 
 
-def test_text_search_in_random_worlds_matches_the_oracle(database_url, tmp_path):
+def test_text_search_in_random_worlds_matches_the_oracle(database_url, tmp_path, monkeypatch):
     """Random care systems (every agreement state, relationship, objection, label, break-glass)
     from the governance property tests: for every viewer, a `_content` search finds exactly the
     resources holding the words that the oracle says the viewer may see, and counts only
     those -- per type and across types."""
-    import tests.governance.conftest  # noqa: F401  (puts the oracle on the path)
-    from gov_world import access_for, fresh, load, worlds
     from hypothesis import HealthCheck, given, settings
-    from oracle import Oracle
+
+    # The governance worlds import their oracle as a top-level module (tests/governance).
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "governance"))
+    gov_world = importlib.import_module("gov_world")
+    oracle_of = importlib.import_module("oracle").Oracle
+    access_for, fresh, load, worlds = (gov_world.access_for, gov_world.fresh, gov_world.load,
+                                       gov_world.worlds)
 
     examples = 4 if database_url.startswith("sqlite") else 2
     checked = {"n": 0}
@@ -212,7 +218,7 @@ def test_text_search_in_random_worlds_matches_the_oracle(database_url, tmp_path)
         sc = fresh(database_url, tmp_path)
         try:
             load(sc, world, viewers)
-            oracle = Oracle(world)
+            oracle = oracle_of(world)
             present = sorted({r.type for r in world.resources} & set(WORLD_WORDS))
             for v in viewers:
                 a = access_for(sc.governance, v)
