@@ -148,11 +148,11 @@ class FhirApi:
             record = current_request.get()
             fmt = JSON
             try:
-                body = await request.body()
-                _check_request(request)
                 path = request.path_params
                 fmt = response_format(request, binary=request.method == "GET" and path.get(
                     "type") == "Binary" and "id" in path)
+                body = await request.body()
+                _check_request(request)
 
                 def run() -> Response:
                     raw, converted = request_body(request, body)

@@ -42,6 +42,7 @@ FHIR_NS = "http://hl7.org/fhir"
 XHTML_NS = "http://www.w3.org/1999/xhtml"
 _F = "{" + FHIR_NS + "}"
 _X = "{" + XHTML_NS + "}"
+_XSI = "{http://www.w3.org/2001/XMLSchema-instance}"
 
 # JSON kinds of primitive values
 STRING, BOOLEAN, INTEGER, DECIMAL = "string", "boolean", "integer", "decimal"
@@ -286,8 +287,9 @@ def _read_resource(el, path: str, parse_decimal) -> dict:
                          "resource type", path or None)
     where = f"{path}.{rtype}" if path else rtype
     for attr in el.attrib:
-        raise _structure(f"{where}: unexpected attribute '{_attr_name(attr)}' on a resource",
-                         where)
+        if not attr.startswith(_XSI):  # xsi:schemaLocation is allowed and means nothing here
+            raise _structure(f"{where}: unexpected attribute '{_attr_name(attr)}' on a "
+                             "resource", where)
     out = {"resourceType": rtype}
     out.update(_read(el, model[rtype], where, parse_decimal))
     return out
@@ -303,7 +305,7 @@ def _read(el, props: dict[str, Prop], path: str, parse_decimal, primitive=False)
     values: dict[str, list] = {}
     exts: dict[str, list] = {}
     for attr, text in el.attrib.items():
-        if primitive and attr == "value":
+        if (primitive and attr == "value") or attr.startswith(_XSI):
             continue
         prop = props.get(attr)
         if prop is None or not prop.attribute:

@@ -213,6 +213,8 @@ def test_errors_and_not_found_in_xml(client):
     assert r.status_code == 404 and xml(r).tag == F + "OperationOutcome"
     r = client.get("/fhir/Patient/nope", headers={"Accept": FHIR_XML, "Authorization": "Bearer x"})
     assert r.status_code == 401 and xml(r).tag == F + "OperationOutcome"
+    r = client.get("/fhir/Patient/bad!id", headers={"Accept": FHIR_XML})
+    assert r.status_code == 400 and xml(r).tag == F + "OperationOutcome"
 
 
 def test_capability_statement_in_xml_lists_both_formats(client):

@@ -237,6 +237,13 @@ def test_xml_attacks_are_refused_without_expanding_or_fetching_anything(tmp_path
     assert e.value.status == 400
 
 
+def test_a_schema_location_on_the_root_is_allowed():
+    res = xml_to_resource(b'<Patient xmlns="http://hl7.org/fhir" xmlns:xsi="http://www.w3.org/'
+                          b'2001/XMLSchema-instance" xsi:schemaLocation="http://hl7.org/fhir '
+                          b'../../schema/patient.xsd"><active value="true"/></Patient>')
+    assert res == {"resourceType": "Patient", "active": True}
+
+
 def test_text_survives_both_ways():
     res = {"resourceType": "Patient", "name": [{"text": "Zoë  O'Brien <\"&\">\nline two\ttab"}],
            "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">'
