@@ -202,10 +202,17 @@ class Profile:
             p = p.parent
 
     def element(self, element_id: str) -> ElementDef | None:
-        """The element with this id here or in the UK Core profile this one derives from."""
-        for p in self.chain():
-            if element_id in p.elements:
-                return p.elements[element_id]
+        """The element with this id here or in the UK Core profile this one derives from; else
+        what a slice inherits from its base element (``component:SystolicBP.code.coding:loinc
+        .system`` from ``component.code.coding:loinc.system``), as a snapshot would have it."""
+        steps = element_id.split(".")
+        candidates = [element_id] + [
+            ".".join([*steps[:i], step.split(":", 1)[0], *steps[i + 1:]])
+            for i, step in enumerate(steps[:-1]) if ":" in step]
+        for candidate in candidates:
+            for p in self.chain():
+                if candidate in p.elements:
+                    return p.elements[candidate]
         return None
 
 

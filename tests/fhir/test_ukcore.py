@@ -2,7 +2,8 @@
 against the bundled UK Core StructureDefinitions -- every problem with its FHIRPath location --
 and a resource claiming none is untouched. The valid Patient is the official UK Core example
 UKCore-Patient-RichardSmith-Example (NHSDigital/FHIR-R4-UKCORE-STAGING-MAIN, Apache-2.0), in
-JSON, with its profile claimed."""
+JSON, with its profile claimed; so is the blood pressure (UKCore-Observation-VitalSigns-
+BloodPressure-Example)."""
 
 from __future__ import annotations
 
@@ -91,6 +92,41 @@ def heart_rate() -> dict:
         "effectiveDateTime": "2026-11-30T09:00:00Z",
         "valueQuantity": {"value": 72, "unit": "per minute",
                           "system": "http://unitsofmeasure.org", "code": "/min"},
+    }
+
+
+def blood_pressure() -> dict:
+    def component(snomed, display, loinc, text, value):
+        return {"code": {"coding": [
+            {"system": "http://snomed.info/sct", "code": snomed, "display": display},
+            {"system": "http://loinc.org", "code": loinc, "display": text}], "text": text},
+            "valueQuantity": {"value": value, "unit": "millimeter of mercury",
+                              "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+    return {
+        "resourceType": "Observation", "id": "UKCore-Observation-VitalSigns-BloodPressure-Example",
+        "meta": {"profile": [SD + "UKCore-Observation-VitalSigns-BloodPressure"]},
+        "status": "final",
+        "category": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "vital-signs", "display": "Vital Signs"}], "text": "Vital Signs"}],
+        "code": {"coding": [
+            {"system": "http://snomed.info/sct", "code": "75367002", "display": "Blood pressure"},
+            {"system": "http://loinc.org", "code": "85354-9",
+             "display": "Blood pressure panel with all children optional"}],
+            "text": "Blood pressure"},
+        "subject": {"reference": "Patient/UKCore-Patient-RichardSmith-Example"},
+        "effectiveDateTime": "2023-08-10",
+        "performer": [{"reference":
+                       "Organization/UKCore-Organization-LeedsTeachingHospital-Example"}],
+        "bodySite": {"coding": [{"system": "http://snomed.info/sct", "code": "40983000",
+                                 "display": "Structure of upper extremity between shoulder "
+                                            "and elbow"}],
+                     "text": "Structure of upper extremity between shoulder and elbow"},
+        "component": [
+            component("72313002", "Systolic arterial pressure", "8480-6",
+                      "Systolic blood pressure", 140),
+            component("1091811000000102", "Diastolic arterial pressure", "8462-4",
+                      "Diastolic blood pressure", 90)],
     }
 
 
@@ -225,6 +261,32 @@ def test_a_choice_of_the_wrong_type_and_an_element_the_profile_forbids():
     issues = ukcore.check(bp).issues
     assert any(i.expression == "Observation.value[x]" and "not allowed" in i.diagnostics
                for i in issues)
+
+
+def test_the_official_blood_pressure_example_is_valid():
+    assert problems(blood_pressure()) == []
+    assert ukcore.check(blood_pressure()).issues == []
+
+
+def test_closed_slicing_and_a_required_slice():
+    o = blood_pressure()
+    o["component"][1]["code"]["text"] = "Diastolic BP"  # no slice takes it: closed
+    issues = ukcore.check(o).issues
+    assert [(i.code, i.expression) for i in issues] == [("structure", "Observation.component[1]")]
+    assert "closed" in issues[0].diagnostics
+    o = blood_pressure()
+    del o["component"][0]
+    issues = ukcore.check(o).issues
+    assert [(i.code, i.expression) for i in issues] == [("required", "Observation.component")]
+    assert "SystolicBP" in issues[0].diagnostics
+
+
+def test_a_slice_inherits_its_base_elements_discriminator():
+    # component:SystolicBP.code.coding:loinc is told apart by the system the base element
+    # component.code.coding:loinc fixes: its display is then held to the slice's fixed value
+    o = blood_pressure()
+    o["component"][0]["code"]["coding"][1]["display"] = "SBP"
+    assert found(o) == [("value", "Observation.component[0].code.coding[1].display")]
 
 
 def test_unknown_and_mismatched_profiles():
