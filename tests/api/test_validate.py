@@ -151,6 +151,16 @@ def test_validate_needs_the_scope_of_the_write_it_stands_for(sc):
         assert r.status_code == 401
 
 
+def test_bundle_entries_are_checked_against_the_profiles_they_claim(client):
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": richard_smith(), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": bad_patient(), "request": {"method": "POST", "url": "Patient"}}]}
+    r = client.post("/fhir/Bundle/$validate", json=bundle)
+    assert r.status_code == 200
+    assert errors(r.json()) == [("extension", "Bundle.entry[1].resource.extension[0].value[x]")]
+    assert patients(client) == 0
+
+
 # ------------------------------------------------------------------ UK Core on the write path
 def test_a_write_breaking_uk_core_is_a_422_and_nothing_is_written(client):
     r = client.post("/fhir/Patient", json=bad_patient())

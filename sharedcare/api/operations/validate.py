@@ -134,11 +134,21 @@ def _check(resource: dict, rtype: str, rid: str | None, mode: str, profiles: lis
     if mode == "update" and resource.get("id") != rid:
         issues.append(Issue("invariant", f"an update of {rtype}/{rid} must carry id '{rid}'",
                             f"{rtype}.id"))
-    claimed = ukcore.claimed_profiles(resource)
-    wanted = claimed + [p for p in profiles if p not in {c.split("|", 1)[0] for c in claimed}]
-    if not wanted:
-        return issues, [], []
     if any("nested too deeply" in i.diagnostics for i in issues):
         return issues, [], []  # the R4 check could not walk it: nor can the profile check
-    report = ukcore.check(resource, wanted, rtype)
-    return issues + report.issues, report.notes, report.profiles
+    claimed = ukcore.claimed_profiles(resource)
+    wanted = claimed + [p for p in profiles if p not in {c.split("|", 1)[0] for c in claimed}]
+    notes: list[Issue] = []
+    checked: list[str] = []
+    if wanted:
+        report = ukcore.check(resource, wanted, rtype)
+        issues, notes, checked = issues + report.issues, report.notes, report.profiles
+    if rtype == "Bundle":  # each entry against the UK Core profiles it claims, as a write would
+        entries = resource.get("entry")
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            inner = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(inner, dict) and ukcore.claimed_profiles(inner):
+                report = ukcore.check(inner, where=f"Bundle.entry[{i}].resource")
+                issues, notes = issues + report.issues, notes + report.notes
+                checked += [p for p in report.profiles if p not in checked]
+    return issues, notes, checked
