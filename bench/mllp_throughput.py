@@ -41,14 +41,35 @@ def nhs_numbers(n: int, salt: int) -> list[str]:
     return out[:n]
 
 
-def messages(n: int, run: str, nhs: list[str] | None = None) -> list[str]:
+# --mix: the ADT + ORU mix. An ADT^A01 with its visit number in PV1-19 (Patient, Encounter,
+# Location, Practitioner) and then an ORU^R01 for the same patient (Patient, DiagnosticReport,
+# three Observations), alternately: half the messages update a Patient written one message before.
+ADT = ("MSH|^~\\&|PAS|RBENCH|SC|SC|2024010112{mm:02d}{ss:02d}||ADT^A01^ADT_A01|{run}-{i:06d}|P|2.5\r"
+       "EVN|A01|20240101120000\r"
+       "PID|1||{nhs}{run}{p:06d}^^^RBENCH^MR||Bench^Patient{p}^Q||19700101|F|||{p} High St^^Leeds^^LS1 4AB\r"
+       "PV1|1|I|WARD{w}^^^RBENCH||||DOC{d}^Who^Doctor||||||||||||V{run}{p:06d}|||||||||||||||||"
+       "|||||||20240101120000\r")
+ORU = ("MSH|^~\\&|LAB|RBENCH|SC|SC|2024010113{mm:02d}{ss:02d}||ORU^R01^ORU_R01|{run}-{i:06d}|P|2.5\r"
+       "PID|1||{nhs}{run}{p:06d}^^^RBENCH^MR||Bench^Patient{p}^Q||19700101|F\r"
+       "OBR|1|PO{run}{p:06d}|FO{run}{p:06d}|24317-0^Hemogram and platelet count^LN|||"
+       "20240101125000|||||||||||||||20240101130000||LAB|F\r"
+       "OBX|1|NM|11273-0^Erythrocytes^LN||4.06|10*12/L|4.0-5.5|N|||F|||20240101125000\r"
+       "OBX|2|NM|20570-8^Hematocrit^LN||40.1|%|36-46|N|||F|||20240101125000\r"
+       "OBX|3|NM|11125-2^Platelets^LN||221|10*9/L|150-400|N|||F|||20240101125000\r")
+
+
+def messages(n: int, run: str, nhs: list[str] | None = None, mix: bool = False) -> list[str]:
+    if mix:
+        return [(ADT if i % 2 == 0 else ORU).format(
+            i=i, p=i // 2, run=run, mm=i // 60 % 60, ss=i % 60, w=i % 20, d=i % 50,
+            nhs=f"{nhs[i // 2]}^^^NHS^NH~" if nhs else "") for i in range(n)]
     return [MSG.format(i=i, run=run, mm=i // 60 % 60, ss=i % 60, w=i % 20, d=i % 50,
                        nhs=f"{nhs[i]}^^^NHS^NH~" if nhs else "")
             for i in range(n)]
 
 
 def run(service, feed: str, n: int, connections: int, run_id: str,
-        nhs: list[str] | None = None) -> float:
+        nhs: list[str] | None = None, mix: bool = False) -> float:
     from sharedcare.feeds.service import mllp_handler
 
     loop = asyncio.new_event_loop()
@@ -57,8 +78,11 @@ def run(service, feed: str, n: int, connections: int, run_id: str,
     server = asyncio.run_coroutine_threadsafe(
         serve_mllp("127.0.0.1", 0, mllp_handler(service, feed)), loop).result(10)
     port = server.sockets[0].getsockname()[1]
-    msgs = messages(n, run_id, nhs)
-    chunks = [msgs[i::connections] for i in range(connections)]
+    msgs = messages(n, run_id, nhs, mix)
+    # Each connection sends whole patients (with --mix, an ADT and then its ORU) in order.
+    step = 2 if mix else 1
+    units = [msgs[i:i + step] for i in range(0, n, step)]
+    chunks = [[m for u in units[k::connections] for m in u] for k in range(connections)]
     acks: list[list[str]] = [[] for _ in chunks]
 
     def client(k):
@@ -91,6 +115,8 @@ def main() -> None:
                    help="also run with the identity write hooks removed, for the cost of linking")
     p.add_argument("--rounds", type=int, default=2,
                    help="with --compare-identity: alternating on/off rounds")
+    p.add_argument("--mix", action="store_true",
+                   help="ADT^A01 (with Encounter) and ORU^R01 (report, 3 results) alternately")
     args = p.parse_args()
 
     from sharedcare.app import SharedCare
@@ -103,7 +129,7 @@ def main() -> None:
     if service.get_feed("bench-adt", cached=False) is None:
         service.add_feed("RBENCH", "bench-adt", "hl7v2", status="live")
     backend = sc.engine.dialect.name
-    run(service, "bench-adt", 50, 1, f"W{os.getpid()}")  # warm up (indexer, schema validators)
+    run(service, "bench-adt", 50, 1, f"W{os.getpid()}", mix=args.mix)  # warm up (indexer, schema validators)
     profiler = None
     if args.profile:
         from pyinstrument import Profiler
@@ -125,11 +151,13 @@ def main() -> None:
             nhs = nhs_numbers(args.messages, salt + os.getpid() % 50) if args.nhs_numbers else None
             if profiler:
                 profiler.start()
-            rate = run(service, "bench-adt", args.messages, c, f"R{c}{salt}x{os.getpid()}", nhs)
+            rate = run(service, "bench-adt", args.messages, c, f"R{c}{salt}x{os.getpid()}", nhs,
+                       args.mix)
             if profiler:
                 profiler.stop()
             totals.setdefault((label, c), []).append(rate)
-            print(f"{backend}: {args.messages} ADT^A01 over {c} connection(s), {label}"
+            what = "ADT^A01+ORU^R01" if args.mix else "ADT^A01"
+            print(f"{backend}: {args.messages} {what} over {c} connection(s), {label}"
                   f"{', with NHS numbers' if nhs else ''}: {rate:,.0f} msg/s (ACK after commit)",
                   flush=True)
     if args.compare_identity:

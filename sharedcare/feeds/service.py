@@ -416,7 +416,7 @@ class FeedService:
                         savepoint = conn.begin_nested() if len(batch) > 1 else None
                         try:
                             p.result = self._apply_hl7(conn, p.feed, p.mapped, p.raw)
-                        except Exception as e:  # noqa: BLE001 - this message's NACK
+                        except Exception as e:  # this message's NACK (or a retry)
                             if savepoint is None:
                                 raise
                             savepoint.rollback()
@@ -429,7 +429,7 @@ class FeedService:
                     if self._before_commit is not None:
                         self._before_commit(batch)  # tests: fail here, nothing may be ACKed
                 return
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # the transaction failed: retry, or NACK the group
                 if n < attempts - 1 and _transient(e):
                     time.sleep(0.01 * (2 ** n))
                     continue

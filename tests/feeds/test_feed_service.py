@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, SOURCE_ORG_SYSTEM, feed_source
 from sharedcare.feeds.hl7v2 import mllp_send, serve_mllp
 from sharedcare.feeds.service import MESSAGE_TIME_EXT, FeedService, mllp_handler
+from sharedcare.fhir.codes import NHS_NUMBER_SYSTEM, SOURCE_ORG_SYSTEM, feed_source
 from sharedcare.store.repository import PermitAll
 from sharedcare.store.schema import resource, resource_version
 from tests.conftest import data_dir
@@ -266,3 +267,166 @@ def test_nhs_number_links_person_and_quality_report(sc, feeds, mllp):
     assert report["feeds"][FEED]["messages"] == 2
     assert report["stale_feeds"] == []
     assert report["missing_mandatory"]["birthDate"] == 0
+
+
+# ---------------------------------------------------------------- group commit (issue 16, P6)
+SEQ = ("MSH|^~\\&|PAS|RTEST|SC|SC|20240301120000||ADT^{event}^ADT_A01|{cid}|P|2.5\r"
+       "EVN|{event}|20240301120000\r"
+       "PID|1||{mrn}^^^RTEST^MR||{family}^Jane||19800101|F|||1 High St^^Leeds^^LS1 4AB\r"
+       "PV1|1|I|WARD1^^^RTEST||||||||||||||||{visit}\r")
+
+
+def seq(conn: int, n: int, family: str | None = None) -> str:
+    """Message n of connection `conn`: all of a connection's messages are about its patient and
+    carry the same message time, so each one applied overwrites the one before it."""
+    return SEQ.format(event="A01" if n == 0 else "A08", cid=f"G{conn}-{n}", mrn=f"GM{conn}",
+                      visit=f"GV{conn}", family=family or f"Fam{conn}x{n}")
+
+
+def families_in_history(sc, mrn: str) -> list[str]:
+    [patient] = search(sc, "Patient", ("identifier", mrn))
+    history, _ = sc.store.history(PermitAll(), "Patient", patient["id"], count=100)
+    return [s.json()["name"][0]["family"] for _, s, _ in sorted(history, key=lambda h: h[1].version)]
+
+
+def record_batches(feeds) -> list[int]:
+    sizes: list[int] = []
+    commit_group = feeds._commit_group
+
+    def spy(batch):
+        sizes.append(len(batch))
+        return commit_group(batch)
+
+    feeds._commit_group = spy
+    return sizes
+
+
+def test_four_connections_interleaved_each_acked_in_order_all_committed(sc, feeds, mllp):
+    sizes = record_batches(feeds)
+    stall = threading.Event()
+
+    def slow_first_commit(batch):  # the first commit waits, so the others queue behind it
+        if not stall.is_set():
+            stall.set()
+            time.sleep(0.3)
+
+    feeds._before_commit = slow_first_commit
+    n = 12
+    results: dict[int, list[str]] = {}
+
+    def client(k: int) -> None:
+        results[k] = mllp(*[seq(k, i) for i in range(n)])
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(results) == [0, 1, 2, 3]
+    for k, acks in results.items():
+        assert [msa(a)[1:3] for a in acks] == [["AA", f"G{k}-{i}"] for i in range(n)]
+        # applied in the order sent: one version per message, the last one current
+        assert families_in_history(sc, f"GM{k}") == [f"Fam{k}x{i}" for i in range(n)]
+    assert len(search(sc, "Provenance")) == 4 * n
+    assert sum(sizes) == 4 * n and max(sizes) > 1  # messages of several connections shared one
+
+
+def test_bad_message_in_a_group_is_nacked_alone_and_leaves_nothing(sc, feeds):
+    """Four callers' messages in one transaction; the third fails inside the store after its
+    rows were written (a write hook refuses it): its savepoint rolls back, the rest commit."""
+    from sharedcare.fhir.outcome import FHIRError
+
+    def refuse(conn, results):
+        for r in results:
+            if r.stored.type == "Patient" and b"Poison" in (r.stored.content or b""):
+                raise FHIRError.of(422, "business-rule", "refused by a write hook",
+                                   "Patient.name")
+
+    sc.store.after_write.append(refuse)
+    sizes = record_batches(feeds)
+    release = threading.Event()
+    first = threading.Event()
+
+    def hold_first(batch):
+        if not first.is_set():
+            first.set()
+            assert release.wait(30)
+
+    feeds._before_commit = hold_first
+    before = counts(sc)
+    acks: dict[int, str] = {}
+
+    def send(k: int, family: str | None = None) -> None:
+        acks[k] = feeds.ingest_hl7(seq(k, 0, family), FEED)
+
+    leader = threading.Thread(target=send, args=(0,))
+    leader.start()
+    assert first.wait(30)
+    others = [threading.Thread(target=send, args=(k, "Poison" if k == 2 else None))
+              for k in (1, 2, 3)]
+    for t in others:
+        t.start()
+    deadline = time.time() + 30
+    while len(feeds._gc_queue) < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(feeds._gc_queue) == 3
+    assert acks == {}  # nothing is ACKed before its commit
+    release.set()
+    for t in [leader, *others]:
+        t.join(60)
+    sc.store.after_write.remove(refuse)
+    assert sizes == [1, 3]
+    assert {k: msa(a)[1] for k, a in acks.items()} == {0: "AA", 1: "AA", 2: "AE", 3: "AA"}
+    assert "Patient.name" in err(acks[2]) and "Poison" not in acks[2]
+    assert not search(sc, "Patient", ("family", "Poison"))
+    after = counts(sc)
+    assert after["Patient"][0] == before.get("Patient", (0, 0))[0] + 3
+    assert after["Provenance"][0] == before.get("Provenance", (0, 0))[0] + 3
+    assert feeds.quality_report(ODS)["records_rejected"] == 1
+
+
+def test_ack_only_after_commit_and_a_failed_commit_nacks_the_whole_group(sc, feeds, mllp):
+    """The commit is held: no ACK byte may arrive. Then a COMMIT that fails: every message of
+    its group is NACKed and nothing of them is in the store; sent again, they are accepted."""
+    release = threading.Event()
+    seen: list[bool] = []
+
+    def hold(batch):
+        seen.append(True)
+        assert release.wait(30)
+
+    assert msa(mllp(seq(9, 0))[0])[1] == "AA"
+    feeds._before_commit = hold
+    results: list[str] = []
+    t = threading.Thread(target=lambda: results.extend(mllp(seq(9, 1))))
+    t.start()
+    deadline = time.time() + 30
+    while not seen and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert results == []  # the transaction has not committed: no ACK yet
+    assert families_in_history(sc, "GM9") == ["Fam9x0"]  # and its data is not visible
+    release.set()
+    t.join(30)
+    assert msa(results[0])[1] == "AA"
+    assert families_in_history(sc, "GM9") == ["Fam9x0", "Fam9x1"]
+
+    def fail(batch):
+        raise OSError("disk gone at COMMIT")
+
+    feeds._before_commit = fail
+    before = counts(sc)
+    out: dict[int, list[str]] = {}
+    threads = [threading.Thread(target=lambda k=k: out.__setitem__(k, mllp(seq(k + 20, 0))))
+               for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert all(msa(a[0])[1] == "AE" and "207" in err(a[0]) and "disk" not in a[0]
+               for a in out.values())
+    assert counts(sc) == before
+    feeds._before_commit = None
+    for k in range(4):
+        assert msa(mllp(seq(k + 20, 0))[0])[1] == "AA"
+    assert counts(sc)["Patient"][0] == before["Patient"][0] + 4
