@@ -429,7 +429,7 @@ class FeedService:
                     if self._before_commit is not None:
                         self._before_commit(batch)  # tests: fail here, nothing may be ACKed
                 return
-            except Exception as e:  # the transaction failed: retry, or NACK the group
+            except Exception as e:  # noqa: BLE001 - the transaction failed: retry, or NACK all
                 if n < attempts - 1 and _transient(e):
                     time.sleep(0.01 * (2 ** n))
                     continue
@@ -463,9 +463,18 @@ class FeedService:
                 e["request"]["url"] += tag_q
             e["resource"] = stamp(res, ods, feed.feed_id, mtime)
         entries = parse_entries(bundle)
-        if self._exists(conn, "Provenance", rid):
+        # The receipt and every conditional update's matches in one statement.
+        conditions = [tuple(e.url.split("?", 1)) for e in entries
+                      if e.method == "PUT" and "?" in e.url and "/" not in e.url.split("?")[0]]
+        duplicate, found = self._lookups(conn, rid, conditions)
+        if duplicate:
             return IngestResult("duplicate", rid)
-        ops, _, _ = plan_writes(self.store, entries, conn, self._match)
+
+        def match(rtype, query, conn, limit=2):
+            hit = found.get((rtype, query)) if limit == 2 else None
+            return hit if hit is not None else self._match(rtype, query, conn, limit)
+
+        ops, _, _ = plan_writes(self.store, entries, conn, match)
         current = self._current(conn, [(o.rtype, o.rid) for o in ops if o.method == "PUT"])
         keep, stale = [], []
         for op in ops:
@@ -501,6 +510,70 @@ class FeedService:
                                                   resource_table.c.deleted == false()).limit(1))
         return conn.execute(stmt, {"t": rtype, "i": rid}).first() is not None
 
+    def _lookups(self, conn, rid: str, conditions: list[tuple[str, str]]
+                 ) -> tuple[bool, dict[tuple[str, str], list[str]]]:
+        """Is the receipt ``Provenance/rid`` stored, and the (at most 2) ids each conditional
+        ``(type, query)`` matches -- one UNION ALL round trip, prepared per message shape.
+        Conditions without the prepared shape are left out (``_match`` answers them)."""
+        from urllib.parse import parse_qsl
+
+        from sqlalchemy import literal, union_all
+
+        shape, values, asked = [], {"rid": rid}, []
+        for rtype, query in dict.fromkeys(conditions):
+            params = parse_qsl(query, keep_blank_values=True)
+            vals = self._token_values(rtype, params)
+            names = tuple(n for n, _ in params)
+            if vals is None or self._match_statement_cached(rtype, names) is False:
+                continue
+            k = len(asked)
+            shape.append((rtype, names))
+            values.update({f"q{k}{n}": v for n, v in vals.items()})
+            asked.append((rtype, query))
+        key = ("lookups", tuple(shape))
+        stmt = self._match_sql.get(key)
+        if stmt is None:
+            receipt = (select(literal(-1).label("k"), resource_table.c.id)
+                       .where(resource_table.c.type == "Provenance",
+                              resource_table.c.id == bindparam("rid"),
+                              resource_table.c.deleted == false()))
+            parts = [receipt]
+            for k, (rtype, names) in enumerate(shape):
+                sub = self._match_statement(rtype, names, 2, prefix=f"q{k}",
+                                            label=k).subquery()
+                parts.append(select(sub.c.k, sub.c.id))
+            stmt = self._match_sql[key] = parts[0] if len(parts) == 1 else union_all(*parts)
+        found: dict[tuple[str, str], list[str]] = {c: [] for c in asked}
+        duplicate = False
+        for k, i in conn.execute(stmt, values):
+            if k == -1:
+                duplicate = True
+            else:
+                found[asked[k]].append(i)
+        return duplicate, found
+
+    def _token_values(self, rtype: str, params: list[tuple[str, str]]) -> dict | None:
+        """{'s0': system, 'c0': code, ...} when every parameter is one ``system|code`` (and not
+        a Patient NHS number, which matches the whole person); None otherwise."""
+        if not params:
+            return None
+        values: dict[str, str] = {}
+        for k, (name, raw) in enumerate(params):
+            system, bar, code = raw.partition("|")
+            if (not bar or not system or not code or "," in raw or "\\" in raw
+                    or (rtype == "Patient" and name == "identifier"
+                        and system == NHS_NUMBER_SYSTEM)):
+                return None
+            values[f"s{k}"], values[f"c{k}"] = system, code
+        return values
+
+    def _match_statement_cached(self, rtype: str, names: tuple[str, ...]):
+        key = (rtype, names, 2)
+        stmt = self._match_sql.get(key)
+        if stmt is None:
+            stmt = self._match_sql[key] = self._match_statement(rtype, names, 2)
+        return stmt
+
     def _match(self, rtype: str, query: str, conn, limit: int = 2) -> list[str]:
         """The system's conditional match (Writer.match: Store.match_ids with PermitAll), with
         the HL7 feed's shape -- every parameter a token ``system|code`` (identifier, _tag) --
@@ -510,28 +583,24 @@ class FeedService:
         from urllib.parse import parse_qsl
 
         params = parse_qsl(query, keep_blank_values=True)
-        names = tuple(n for n, _ in params)
-        key = (rtype, names, limit)
-        stmt = self._match_sql.get(key)
-        values: dict[str, str] = {}
-        for k, (name, raw) in enumerate(params):
-            system, bar, code = raw.partition("|")
-            if (not bar or not system or not code or "," in raw or "\\" in raw
-                    or (rtype == "Patient" and name == "identifier"
-                        and system == NHS_NUMBER_SYSTEM)):
-                stmt = False
-                break
-            values[f"s{k}"], values[f"c{k}"] = system, code
-        if stmt is None and params:
-            stmt = self._match_sql[key] = self._match_statement(rtype, names, limit)
+        values = self._token_values(rtype, params)
+        stmt = None
+        if values is not None:
+            key = (rtype, tuple(n for n, _ in params), limit)
+            stmt = self._match_sql.get(key)
+            if stmt is None:
+                stmt = self._match_sql[key] = self._match_statement(rtype, key[1], limit)
         if stmt is None or stmt is False:
             return self.store.match_ids(rtype, query, conn, limit=limit, policy=PermitAll())
         return list(conn.execute(stmt, values).scalars())
 
-    def _match_statement(self, rtype: str, names: tuple[str, ...], limit: int):
+    def _match_statement(self, rtype: str, names: tuple[str, ...], limit: int,
+                         prefix: str = "", label: int | None = None):
         """What SearchBuilder builds for ``name=system|code`` token parameters (one
         ``pk IN (index rows)`` per parameter), with bound values; False if a name is not a
         plain token parameter of the type."""
+        from sqlalchemy import literal
+
         from ..store.schema import idx_token
 
         try:
@@ -546,9 +615,11 @@ class FeedService:
             conds.append(resource_table.c.pk.in_(
                 select(idx_token.c.resource_pk).where(
                     idx_token.c.type == sp.base, idx_token.c.param == sp.code,
-                    idx_token.c.code == bindparam(f"c{k}"),
-                    idx_token.c.system == bindparam(f"s{k}"))))
-        return select(resource_table.c.id).where(*conds).limit(limit)
+                    idx_token.c.code == bindparam(f"{prefix}c{k}"),
+                    idx_token.c.system == bindparam(f"{prefix}s{k}"))))
+        cols = [resource_table.c.id] if label is None else [
+            literal(label).label("k"), resource_table.c.id]
+        return select(*cols).where(*conds).limit(limit)
 
     def _current(self, conn, keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
         """Current content of the given (type, id)s: one statement, a UNION ALL of one IN list

@@ -430,3 +430,29 @@ def test_ack_only_after_commit_and_a_failed_commit_nacks_the_whole_group(sc, fee
     for k in range(4):
         assert msa(mllp(seq(k + 20, 0))[0])[1] == "AA"
     assert counts(sc)["Patient"][0] == before["Patient"][0] + 4
+
+
+def test_prepared_conditional_matches_agree_with_the_store(sc, feeds, mllp):
+    from urllib.parse import quote
+
+    assert [msa(a)[1] for a in mllp(seq(30, 0), seq(31, 0), seq(31, 1))] == ["AA"] * 3
+    tag = f"_tag={quote(SOURCE_ORG_SYSTEM, safe=':/')}|{ODS}"
+    [patient] = search(sc, "Patient", ("identifier", "GM31"))
+    mrn = next(i for i in patient["identifier"] if i["value"] == "GM31")
+    queries = [("Patient", f"identifier={quote(mrn['system'], safe=':/')}|GM31&{tag}"),
+               ("Patient", f"identifier={quote(mrn['system'], safe=':/')}|GM31"),
+               ("Patient", f"identifier={quote(mrn['system'], safe=':/')}|NOPE&{tag}"),
+               ("Patient", f"{tag}"),
+               ("Patient", f"identifier={NHS_NUMBER_SYSTEM}|9434765919"),
+               ("Patient", "identifier=GM31"),
+               ("Encounter", f"identifier=GV31&{tag}"),
+               ("Patient", "family=Fam31x1")]
+    with sc.engine.connect() as conn:
+        for rtype, q in queries:
+            assert sorted(feeds._match(rtype, q, conn)) == sorted(
+                sc.store.match_ids(rtype, q, conn, policy=PermitAll())), q
+        dup, found = feeds._lookups(conn, "no-such-receipt", queries[:3])
+        assert dup is False
+        for rtype, q in queries[:3]:
+            assert sorted(found[(rtype, q)]) == sorted(
+                sc.store.match_ids(rtype, q, conn, policy=PermitAll())), q
