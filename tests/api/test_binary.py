@@ -143,6 +143,11 @@ def test_a_binary_secured_by_a_document_takes_its_record_and_category(world):
         patients = set(conn.execute(select(compartment.c.patient_id).where(
             compartment.c.resource_pk == pk)).scalars())
     assert patients == {"P1"} and category == "mental-health"
+    # a care home without a relationship may not attach a letter to P1's document
+    nurse = bearer(sc, "ch.nurse", "CH1", "nurse")
+    r = upload(c, nurse, context="DocumentReference/dr-mh")
+    assert r.status_code == 403, r.text
+    assert sc.store.search("Binary", [], PermitAll()).total == 1
     # HOS has a relationship with P1 and the agreement shares mental-health; an admin at HOS
     # (whose role does not include it) may not see the letter
     assert c.get(f"/fhir/Binary/{bid}", headers=bearer(sc, "hos.doc", "HOS")).content == PDF
