@@ -193,6 +193,7 @@ class FeedService:
         self.record_rejects = record_rejects
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Feed | None]] = {}
+        self._routes: tuple[float, list[Feed]] | None = None  # hl7v2 feeds, for MSH routing
         self._lock = threading.Lock()
         # SQLite has one writer: queue writers on a lock here instead of on SQLite's busy handler,
         # which sleeps in growing steps (4 connections were slower than 1 without this).
@@ -242,6 +243,7 @@ class FeedService:
         self.store.write([WriteOp("PUT", "Endpoint", feed.endpoint_id, res)])
         with self._lock:
             self._cache[feed.feed_id] = (time.monotonic(), feed)
+            self._routes = None
 
     @staticmethod
     def _feed_of(res: dict) -> Feed:
@@ -308,9 +310,16 @@ class FeedService:
         first = raw.lstrip("\ufeff").replace("\n", "\r").split("\r", 1)[0]
         parts = first.split("|")
         names = {p.split("^")[0] for p in parts[2:4] if p}
-        for feed in self.list_feeds():
-            if feed.kind != "hl7v2":
-                continue
+        # The hl7v2 feeds, kept as long as a feed's configuration (cache_seconds): reading
+        # every Endpoint for every message was a store scan per message.
+        now = time.monotonic()
+        with self._lock:
+            routes = self._routes
+        if routes is None or now - routes[0] >= self.cache_seconds:
+            routes = (now, [f for f in self.list_feeds() if f.kind == "hl7v2"])
+            with self._lock:
+                self._routes = routes
+        for feed in routes[1]:
             senders = set((feed.mapping or {}).get("senders") or [])
             if feed.feed_id in names or names & senders:
                 return feed.feed_id

@@ -456,3 +456,12 @@ def test_prepared_conditional_matches_agree_with_the_store(sc, feeds, mllp):
         for rtype, q in queries[:3]:
             assert sorted(found[(rtype, q)]) == sorted(
                 sc.store.match_ids(rtype, q, conn, policy=PermitAll())), q
+
+
+def test_routing_by_sender_uses_the_cached_feed_list_and_sees_new_feeds(sc, feeds):
+    msg = seq(40, 0).replace("|PAS|RTEST|", "|LABSYS|RLAB|")
+    assert msa(feeds.ingest_hl7(msg))[1] == "AR"  # no feed for this sender yet
+    feeds.add_feed("RLAB", "lab-feed", "hl7v2", mapping={"senders": ["RLAB"]}, status="live")
+    assert feeds.feed_for_message(msg) == "lab-feed"  # add_feed refreshed the routes
+    assert msa(feeds.ingest_hl7(msg))[1] == "AA"
+    assert feeds.feed_for_message(seq(41, 0)) is None  # PAS/RTEST names no feed
