@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import orjson
 from sqlalchemy import bindparam, false, select
@@ -154,6 +154,22 @@ class _Pending:
     error: Exception | None = None
     done: bool = False
     wake: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(eq=False)
+class _Plan:
+    """What one HL7 v2 message writes (``keep`` None: a redelivery, nothing to write)."""
+    rid: str
+    keep: list[WriteOp] | None
+    stale: list[str] = field(default_factory=list)
+    merges: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    keys: set = field(default_factory=set)
+
+    def result(self, results) -> IngestResult:
+        return IngestResult("accepted", self.rid,
+                            [f"{r.stored.type}/{r.stored.id}/_history/{r.stored.version}"
+                             for r in results], self.stale, self.merges, self.warnings)
 
 
 class _NoLock:
@@ -421,20 +437,11 @@ class FeedService:
                 p.result, p.error = None, None
             try:
                 with self._writer, self.store.begin_write() as conn, conn.begin():
-                    for p in batch:
-                        savepoint = conn.begin_nested() if len(batch) > 1 else None
-                        try:
-                            p.result = self._apply_hl7(conn, p.feed, p.mapped, p.raw)
-                        except Exception as e:  # this message's NACK (or a retry)
-                            if savepoint is None:
-                                raise
-                            savepoint.rollback()
-                            if n < attempts - 1 and _transient(e):
-                                raise
-                            p.error = e
-                        else:
-                            if savepoint is not None:
-                                savepoint.commit()
+                    if len(batch) == 1:
+                        p = batch[0]
+                        p.result = self._apply_hl7(conn, p.feed, p.mapped, p.raw)
+                    else:
+                        self._apply_group(conn, batch, retry=n < attempts - 1)
                     if self._before_commit is not None:
                         self._before_commit(batch)  # tests: fail here, nothing may be ACKed
                 return
@@ -455,7 +462,85 @@ class FeedService:
         with self.store.begin_write() as conn, conn.begin():
             return self._apply_hl7(conn, feed, mapped, raw)
 
+    def _apply_group(self, conn, batch: list[_Pending], retry: bool) -> None:
+        """Several messages in one transaction, in queue order. Consecutive messages that touch
+        nothing in common (resources, identifiers; same controller; no merge) are written as one
+        unit -- one Store.write, so one set of statements for all of them -- in a savepoint; if
+        that unit fails, its messages are written one by one, each in its own savepoint, so a
+        bad message is NACKed alone. A message that shares something with the unit being built
+        is planned again after that unit is written, so it sees it (as it would one by one)."""
+        i = 0
+        while i < len(batch):
+            group: list[tuple[_Pending, _Plan]] = []
+            used: set[tuple] = set()
+            j = i
+            while j < len(batch):
+                p = batch[j]
+                try:
+                    plan = self._plan_hl7(conn, p.feed, p.mapped, p.raw)
+                except Exception as e:  # this message's NACK (or a retry)
+                    if retry and _transient(e):
+                        raise
+                    p.error = e
+                    j += 1
+                    continue
+                if plan.keep is None:
+                    p.result = IngestResult("duplicate", plan.rid)
+                    j += 1
+                    continue
+                if group and (plan.keys & used or plan.merges
+                              or p.feed.ods != group[0][0].feed.ods):
+                    break  # planned again once the group is written
+                group.append((p, plan))
+                used |= plan.keys
+                j += 1
+                if plan.merges:
+                    break
+            if group:
+                self._write_group(conn, group, retry)
+            i = j
+
+    def _write_group(self, conn, group: list[tuple[_Pending, _Plan]], retry: bool) -> None:
+        savepoint = conn.begin_nested()
+        try:
+            results = self.store.write([op for _, plan in group for op in plan.keep], conn,
+                                       source_org=group[0][0].feed.ods)
+        except Exception as e:  # one of them is bad: each on its own
+            savepoint.rollback()
+            if retry and _transient(e):
+                raise
+            if len(group) == 1:
+                group[0][0].error = e
+                return
+            for p, plan in group:
+                one = conn.begin_nested()
+                try:
+                    p.result = plan.result(self.store.write(plan.keep, conn,
+                                                            source_org=p.feed.ods))
+                except Exception as e1:  # this message's NACK (or a retry)
+                    one.rollback()
+                    if retry and _transient(e1):
+                        raise
+                    p.error = e1
+                else:
+                    one.commit()
+            return
+        savepoint.commit()
+        k = 0
+        for p, plan in group:
+            p.result = plan.result(results[k:k + len(plan.keep)])
+            k += len(plan.keep)
+
     def _apply_hl7(self, conn, feed: Feed, mapped, raw: str) -> IngestResult:
+        """Plan and write one message in ``conn``'s transaction."""
+        plan = self._plan_hl7(conn, feed, mapped, raw)
+        if plan.keep is None:
+            return IngestResult("duplicate", plan.rid)
+        return plan.result(self.store.write(plan.keep, conn, source_org=feed.ods))
+
+    def _plan_hl7(self, conn, feed: Feed, mapped, raw: str) -> _Plan:
+        """What one message writes (reads only): the receipt check, the conditional matches,
+        the message-time check against the current versions, merges, the receipt."""
         ods, mtime = feed.ods, mapped.message_time
         rid = receipt_id(ods, feed.feed_id, message_key(mapped, raw))
         bundle = orjson.loads(orjson.dumps(mapped.bundle))
@@ -477,7 +562,7 @@ class FeedService:
                       if e.method == "PUT" and "?" in e.url and "/" not in e.url.split("?")[0]]
         duplicate, found = self._lookups(conn, rid, conditions)
         if duplicate:
-            return IngestResult("duplicate", rid)
+            return _Plan(rid, None)
 
         def match(rtype, query, conn, limit=2):
             hit = found.get((rtype, query)) if limit == 2 else None
@@ -499,11 +584,20 @@ class FeedService:
                                           survivor_key, retired_key))
         prov = next(o for o in keep if o.rtype == "Provenance")
         self._finish_receipt(prov.resource, keep, stale, mapped.warnings)
-        # Person links: the store's identity hook, in this same transaction.
-        results = self.store.write(keep, conn, source_org=ods)
-        return IngestResult("accepted", rid,
-                            [f"{r.stored.type}/{r.stored.id}/_history/{r.stored.version}"
-                             for r in results], stale, merges, list(mapped.warnings))
+        # What another message of the same group must not touch for the two to be written as
+        # one unit: the same resources, or the same identifiers (looked up or written).
+        keys: set[tuple] = set()
+        for rtype, query in conditions:
+            idents = [v for n, v in parse_qsl(query) if n == "identifier"]
+            keys.update(("ident", rtype, v) for v in idents)
+            if not idents:
+                keys.add(("query", rtype, query))
+        for op in keep:
+            keys.add((op.rtype, op.rid))
+            for i in (op.resource or {}).get("identifier") or ():
+                if isinstance(i, dict):
+                    keys.add(("ident", op.rtype, f"{i.get('system') or ''}|{i.get('value')}"))
+        return _Plan(rid, keep, stale, merges, list(mapped.warnings), keys)
 
     # ------------------------------------------------------------------ prepared lookups
     # The three reads of every message (receipt, conditional-update matches, current versions)

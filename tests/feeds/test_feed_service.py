@@ -273,14 +273,16 @@ def test_nhs_number_links_person_and_quality_report(sc, feeds, mllp):
 SEQ = ("MSH|^~\\&|PAS|RTEST|SC|SC|20240301120000||ADT^{event}^ADT_A01|{cid}|P|2.5\r"
        "EVN|{event}|20240301120000\r"
        "PID|1||{mrn}^^^RTEST^MR||{family}^Jane||19800101|F|||1 High St^^Leeds^^LS1 4AB\r"
-       "PV1|1|I|WARD1^^^RTEST||||||||||||||||{visit}\r")
+       "PV1|1|I|{ward}^^^RTEST||||||||||||||||{visit}\r")
 
 
-def seq(conn: int, n: int, family: str | None = None) -> str:
+def seq(conn: int, n: int, family: str | None = None, mrn: str | None = None,
+        ward: str | None = None) -> str:
     """Message n of connection `conn`: all of a connection's messages are about its patient and
     carry the same message time, so each one applied overwrites the one before it."""
-    return SEQ.format(event="A01" if n == 0 else "A08", cid=f"G{conn}-{n}", mrn=f"GM{conn}",
-                      visit=f"GV{conn}", family=family or f"Fam{conn}x{n}")
+    return SEQ.format(event="A01" if n == 0 else "A08", cid=f"G{conn}-{n}", mrn=mrn or f"GM{conn}",
+                      visit=f"GV{mrn or conn}", family=family or f"Fam{conn}x{n}",
+                      ward=ward or f"WARD{conn}")
 
 
 def families_in_history(sc, mrn: str) -> list[str]:
@@ -301,8 +303,21 @@ def record_batches(feeds) -> list[int]:
     return sizes
 
 
+def record_units(feeds) -> list[int]:
+    units: list[int] = []
+    write_group = feeds._write_group
+
+    def spy(conn, group, retry):
+        units.append(len(group))
+        return write_group(conn, group, retry)
+
+    feeds._write_group = spy
+    return units
+
+
 def test_four_connections_interleaved_each_acked_in_order_all_committed(sc, feeds, mllp):
     sizes = record_batches(feeds)
+    units = record_units(feeds)
     stall = threading.Event()
 
     def slow_first_commit(batch):  # the first commit waits, so the others queue behind it
@@ -329,6 +344,7 @@ def test_four_connections_interleaved_each_acked_in_order_all_committed(sc, feed
         assert families_in_history(sc, f"GM{k}") == [f"Fam{k}x{i}" for i in range(n)]
     assert len(search(sc, "Provenance")) == 4 * n
     assert sum(sizes) == 4 * n and max(sizes) > 1  # messages of several connections shared one
+    assert max(units) > 1  # and, touching different patients, were written as one unit
 
 
 def test_bad_message_in_a_group_is_nacked_alone_and_leaves_nothing(sc, feeds):
@@ -344,6 +360,7 @@ def test_bad_message_in_a_group_is_nacked_alone_and_leaves_nothing(sc, feeds):
 
     sc.store.after_write.append(refuse)
     sizes = record_batches(feeds)
+    units = record_units(feeds)
     release = threading.Event()
     first = threading.Event()
 
@@ -376,6 +393,7 @@ def test_bad_message_in_a_group_is_nacked_alone_and_leaves_nothing(sc, feeds):
         t.join(60)
     sc.store.after_write.remove(refuse)
     assert sizes == [1, 3]
+    assert units == [3]  # tried as one unit, then one by one
     assert {k: msa(a)[1] for k, a in acks.items()} == {0: "AA", 1: "AA", 2: "AE", 3: "AA"}
     assert "Patient.name" in err(acks[2]) and "Poison" not in acks[2]
     assert not search(sc, "Patient", ("family", "Poison"))
@@ -465,3 +483,46 @@ def test_routing_by_sender_uses_the_cached_feed_list_and_sees_new_feeds(sc, feed
     assert feeds.feed_for_message(msg) == "lab-feed"  # add_feed refreshed the routes
     assert msa(feeds.ingest_hl7(msg))[1] == "AA"
     assert feeds.feed_for_message(seq(41, 0)) is None  # PAS/RTEST names no feed
+
+
+def test_messages_about_one_patient_in_one_group_apply_in_queue_order(sc, feeds):
+    """Four callers in one transaction: two about the same patient (by MRN), one sharing a
+    ward with another. They may not be written as one unit (the second would not see the
+    first's Patient): one Patient, two versions in queue order; every message accepted."""
+    sizes = record_batches(feeds)
+    units = record_units(feeds)
+    release, first = threading.Event(), threading.Event()
+
+    def hold_first(batch):
+        if not first.is_set():
+            first.set()
+            assert release.wait(30)
+
+    feeds._before_commit = hold_first
+    acks: dict[int, str] = {}
+    messages = {0: seq(50, 0),
+                1: seq(51, 0, family="First", mrn="SAME"),
+                2: seq(52, 1, family="Second", mrn="SAME"),
+                3: seq(53, 0, ward="WARD51")}
+
+    def send(k: int) -> None:
+        acks[k] = feeds.ingest_hl7(messages[k], FEED)
+
+    leader = threading.Thread(target=send, args=(0,))
+    leader.start()
+    assert first.wait(30)
+    others = []
+    for k in (1, 2, 3):  # queued in this order
+        others.append(threading.Thread(target=send, args=(k,)))
+        others[-1].start()
+        deadline = time.time() + 30
+        while len(feeds._gc_queue) < k and time.time() < deadline:
+            time.sleep(0.005)
+    release.set()
+    for t in [leader, *others]:
+        t.join(60)
+    assert sizes == [1, 3]
+    assert {k: msa(a)[1] for k, a in acks.items()} == {0: "AA", 1: "AA", 2: "AA", 3: "AA"}
+    assert families_in_history(sc, "SAME") == ["First", "Second"]
+    assert len(search(sc, "Location")) == 3  # WARD50, WARD51 (two messages), WARD52
+    assert units == [1, 2]  # 51 alone; 52 planned again after it, written with 53
