@@ -412,11 +412,17 @@ class FeedService:
                 with self._gc_lock:
                     batch = self._gc_queue[:self.group_max]
                     del self._gc_queue[:len(batch)]
-                self._commit_group(batch)
-                for p in batch:
-                    p.done = True
-                    if p is not pending:
-                        p.wake.set()
+                try:
+                    self._commit_group(batch)
+                finally:
+                    for p in batch:
+                        if p.result is None and p.error is None:
+                            # interrupted: a NACK (the sender resends; a receipt that did commit
+                            # makes the resend a duplicate) -- never an ACK without a commit
+                            p.error = RuntimeError("group commit interrupted")
+                        p.done = True
+                        if p is not pending:
+                            p.wake.set()
                 if pending.done:
                     break
         finally:
