@@ -204,9 +204,16 @@ def _lexical(value, kind: str, where: str) -> str:
         if not math.isfinite(value):
             raise _structure(f"{where} is not a finite number", where)
         return repr(value)
-    if isinstance(value, (int, str, Decimal)):
+    if isinstance(value, str):
+        # XML 1.0 cannot carry control characters at all (JSON can): an error message echoing
+        # a client's bytes, say. They become U+FFFD rather than a failed answer.
+        return _NOT_XML.sub("\ufffd", value)
+    if isinstance(value, (int, Decimal)):
         return str(value)
     raise _structure(f"{where} must be a primitive value", where)
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def _xhtml_element(div, where: str) -> etree._Element:
