@@ -687,3 +687,27 @@ def test_nack_for_unparseable_input_is_still_an_ack():
     # bad encoding characters: nothing copied from the message
     ack = build_ack(a01().replace("^~\\&", "^~|", 1), "AR", HL7Error("AR", "102", "MSH-2", "x"))
     assert split(ack)[1][1] == "AR"
+
+
+def test_parse_segments_gives_the_fields_and_errors_python_hl7_parse_gives():
+    """to_fhir splits a message once (parse_segments) instead of building python-hl7's
+    containers: every sample, and malformed variants, give the same fields or the same error."""
+    from sharedcare.feeds.hl7v2.parser import parse_segments, segments
+
+    texts = [p.read_bytes() for p in sorted(SAMPLES.glob("*.hl7"))]
+    a01 = (SAMPLES / "ADT-A01-02.hl7").read_bytes().decode("utf-8").lstrip("\ufeff")
+    texts += [a01.replace("MSH|^~\\&|", "MSH|^~\\|", 1), "NOT HL7", "MSH|^~\\&|A|B\r",
+              a01.replace("\r", "\n"), a01 + "\rMSH|^~\\&|X", a01 + "\rP\r", a01 + "\r\r\r",
+              a01.replace("|", "|\\F\\x^y&z~w|", 3), b"MSH|^~\\&|A|B|C|D|2024|||",
+              "\ufeff" + a01, "MSH|^~\\&#|A|B|C|D|20240101||ADT^A01|1|P|2.5\r"]
+    assert len(texts) > 100
+    for raw in texts:
+        try:
+            expected = [(s.id, s.index, s._fields) for s in segments(parse(raw))]
+        except HL7Error as e:
+            expected = (e.ack_code, e.error_code, e.location, e.text)
+        try:
+            got = [(s.id, s.index, s._fields) for s in parse_segments(raw)]
+        except HL7Error as e:
+            got = (e.ack_code, e.error_code, e.location, e.text)
+        assert got == expected, raw[:80]

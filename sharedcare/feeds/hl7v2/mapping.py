@@ -29,7 +29,7 @@ from sharedcare.fhir.codes import (
 
 from . import datatypes as dt
 from .errors import HL7Error
-from .parser import Dtm, Rep, Seg, parse, parse_dtm, segments
+from .parser import Dtm, Rep, Seg, parse_dtm, parse_segments
 
 _NS = uuid.UUID("0f6b6f1e-1d0c-4c55-9a0e-6c1e5b3c9a10")  # namespace for this feed's UUIDs
 THO = dt.THO
@@ -930,8 +930,7 @@ def to_fhir(raw_or_message, *, source_org: str, feed_id: str) -> MappedMessage:
         raise ValueError("source_org and feed_id are required")
     if isinstance(raw_or_message, hl7.Message):
         raw_or_message = str(raw_or_message)
-    message = parse(raw_or_message)
-    segs = segments(message)
+    segs = parse_segments(raw_or_message)
     msh = segs[0]
     message_type = msh.get(9, 1).upper()
     event = msh.get(9, 2).upper()

@@ -109,6 +109,15 @@ class Seg:
         # python-hl7 already numbers MSH with MSH-1 ('|') and MSH-2 as fields 1 and 2.
         self._fields = [str(f) for f in segment]
 
+    @classmethod
+    def of(cls, fields: list[str], index: int) -> Seg:
+        """From the segment's field strings (MSH with '|' as field 1, as python-hl7 numbers it)."""
+        seg = cls.__new__(cls)
+        seg.id = fields[0]
+        seg.index = index
+        seg._fields = fields
+        return seg
+
     def raw(self, n: int) -> str:
         return self._fields[n] if n < len(self._fields) else ""
 
@@ -153,6 +162,31 @@ def to_text(raw: str | bytes) -> str:
 
 def parse(raw: str | bytes) -> hl7.Message:
     """Parse one HL7 v2 message (\\r, \\n or \\r\\n separated).  Raises HL7Error."""
+    text = _checked_text(raw)
+    try:
+        message = hl7.parse(text)
+    except Exception as exc:  # python-hl7 raises assorted errors on malformed input
+        raise HL7Error("AR", "100", "MSH", "Message could not be split into segments") from exc
+    _check_msh(Seg(message[0], 1))
+    return message
+
+
+def parse_segments(raw: str | bytes) -> list[Seg]:
+    """``segments(parse(raw))`` without building python-hl7's containers (which Seg turned
+    straight back into field strings): the same checks and the same fields, split once.
+    Raises HL7Error."""
+    text = _checked_text(raw)
+    segs = []
+    for index, line in enumerate(text.split("\r"), start=1):
+        fields = line.split(FIELD_SEP)
+        if index == 1:
+            fields.insert(1, FIELD_SEP)  # MSH-1 is the separator itself, MSH-2 the encoding
+        segs.append(Seg.of(fields, index))
+    _check_msh(segs[0])
+    return segs
+
+
+def _checked_text(raw: str | bytes) -> str:
     text = to_text(raw)
     if not text.startswith("MSH"):
         raise HL7Error("AR", "100", "MSH", "Message does not start with an MSH segment")
@@ -172,11 +206,10 @@ def parse(raw: str | bytes) -> hl7.Message:
             )
         if n > 1 and seg_id in ("MSH", "BHS", "FHS"):
             raise HL7Error("AE", "100", f"segment {n}", "More than one message in one payload")
-    try:
-        message = hl7.parse(text)
-    except Exception as exc:  # python-hl7 raises assorted errors on malformed input
-        raise HL7Error("AR", "100", "MSH", "Message could not be split into segments") from exc
-    msh = Seg(message[0], 1)
+    return text
+
+
+def _check_msh(msh: Seg) -> None:
     if not msh.get(7):
         raise HL7Error("AR", "101", "MSH-7", "Message date/time (MSH-7) is missing")
     parse_dtm(msh.get(7), "MSH-7", ack_code="AR")
@@ -184,7 +217,6 @@ def parse(raw: str | bytes) -> hl7.Message:
         raise HL7Error("AR", "101", "MSH-9", "Message type (MSH-9) is missing")
     if not msh.get(10):
         raise HL7Error("AR", "101", "MSH-10", "Message control ID (MSH-10) is missing")
-    return message
 
 
 def segments(message: hl7.Message) -> list[Seg]:
