@@ -200,9 +200,9 @@ class EprServer(Provider):
     async def metadata(self) -> dict:
         return self.doc
 
-    async def exchange(self, code: str, redirect_uri: str, verifier: str) -> dict:
+    def authenticate(self, data: dict, token_url: str):
         if not self.epr.private_key_file:
-            return await super().exchange(code, redirect_uri, verifier)
+            return super().authenticate(data, token_url)
         # private_key_jwt (RFC 7523, as SMART's asymmetric client authentication)
         try:
             key, alg = load_private_key(self.epr.private_key_file)
@@ -210,26 +210,13 @@ class EprServer(Provider):
             raise OidcError(f"sharedcare's private key for this EPR cannot be read ({e})") \
                 from None
         now = int(time.time())
-        token_url = self.doc["token_endpoint"]
         assertion = jwt.encode(
             {"alg": alg, "kid": key.kid, "typ": "JWT"},
             {"iss": self.epr.client_id, "sub": self.epr.client_id, "aud": token_url,
              "iat": now, "exp": now + 240, "jti": secrets.token_hex(16)}, key, algorithms=[alg])
-        data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-                "code_verifier": verifier, "client_id": self.epr.client_id,
-                "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
-        async with httpx.AsyncClient(timeout=10) as http:
-            r = await http.post(token_url, data=data, headers={"Accept": "application/json"})
-        if r.status_code != 200:
-            try:
-                why = r.json().get("error_description") or r.json().get("error")
-            except ValueError:
-                why = r.text[:200]
-            raise OidcError(f"the sign-in service refused the code ({r.status_code}: {why})")
-        body = r.json()
-        if not body.get("id_token"):
-            raise OidcError("the sign-in service returned no ID token")
-        return body
+        data.update(client_id=self.epr.client_id, client_assertion_type=ASSERTION_TYPE,
+                    client_assertion=assertion)
+        return None
 
 
 async def discover(epr: Epr) -> dict:

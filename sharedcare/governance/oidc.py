@@ -127,18 +127,23 @@ class Provider:
             self._jwks = KeySet.import_key_set(r.json())
         return self._jwks
 
-    async def exchange(self, code: str, redirect_uri: str, verifier: str) -> dict:
-        meta = await self.metadata()
+    def authenticate(self, data: dict, token_url: str):
+        """Put the client's authentication into a token request's form `data`; returns the
+        HTTP basic credentials to send, if any (client_secret_basic)."""
         cfg = self.config
-        data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-                "code_verifier": verifier}
-        auth = None
         if cfg.token_auth == "client_secret_post":
             data.update(client_id=cfg.client_id, client_secret=cfg.client_secret or "")
-        elif cfg.client_secret:
-            auth = (cfg.client_id, cfg.client_secret)
-        else:
-            data["client_id"] = cfg.client_id
+            return None
+        if cfg.client_secret:
+            return (cfg.client_id, cfg.client_secret)
+        data["client_id"] = cfg.client_id  # a public client
+        return None
+
+    async def exchange(self, code: str, redirect_uri: str, verifier: str) -> dict:
+        meta = await self.metadata()
+        data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+                "code_verifier": verifier}
+        auth = self.authenticate(data, meta["token_endpoint"])
         async with httpx.AsyncClient(timeout=10) as http:
             r = await http.post(meta["token_endpoint"], data=data, auth=auth,
                                 headers={"Accept": "application/json"})

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 SCHEMATHESIS = Path(__file__).resolve().parents[2] / ".venv-schemathesis" / "bin" / "schemathesis"
 
 
-def test_no_generated_request_gets_a_server_error(sc, live_server):
+def test_no_generated_request_gets_a_server_error(sc, live_server, tmp_path):
     if not SCHEMATHESIS.exists():
         assert os.environ.get("CI") != "true", "scripts/setup makes .venv-schemathesis; CI must run it"
         pytest.skip("no .venv-schemathesis (run scripts/setup)")
@@ -32,7 +32,7 @@ def test_no_generated_request_gets_a_server_error(sc, live_server):
          "-H", f"Authorization: {token}", "--checks", "not_a_server_error",
          "--phases", "fuzzing", "--max-examples", "1", "--seed", "20261130", "-w", "2",
          "--no-color"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,  # its .schemathesis/ cache
         env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"})
     summary = run.stdout[-3000:]
     assert "generated" in summary, summary  # it really ran the operations
