@@ -28,14 +28,17 @@ def spark_session():
             from pyspark.sql import SparkSession
             from splink.backends.spark import similarity_jar_location
 
+            # Python workers (view evaluation) must run this interpreter, with sharedcare on
+            # it; in local mode pyspark reads the environment, not only the setting below.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
             _session = (
                 SparkSession.builder
                 .master(os.environ.get("SHAREDCARE_SPARK_MASTER", "local[2]"))
                 .appName("sharedcare")
                 # splink's Jaro-Winkler and Damerau-Levenshtein run as Scala UDFs from its jar.
                 .config("spark.jars", similarity_jar_location())
-                # Python workers (view evaluation) run this interpreter, with sharedcare on it.
-                .config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
+                .config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
                 .config("spark.sql.session.timeZone", "UTC")
                 .config("spark.ui.enabled", "false")
                 # Few partitions for local runs, as splink advises; a cluster sets its own.

@@ -64,13 +64,14 @@ def spark():
         pytest.skip("pyspark needs a Java runtime (java not on PATH)")
     from pyspark.sql import SparkSession
 
+    # Python workers evaluating views need this interpreter (sharedcare on it), whatever
+    # `python3` is on the PATH: local mode reads the environment.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = (SparkSession.builder.master("local[1]").appName("sharedcare-test")
                .config("spark.ui.enabled", "false")
                .config("spark.sql.session.timeZone", "UTC")
                .config("spark.driver.memory", "512m")
                .config("spark.sql.shuffle.partitions", "1")
-               # Python workers evaluating views need this interpreter (sharedcare on it).
-               .config("spark.pyspark.python", sys.executable)
                .getOrCreate())
     assert pyspark.__version__
     yield session
