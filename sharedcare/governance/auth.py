@@ -111,17 +111,25 @@ class TokenService:
             claims = self.verify(token)
         except FHIRError:
             return False
-        now = int(time.time())
-        try:
-            with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-                # Rows for tokens that have expired anyway are no longer needed.
-                conn.execute(delete(revoked_token).where(revoked_token.c.expires < now))
-                conn.execute(insert(revoked_token), [{
-                    "jti": claims["jti"], "expires": int(claims["exp"]),
-                    "revoked": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")}])
-        except IntegrityError:  # revoked at the same moment by another request: done either way
-            pass
+        self.revoke_ids([(claims["jti"], int(claims["exp"]))])
         return True
+
+    def revoke_ids(self, tokens: list[tuple[str, int]]) -> None:
+        """Withdraw the tokens with these (jti, expiry) on every server: what is kept of the
+        access tokens a revoked refresh-token family issued (never the tokens themselves)."""
+        now = int(time.time())
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        for jti, exp in tokens:
+            if exp < now:
+                continue  # expired anyway
+            try:
+                with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+                    # Rows for tokens that have expired anyway are no longer needed.
+                    conn.execute(delete(revoked_token).where(revoked_token.c.expires < now))
+                    conn.execute(insert(revoked_token), [{"jti": jti, "expires": exp,
+                                                          "revoked": stamp}])
+            except IntegrityError:  # revoked at the same moment by another request: done
+                pass
 
     def public_jwks(self) -> dict:
         return {"keys": [self.key.as_dict(private=False)]}

@@ -687,9 +687,14 @@ class SmartServer:
             # offline_access outlives online_access when both are granted
             lifetime = max(REFRESH_LIFETIME[s] for s in lasting)
             family = secrets.token_urlsafe(16)
-            self.state.put(FAMILY, family, {"client_id": client.client_id}, lifetime)
+            self.state.put(FAMILY, family, {"client_id": client.client_id,
+                                            "issued": [self._token_id(token)]}, lifetime)
             body["refresh_token"] = self._new_refresh(family, time.time() + lifetime, granted)
         return body
+
+    def _token_id(self, access_token: str) -> tuple[str, int]:
+        claims = self.gov.tokens.verify(access_token)
+        return claims["jti"], int(claims["exp"])
 
     # -------------------------------------------------------------- refresh tokens
     def _new_refresh(self, family: str, family_expires: float, granted: dict) -> str:
@@ -703,7 +708,11 @@ class SmartServer:
         return token
 
     def _revoke_family(self, family: str) -> None:
-        self.state.delete(FAMILY, family)
+        """Revoke a sign-in: its refresh tokens, and the access tokens it issued (RFC 9700
+        §4.14.2: whoever replayed a refresh token may hold one of them too)."""
+        held = self.state.take(FAMILY, family)
+        if held:
+            self.gov.tokens.revoke_ids([tuple(t) for t in held.get("issued", [])])
 
     def _refresh(self, form: dict, token_url: str) -> dict:
         for name in ("refresh_token", "client_id"):
@@ -761,6 +770,11 @@ class SmartServer:
                           "role", client.client_id, action="token", purpose=grant["purpose"])
             raise OAuthError("invalid_grant", "the account is disabled or no longer holds "
                              "this role") from None
+        family = self.state.get(FAMILY, grant["family"])
+        if family is not None:  # remember the access token, so revoking the family ends it too
+            self.state.put(FAMILY, grant["family"], {
+                **family, "issued": [*family.get("issued", []), self._token_id(token)]},
+                max(1.0, remaining))
         audit_sign_in(self.gov, grant["username"], grant["ods"], grant["role"], "0",
                       f"SMART app refreshed its access with scopes {scope}", client.client_id,
                       action="token", purpose=grant["purpose"])

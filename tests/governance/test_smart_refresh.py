@@ -90,9 +90,14 @@ def test_reusing_a_rotated_refresh_token_revokes_the_whole_family(web, sc):
     # The current token of that family is revoked with it.
     r = refresh(web, second["refresh_token"])
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    # So are the access tokens the family issued: whoever replayed may hold one.
+    for tok in (first, second):
+        assert web.get("/fhir/Patient/p1", headers=bearer(tok["access_token"])).status_code \
+            == 401
     # Another sign-in (another family) is not affected.
     other = signed_in(web)
     assert refresh(web, other["refresh_token"]).status_code == 200
+    assert web.get("/fhir/Patient/p1", headers=bearer(other["access_token"])).status_code == 200
     with sc.engine.connect() as conn:
         reasons = conn.execute(select(audit_event.c.reason).where(
             audit_event.c.outcome == "4", audit_event.c.action == "token")).scalars().all()
