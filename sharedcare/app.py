@@ -38,6 +38,13 @@ class SharedCare:
     # their pages and exports (read-your-writes: see store.db.ReadReplica).
     replica: ReadReplica | None = None
 
+    @property
+    def sealer(self):
+        """Seals the secrets kept in the database (keys/secrets.fernet, never in it)."""
+        from .governance.sealed import Sealer
+
+        return Sealer(self.data_dir / "keys")
+
     @classmethod
     def open(cls, database: str | None = None, folder: Path | None = None,
              upgrade: bool = True, read_database: str | None = None) -> "SharedCare":

@@ -80,8 +80,8 @@ def _open(database: str | None, data_dir: Path | None):
 def database_problem(e: BaseException, database: str | None) -> str | None:
     """One line saying what is wrong with the database URL or server (not 450 lines of
     traceback with the cause at the bottom); None when `e` is not a database problem."""
-    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
     from .store.db import database_url
 
@@ -535,7 +535,8 @@ def admin_epr_add(iss: str = typer.Argument(..., help="The EPR's FHIR base URL, 
         epr = register_epr(sc.engine, iss, name, ods=org, client_id=client_id,
                            client_secret=client_secret or None, user_match=match,
                            scope=scope or DEFAULT_SCOPE,
-                           private_key_file=str(private_key) if private_key else None)
+                           private_key_file=str(private_key) if private_key else None,
+                           sealer=sc.sealer)
     except ValueError as e:
         fail(str(e))
     print(f"EPR {epr.name} ({epr.ods}) may launch sharedcare: iss {epr.iss}, users matched by "

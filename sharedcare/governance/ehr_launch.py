@@ -60,6 +60,7 @@ from ..store.shared_state import shared_state_of
 from .oidc import SESSION_COOKIE, SESSION_LIFETIME, OidcConfig, OidcError, Provider
 from .policy import Access
 from .schema import partner_epr, staff
+from .sealed import Sealer
 from .smart import (
     BROWSER_COOKIE,
     browser_hash,
@@ -115,7 +116,7 @@ def normalise_iss(iss: str) -> str:
 def register_epr(engine: Engine, iss: str, name: str, *, ods: str, client_id: str,
                  client_secret: str | None = None, user_match: str = "sds-user-id",
                  scope: str = DEFAULT_SCOPE, active: bool = True,
-                 private_key_file: str | None = None) -> Epr:
+                 private_key_file: str | None = None, sealer: Sealer | None = None) -> Epr:
     """Allow the EPR whose FHIR base is `iss` to launch sharedcare (add or replace).
     sharedcare authenticates to it with `client_secret`, or `private_key_file` (private_key_jwt),
     or neither (a public client)."""
@@ -136,6 +137,8 @@ def register_epr(engine: Engine, iss: str, name: str, *, ods: str, client_id: st
         raise ValueError("client_id is required")
     if client_secret and private_key_file:
         raise ValueError("give a client secret or a private key, not both")
+    if client_secret and sealer is None:
+        raise ValueError("a client secret is stored sealed: pass the server's sealer")
     if private_key_file:
         try:
             load_private_key(private_key_file)
@@ -146,7 +149,8 @@ def register_epr(engine: Engine, iss: str, name: str, *, ods: str, client_id: st
         conn.execute(delete(partner_epr).where(partner_epr.c.iss == iss))
         conn.execute(insert(partner_epr), [{
             "iss": iss, "name": name, "ods": ods, "client_id": client_id,
-            "client_secret": client_secret or None, "user_match": user_match,
+            "client_secret": sealer.seal(client_secret) if client_secret else None,
+            "user_match": user_match,
             "scope": " ".join(words), "active": active,
             "private_key_file": private_key_file or None}])
     return get_epr(engine, iss)
@@ -190,9 +194,9 @@ class EprServer(Provider):
     """The EPR's SMART configuration (not OpenID discovery) with `oidc.Provider`'s code
     exchange and ID-token checks."""
 
-    def __init__(self, epr: Epr, doc: dict):
+    def __init__(self, epr: Epr, doc: dict, client_secret: str | None):
         super().__init__(OidcConfig(str(doc["issuer"]).rstrip("/"), epr.client_id,
-                                    epr.client_secret))
+                                    client_secret))
         self.epr = epr
         self.doc = doc
         self.fetched = time.monotonic()
@@ -283,7 +287,7 @@ class EhrLaunch:
     async def server(self, epr: Epr) -> EprServer:
         have = self._servers.get(epr.iss)
         if have is None or have.epr != epr or time.monotonic() - have.fetched > METADATA_TTL:
-            have = EprServer(epr, await discover(epr))
+            have = EprServer(epr, await discover(epr), self.sc.sealer.open(epr.client_secret))
             self._servers[epr.iss] = have
         return have
 

@@ -44,7 +44,7 @@ def world(sc, live_server, system_token, ehr):
     gov.add_organisation(OTHER, "Riverside Surgery", "gp-practice")
     gov.add_staff("drsmith", "Dr Jo Smith", [(ORG, "clinician")], sds_id=SDS)
     register_epr(sc.engine, ehr.fhir + "/", "Riverside EPR", ods=ORG, client_id=CLIENT_ID,
-                 client_secret=SECRET)
+                 client_secret=SECRET, sealer=sc.sealer)
     auth = {"Authorization": f"Bearer {system_token}"}
     with httpx.Client(base_url=live_server, headers=auth) as c:
         c.put("/fhir/Organization/org1", json={
@@ -197,9 +197,26 @@ def test_patient_not_in_the_shared_record(world, ehr):
     assert "signed in" in r.text
 
 
+def test_the_eprs_client_secret_is_sealed_in_the_database(world, sc):
+    """A copy of the database (a backup, a replica) does not hand out sharedcare's credential
+    at the EPR: the column holds it sealed under a key kept beside the signing key."""
+    from sqlalchemy import select as sql_select
+
+    from sharedcare.governance.schema import partner_epr
+
+    with sc.engine.connect() as conn:
+        stored = conn.execute(sql_select(partner_epr.c.client_secret)).scalar_one()
+    assert SECRET not in stored and stored.startswith("fernet:")
+    assert sc.sealer.open(stored) == SECRET
+    assert (sc.data_dir / "keys" / "secrets.fernet").stat().st_mode & 0o077 == 0
+    with pytest.raises(ValueError, match="sealed"):
+        register_epr(sc.engine, "https://epr.example/fhir", "X", ods=ORG, client_id="c",
+                     client_secret="s")
+
+
 def test_epr_token_error_is_refused(world, ehr, sc):
     register_epr(sc.engine, ehr.fhir, "Riverside EPR", ods=ORG, client_id=CLIENT_ID,
-                 client_secret="wrong-secret")
+                 client_secret="wrong-secret", sealer=sc.sealer)
     r = refused(world, ehr, 502, "did not complete the sign-in")
     assert "wrong-secret" not in r.text
     text = " ".join(str(v) for row in audit_rows(sc) for v in row)
@@ -223,7 +240,7 @@ def test_several_roles_at_the_organisation_choose_one(world, ehr, sc):
 
 def test_preferred_username_mapping(world, ehr, sc):
     register_epr(sc.engine, ehr.fhir, "Riverside EPR", ods=ORG, client_id=CLIENT_ID,
-                 client_secret=SECRET, user_match="preferred-username",
+                 client_secret=SECRET, sealer=sc.sealer, user_match="preferred-username",
                  scope="launch openid patient/Patient.read")
     ehr.overrides = {"preferred_username": "drsmith"}
     c, r = launch(world, ehr.fhir)
@@ -242,7 +259,7 @@ def test_register_epr_validates(sc):
         register_epr(sc.engine, "https://epr.example/fhir", "X", ods=ORG, client_id="c",
                      scope="openid patient/Patient.read")
     e = register_epr(sc.engine, "https://epr.example/fhir/", "X", ods=ORG, client_id="c",
-                     client_secret="s")
+                     client_secret="s", sealer=sc.sealer)
     assert e.iss == "https://epr.example/fhir" and e.user_match == "sds-user-id"
     assert get_epr(sc.engine, "https://epr.example/fhir/") == e
 
@@ -267,7 +284,9 @@ def test_admin_epr_commands(sc, database_url, tmp_path):
             "--org", ORG, "--client-id", "sc-at-riverside", input="the-secret\n")
     assert r.exit_code == 0, r.output
     epr = get_epr(sc.engine, "https://epr.example/fhir")
-    assert (epr.ods, epr.client_id, epr.client_secret) == (ORG, "sc-at-riverside", "the-secret")
+    assert (epr.ods, epr.client_id) == (ORG, "sc-at-riverside")
+    assert "the-secret" not in epr.client_secret  # sealed, with the server's key (same data dir)
+    assert sc.sealer.open(epr.client_secret) == "the-secret"
     r = run("admin", "epr", "list")
     assert "epr.example" in r.output and "the-secret" not in r.output
     r = run("admin", "epr", "add", "https://epr.example/fhir", "--name", "X", "--org", "NOPE",
@@ -295,7 +314,7 @@ def test_sharedcare_authenticates_to_the_epr_with_a_private_key(world, ehr, sc, 
     refused(world, ehr, 502, "did not complete the sign-in")
     with pytest.raises(ValueError):
         register_epr(sc.engine, ehr.fhir, "Riverside EPR", ods=ORG, client_id=CLIENT_ID,
-                     client_secret=SECRET, private_key_file=str(private))
+                     client_secret=SECRET, private_key_file=str(private), sealer=sc.sealer)
     with pytest.raises(ValueError):  # a public key set is not a private key
         register_epr(sc.engine, ehr.fhir, "Riverside EPR", ods=ORG, client_id=CLIENT_ID,
                      private_key_file=str(tmp_path / "sharedcare-at-riverside-jwks.json"))
