@@ -7,6 +7,8 @@ transaction each (a whole Bundle in one), so nothing is ever half-written.
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fhir.categories import category_of
@@ -211,8 +214,19 @@ class Store:
                     op.resource = stamp_source(op.resource, source_org)
         if conn is not None:
             return self._write(conn, ops, source_org)
-        with self.begin_write() as c, c.begin():
-            return self._write(c, ops, source_org)
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with self.begin_write() as c, c.begin():
+                    return self._write(c, ops, source_org)
+            except (IntegrityError, OperationalError) as e:
+                # A concurrent writer created or versioned one of these resources first (the
+                # unique (type, id) and (resource, version) keys caught it), or PostgreSQL broke
+                # a deadlock: the unit rolled back whole, so do it again on top of theirs, hooks
+                # and reads afresh. A conflict of the unit's own making fails every time.
+                if attempt == WRITE_ATTEMPTS - 1 or not _concurrent(e):
+                    raise
+                time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+        raise AssertionError("unreachable")
 
     def create(self, res: dict) -> WriteResult:
         rid = str(uuid.uuid4())
@@ -237,8 +251,19 @@ class Store:
                           resource.c.deleted, resource.c.source_org, resource.c.sensitivity)
                    .where(resource.c.type == t, resource.c.id.in_(chunk))
                    for t, ids in by_type.items() for chunk in _chunks(ids, 500)]
-        for part in _chunks(lookups, 20):
-            rows = conn.execute(part[0] if len(part) == 1 else union_all(*part))
+        if lookups and conn.dialect.name == "postgresql":
+            # Writers run side by side here: lock the rows this unit will version (in pk order,
+            # so two units lock alike), and a concurrent writer of one of them waits for this
+            # one and then reads the version it made. FOR UPDATE cannot take a UNION, so the
+            # per-type lookups are one OR (each still an index probe).
+            cols = lookups[0].selected_columns
+            found = [select(*cols).where(or_(*(q.whereclause for q in part)))
+                     .order_by(resource.c.pk).with_for_update() for part in _chunks(lookups, 20)]
+        else:
+            found = [part[0] if len(part) == 1 else union_all(*part)
+                     for part in _chunks(lookups, 20)]
+        for stmt in found:
+            rows = conn.execute(stmt)
             for t, i, pk, v, d, src, sens in rows:
                 existing[(t, i)] = (pk, v, d)
                 if sens and not d:
@@ -753,6 +778,17 @@ def _insert_sql(conn: Connection, table, skip: tuple[str, ...] = ()) -> str:
 
 def _cut(s: str | None, n: int = MAX_TEXT) -> str | None:
     return s[:n] if s is not None and len(s) > n else s
+
+
+WRITE_ATTEMPTS = 5
+
+
+def _concurrent(e: Exception) -> bool:
+    """Whether a failed write unit lost a race with another writer (worth doing again)."""
+    if isinstance(e, IntegrityError):
+        return True
+    text = str(e).lower()
+    return any(s in text for s in ("deadlock", "could not serialize", "database is locked"))
 
 
 def _chunks(seq, n):
