@@ -661,25 +661,15 @@ class SmartServer:
                 not hmac.compare_digest(s256(verifier), granted["code_challenge"]):
             raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
         scope = " ".join(granted["scope"])
-        extra = {"client_id": client.client_id}
-        if granted.get("patient"):
-            extra["patient"] = granted["patient"]
         try:
-            token = self.gov.issue_token(granted["username"], granted["ods"], granted["role"],
-                                         purpose=granted["purpose"], scope=scope,
-                                         lifetime=ACCESS_LIFETIME, **extra)
+            token = self._issue(granted, client.client_id, scope)
         except FHIRError as e:
             raise OAuthError("invalid_grant", str(e) or "the account can no longer be used") \
                 from None
         audit_sign_in(self.gov, granted["username"], granted["ods"], granted["role"], "0",
                       f"SMART app signed in with scopes {scope}", client.client_id,
                       action="token", purpose=granted["purpose"])
-        body = {"access_token": token, "token_type": "Bearer", "expires_in": ACCESS_LIFETIME,
-                "scope": scope}
-        if granted.get("patient"):
-            body["patient"] = granted["patient"]
-            if granted.get("need_patient_banner") is not None:
-                body["need_patient_banner"] = granted["need_patient_banner"]
+        body = _token_body(token, scope, granted)
         if "openid" in granted["scope"]:
             body["id_token"] = self._id_token(issuer, client.client_id, granted)
         lasting = [s for s in REFRESH_SCOPES if s in granted["scope"]]
@@ -695,6 +685,16 @@ class SmartServer:
     def _token_id(self, access_token: str) -> tuple[str, int]:
         claims = self.gov.tokens.verify(access_token)
         return claims["jti"], int(claims["exp"])
+
+    def _issue(self, grant: dict, client_id: str, scope: str) -> str:
+        """An access token for a grant (a code's or a refresh token's): the person, role,
+        purpose and patient it was given for, refused if the account can no longer be used."""
+        extra = {"client_id": client_id}
+        if grant.get("patient"):
+            extra["patient"] = grant["patient"]
+        return self.gov.issue_token(grant["username"], grant["ods"], grant["role"],
+                                    purpose=grant["purpose"], scope=scope,
+                                    lifetime=ACCESS_LIFETIME, **extra)
 
     # -------------------------------------------------------------- refresh tokens
     def _new_refresh(self, family: str, family_expires: float, granted: dict) -> str:
@@ -755,14 +755,9 @@ class SmartServer:
         if remaining <= 0 or self.state.get(FAMILY, grant["family"]) is None:
             raise OAuthError("invalid_grant", "the refresh token is expired or revoked")
         scope = " ".join(scopes if scopes is not None else grant["scope"])
-        extra = {"client_id": client.client_id}
-        if grant.get("patient"):
-            extra["patient"] = grant["patient"]
         try:
             # Checks again that the account is active and still holds the role.
-            token = self.gov.issue_token(grant["username"], grant["ods"], grant["role"],
-                                         purpose=grant["purpose"], scope=scope,
-                                         lifetime=ACCESS_LIFETIME, **extra)
+            token = self._issue(grant, client.client_id, scope)
         except FHIRError:
             self._revoke_family(grant["family"])
             audit_sign_in(self.gov, grant["username"], grant["ods"], grant["role"], "4",
@@ -778,14 +773,8 @@ class SmartServer:
         audit_sign_in(self.gov, grant["username"], grant["ods"], grant["role"], "0",
                       f"SMART app refreshed its access with scopes {scope}", client.client_id,
                       action="token", purpose=grant["purpose"])
-        body = {"access_token": token, "token_type": "Bearer", "expires_in": ACCESS_LIFETIME,
-                "scope": scope,
-                "refresh_token": self._new_refresh(grant["family"], grant["family_expires"],
-                                                   grant)}
-        if grant.get("patient"):
-            body["patient"] = grant["patient"]
-            if grant.get("need_patient_banner") is not None:
-                body["need_patient_banner"] = grant["need_patient_banner"]
+        body = _token_body(token, scope, grant)
+        body["refresh_token"] = self._new_refresh(grant["family"], grant["family_expires"], grant)
         return body
 
     def _id_token(self, issuer: str, client_id: str, granted: dict) -> str:
@@ -862,6 +851,17 @@ class SmartServer:
                       action="token", kind="system", purpose=client.purpose)
         return {"access_token": token, "token_type": "Bearer", "expires_in": ACCESS_LIFETIME,
                 "scope": scope}
+
+
+def _token_body(token: str, scope: str, grant: dict) -> dict:
+    """The token response's common part, with the launch context the grant carries."""
+    body = {"access_token": token, "token_type": "Bearer", "expires_in": ACCESS_LIFETIME,
+            "scope": scope}
+    if grant.get("patient"):
+        body["patient"] = grant["patient"]
+        if grant.get("need_patient_banner") is not None:
+            body["need_patient_banner"] = grant["need_patient_banner"]
+    return body
 
 
 def _with_query(uri: str, params: dict) -> str:
