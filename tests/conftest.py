@@ -162,21 +162,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def live_server(sc):
-    """The real app on a real socket (uvicorn in a thread), for real FHIR clients."""
+def serve_in_thread(app, port: int | None = None):
+    """Run an ASGI app with uvicorn in a thread on 127.0.0.1; returns (server, thread, port):
+    set server.should_exit and join the thread to stop it."""
     import uvicorn
 
-    from sharedcare.app import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(sc), host="127.0.0.1", port=port,
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 10
     while not server.started and time.time() < deadline:
         time.sleep(0.02)
+    return server, thread, port
+
+
+@pytest.fixture
+def live_server(sc):
+    """The real app on a real socket (uvicorn in a thread), for real FHIR clients."""
+    from sharedcare.app import create_app
+
+    server, thread, port = serve_in_thread(create_app(sc))
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(5)

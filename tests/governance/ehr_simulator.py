@@ -21,12 +21,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import socket
-import threading
 import time
 from urllib.parse import urlencode
 
-import uvicorn
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 from starlette.applications import Starlette
@@ -167,15 +164,9 @@ class EhrSimulator:
 
 def start(sim: EhrSimulator):
     """Run the simulator on a free port; returns (uvicorn server, thread): set should_exit."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    sim.base = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(uvicorn.Config(sim.app(), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started and time.time() < deadline:
-        time.sleep(0.02)
+    from tests.conftest import free_port, serve_in_thread
+
+    port = free_port()
+    sim.base = f"http://127.0.0.1:{port}"  # its documents name it: known before it serves
+    server, thread, _ = serve_in_thread(sim.app(), port)
     return server, thread
