@@ -84,15 +84,22 @@ def check(page, name: str) -> None:
     assert not bad, f"{name}: " + json.dumps(bad, indent=1)
 
 
+def follow(page, selector: str) -> None:
+    """Click something that loads a new page and wait for that page: the next check must see
+    the new document, not the old one or one whose body has not been parsed yet."""
+    with page.expect_navigation():
+        page.click(selector)
+
+
 def sign_in(page, base: str, persona, demo) -> None:
     page.goto(f"{base}/sign-in")
     page.fill("#username", persona.username)
     page.fill("#password", persona.password)
-    page.click("button[type=submit]")
+    follow(page, "button[type=submit]")
     if "/choose-role" in page.url:  # the persona's role at the persona's organisation
         role = next(r for o, r in demo.cs.staff_member(persona.username).roles if o == persona.org)
         page.check(f'input[name=role][value="{persona.org}:{role}"]')
-        page.click("button[type=submit]")
+        follow(page, "button[type=submit]")
     page.wait_for_load_state()
 
 
@@ -116,9 +123,9 @@ def test_persona_finds_and_views_the_patient(page, live_demo, demo, label):
     sign_in(page, live_demo, persona, demo)
     access = session_access(page, demo)
     check(page, f"{name}-01-home")
-    page.click("text=Find a patient")
+    follow(page, "text=Find a patient")
     page.fill("#nhs", format_nhs(demo.nhs))
-    page.click("#search-nhs")
+    follow(page, "#search-nhs")
     check(page, f"{name}-02-search")
     try:
         allowed = demo.governed_items(access)
@@ -126,7 +133,7 @@ def test_persona_finds_and_views_the_patient(page, live_demo, demo, label):
         allowed = None
     if page.locator(f'[data-patient="{demo.pid}"]').count():
         assert format_nhs(demo.nhs) in page.inner_text("#results")
-        page.click(f'[data-patient="{demo.pid}"] a')
+        follow(page, f'[data-patient="{demo.pid}"] a')
     else:
         assert "No record you can open" in page.inner_text("main")
         page.goto(f"{live_demo}/patients/{demo.pid}")  # e.g. from a referral letter's link
@@ -138,7 +145,7 @@ def test_persona_finds_and_views_the_patient(page, live_demo, demo, label):
         if label == "Clinician with no relationship":
             page.click("#glass-reason")
             page.keyboard.type("Collapsed in the emergency department; no history available")
-            page.click("text=Break glass and open the record")
+            follow(page, "text=Break glass and open the record")
             page.wait_for_load_state()
             assert "You broke glass" in page.inner_text("main")
             allowed = demo.governed_items(access)
@@ -153,7 +160,7 @@ def test_persona_finds_and_views_the_patient(page, live_demo, demo, label):
         page.click("#feedback summary")
         page.check("#fb-missing")
         page.fill("#fb-text", "Browser test: please show the next appointment")
-        page.click("text=Send feedback")
+        follow(page, "text=Send feedback")
         page.wait_for_load_state()
         assert "Thank you" in page.inner_text("#feedback")
         from sqlalchemy import select
@@ -170,26 +177,26 @@ def test_care_plan_written_in_the_browser(page, live_demo, demo):
     gp = demo.personas["GP"]
     sign_in(page, live_demo, gp, demo)
     page.goto(f"{live_demo}/patients/{demo.pid}")
-    page.click("#new-eol-plan")
-    page.click("#save-plan")  # nothing filled in: errors
+    follow(page, "#new-eol-plan")
+    follow(page, "#save-plan")  # nothing filled in: errors
     assert "There is a problem" in page.inner_text("main")
     check(page, "care-plan-01-errors")
     page.fill("#what-matters", "Staying at home with my husband; my garden")
     page.get_by_label("CPR attempts not recommended", exact=True).check()
     page.get_by_label("Hospice", exact=True).check()
     page.fill("#contacts", "Husband Tom 07700 900321")
-    page.click("#save-plan")
+    follow(page, "#save-plan")
     page.wait_for_load_state()
     assert "saved and shared" in page.inner_text("main")
     check(page, "care-plan-02-saved")
-    page.click("#edit-plan")
+    follow(page, "#edit-plan")
     page.get_by_label("Home", exact=True).check()
     page.fill("#change-note", "Changed her mind after talking to family")
     check(page, "care-plan-03-edit")
-    page.click("#save-plan")
+    follow(page, "#save-plan")
     page.wait_for_load_state()
     assert "version 2" in page.inner_text("main")
-    page.click("#plan-history")
+    follow(page, "#plan-history")
     assert page.locator("[data-version]").count() == 2
     check(page, "care-plan-04-history")
     plan_id = page.url.split("/care-plans/")[1].split("/")[0]
@@ -205,10 +212,10 @@ def test_search_error_is_accessible(page, live_demo, demo):
     sign_in(page, live_demo, demo.personas["District nurse"], demo)
     page.goto(f"{live_demo}/patients")
     page.fill("#nhs", "943 476 5918")
-    page.click("#search-nhs")
+    follow(page, "#search-nhs")
     assert "check digit is wrong" in page.inner_text(".nhsuk-error-summary")
     check(page, "search-invalid-nhs-number")
-    page.click("#search-name")  # empty name search
+    follow(page, "#search-name")  # empty name search
     check(page, "search-name-errors")
 
 
