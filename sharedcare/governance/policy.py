@@ -88,6 +88,16 @@ _BUILT: dict[tuple, ColumnElement] = {}
 _BUILT_MAX = 1024
 
 
+def one_of(column: ColumnElement, values) -> ColumnElement:
+    """`column IN (v1, v2, ...)` for the policy's constant lists, with one bound parameter per
+    value rendered when the statement is compiled. A plain `in_(list)` is an "expanding"
+    parameter that SQLAlchemy re-renders into the SQL text on every execution, and the driver
+    then re-parses the long text it made: together about 45% of a governed search's CPU on
+    PostgreSQL (py-spy, docs/performance.md). The lists belong to the policy's cached shape
+    (`_built`), so the rendered statement is the same on every request of that shape."""
+    return column.in_([literal(v, column.type) for v in sorted(values)])
+
+
 def _shape(access: Access) -> tuple:
     return (access.username, access.ods, access.role, access.purpose, access.kind,
             tuple(sorted((k, tuple(sorted(v))) for k, v in access.shared_with.items())),
@@ -167,15 +177,21 @@ class ResourcePolicy:
     def agreement_rule(self) -> ColumnElement:
         a = self.access
         ors = [resource.c.source_org == a.ods] if a.ods else []
-        for src, cats in sorted(a.shared_with.items()):
+        # Partners sharing the same categories make one clause: a system's fifteen partners
+        # under one agreement are `source_org IN (15) AND category IN (8)`, not 15 clauses.
+        sources_of: dict[frozenset[str], list[str]] = {}
+        for src, cats in a.shared_with.items():
             if src != a.ods and cats:
-                ors.append(and_(resource.c.source_org == src, resource.c.category.in_(sorted(cats))))
+                sources_of.setdefault(frozenset(cats), []).append(src)
+        for cats, sources in sorted(sources_of.items(), key=lambda kv: sorted(kv[1])):
+            ors.append(and_(one_of(resource.c.source_org, sources),
+                            one_of(resource.c.category, cats)))
         return or_(*ors) if ors else false()
 
     def category_rule(self) -> ColumnElement:
         # Always an explicit list: a category nobody has classified is nobody's to see.
         cats = ROLE_CATEGORIES.get(self.access.role, frozenset())
-        return resource.c.category.in_(sorted(cats)) if cats else false()
+        return one_of(resource.c.category, cats) if cats else false()
 
     def sensitivity_rule(self, glass: bool = True) -> ColumnElement:
         """Labelled data from another organisation is withheld unless the role may see every
@@ -248,7 +264,7 @@ class ResourcePolicy:
                 if s.rtype == "*":
                     return None
                 types.add(s.rtype)
-        return resource.c.type.in_(sorted(types)) if types else false()
+        return one_of(resource.c.type, types) if types else false()
 
     def resource_filter(self) -> ColumnElement:
         # Built once per policy shape (see _BUILT): every query of every request with the same
@@ -269,13 +285,13 @@ class ResourcePolicy:
         if a.purpose != DIRECT_CARE or not ROLE_CATEGORIES.get(a.role):
             # Secondary uses run through population/ with their own governed extracts; roles
             # without direct-care categories see only directory data.
-            return resource.c.type.in_(sorted(DIRECTORY_TYPES))
+            return one_of(resource.c.type, DIRECTORY_TYPES)
         patient_data = and_(
             self.agreement_rule(), self.category_rule(), self.sensitivity_rule(),
             self.objection_rule(),
-            or_(resource.c.type.not_in(sorted(patient_compartment_types())),
+            or_(not_(one_of(resource.c.type, patient_compartment_types())),
                 self.relationship_rule()))
-        return or_(resource.c.type.in_(sorted(DIRECTORY_TYPES)), patient_data)
+        return or_(one_of(resource.c.type, DIRECTORY_TYPES), patient_data)
 
     def for_patient(self, glass: bool) -> PatientPolicy:
         return PatientPolicy(self, glass)
@@ -301,7 +317,7 @@ class PatientPolicy:
     def _build_filter(self) -> ColumnElement:
         b = self.base
         sensitive_ok = true() if self.glass else b.sensitivity_rule(glass=False)
-        built = or_(resource.c.type.in_(sorted(DIRECTORY_TYPES)),
+        built = or_(one_of(resource.c.type, DIRECTORY_TYPES),
                     and_(b.agreement_rule(), b.category_rule(), sensitive_ok,
                          b.objection_rule()))
         scoped = b.scope_rule()
@@ -317,7 +333,7 @@ class PatientPolicy:
     def _build_withheld(self) -> ColumnElement:
         b = self.base
         return false() if self.glass else and_(
-            resource.c.type.not_in(sorted(DIRECTORY_TYPES)), b.agreement_rule(),
+            not_(one_of(resource.c.type, DIRECTORY_TYPES)), b.agreement_rule(),
             b.category_rule(), b.objection_rule(), not_(b.sensitivity_rule(glass=False)),
             *([s] if (s := b.scope_rule()) is not None else []))
 

@@ -72,8 +72,23 @@ def make_engine(url: str | None = None, folder: Path | None = None) -> Engine:
     # No pre-ping: a `SELECT 1` round trip on every checkout was a quarter of a governed read's
     # time. Connections are recycled every 30 minutes, and one that the server dropped fails
     # its request once (a 500 OperationOutcome) while SQLAlchemy invalidates the pool.
+    _cache_long_statements()
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=False,
                          pool_recycle=1800, connect_args={"options": "-c jit=off"})
+
+
+def _cache_long_statements() -> None:
+    """psycopg converts each statement's `%(name)s` placeholders with a regex and caches the
+    result only for statements up to 4,096 characters and 50 parameters. A governed query
+    carries the access policy (agreements, categories, relationship, objections: 3-9 KB and
+    60-170 parameters), so every execution was parsed again: a quarter of a governed search's
+    CPU on PostgreSQL (py-spy, docs/performance.md). The statements are few (one per policy
+    shape and search shape), so caching them costs little memory. psycopg reads these
+    module-level limits on every call; there is no public setting for them."""
+    from psycopg import _queries
+
+    _queries.MAX_CACHED_STATEMENT_LENGTH = max(_queries.MAX_CACHED_STATEMENT_LENGTH, 65536)
+    _queries.MAX_CACHED_STATEMENT_PARAMS = max(_queries.MAX_CACHED_STATEMENT_PARAMS, 1024)
 
 
 def is_sqlite(engine: Engine) -> bool:
