@@ -42,6 +42,7 @@ from ..fhir.outcome import FHIRError, Issue, not_found
 from ..fhir.validation import problems, write_status
 from .db import replica_reads
 from .indexing import Indexer, IndexRows, fulltext
+from .partitioning import is_partitioned, partition_key
 from .persons import patients_of_person
 from .schema import (
     compartment,
@@ -52,6 +53,7 @@ from .schema import (
     idx_token,
     idx_uri,
     resource,
+    resource_key,
     resource_version,
 )
 from .search import SearchBuilder, SearchRequest
@@ -185,6 +187,14 @@ class Store:
         # the Person links of the Patients written, so both land in one batch of statements).
         # Their results go to the after_write hooks but not back to the caller.
         self.before_write: list = []
+        self._partitioned: bool | None = None  # PostgreSQL hash partitions (migration 0006)
+
+    def partitioned(self, conn: Connection) -> bool:
+        """Is the record hash-partitioned here (so `resource_key` holds the unique (type, id))?
+        Asked once per store: the layout is chosen when the database is migrated."""
+        if self._partitioned is None:
+            self._partitioned = is_partitioned(conn)
+        return self._partitioned
 
     # ------------------------------------------------------------------ writes
     def begin_write(self):
@@ -239,6 +249,7 @@ class Store:
             ops = ops + hook(conn, ops)
         keys = list({(op.rtype, op.rid) for op in ops})
         existing: dict[tuple[str, str], tuple[int, int, bool]] = {}
+        part_of: dict[tuple[str, str], str] = {}  # partition_key of the stored row
         labels_of: dict[tuple[str, str], str] = {}
         by_type: dict[str, list[str]] = {}
         for t, i in keys:
@@ -248,7 +259,8 @@ class Store:
         # The per-type SELECTs go as one UNION ALL statement: one round trip for a message
         # that writes a Patient, an Encounter, a Location and a Practitioner.
         lookups = [select(resource.c.type, resource.c.id, resource.c.pk, resource.c.version,
-                          resource.c.deleted, resource.c.source_org, resource.c.sensitivity)
+                          resource.c.deleted, resource.c.source_org, resource.c.sensitivity,
+                          resource.c.partition_key)
                    .where(resource.c.type == t, resource.c.id.in_(chunk))
                    for t, ids in by_type.items() for chunk in _chunks(ids, 500)]
         if lookups and conn.dialect.name == "postgresql":
@@ -264,8 +276,9 @@ class Store:
                      for part in _chunks(lookups, 20)]
         for stmt in found:
             rows = conn.execute(stmt)
-            for t, i, pk, v, d, src, sens in rows:
+            for t, i, pk, v, d, src, sens, part in rows:
                 existing[(t, i)] = (pk, v, d)
+                part_of[(t, i)] = part
                 if sens and not d:
                     labels_of[(t, i)] = sens
                 # Each organisation stays controller of its own records: only it may change
@@ -277,6 +290,9 @@ class Store:
 
         stamp = now_utc()
         new_rows, upd_rows, del_rows, version_rows, results = [], [], [], [], []
+        # Resources whose partition key changed (e.g. an Observation's subject moved to another
+        # patient): their older versions follow them, so the record stays together.
+        moved: list[dict] = []
         indexed: list[tuple[tuple[str, str], IndexRows | None]] = []
         # _text / _content: the last write of a key in the unit wins
         texts: dict[tuple[str, str], tuple[str, str] | None] = {}
@@ -299,8 +315,8 @@ class Store:
                 existing[key] = (prior[0], version, True)
                 # Governance columns stay as they were: who may see the tombstone (410) is
                 # who could see the resource.
-                del_rows.append({"b_pk": prior[0], "version": version, "last_updated": stamp,
-                                 "deleted": True, "content": None})
+                del_rows.append({"b_pk": prior[0], "b_part": part_of[key], "version": version,
+                                 "last_updated": stamp, "deleted": True, "content": None})
                 version_rows.append((key, version, "DELETE", True, None))
                 indexed.append((key, None))
                 texts[key] = None
@@ -318,16 +334,22 @@ class Store:
             res["meta"] = meta
             content = orjson.dumps(res)
             src, cat, sens = governance_columns(res)
+            rows = self.indexer.index(res)
+            part = partition_key(op.rtype, op.rid, rows.compartments)
             row = {"version": version, "last_updated": stamp, "deleted": False,
                    "content": content.decode(), "source_org": src, "category": cat,
-                   "sensitivity": sens}
+                   "sensitivity": sens, "partition_key": part}
             if prior:
-                upd_rows.append({"b_pk": prior[0], **row})
+                upd_rows.append({"b_pk": prior[0], "b_part": part_of[key], **row})
+                if part_of[key] != part:
+                    moved.append({"b_pk": prior[0], "b_part": part_of[key], "b_type": op.rtype,
+                                  "b_id": op.rid, "partition_key": part})
             else:
                 new_rows.append({"type": op.rtype, "id": op.rid, **row})
+            part_of[key] = part
             existing[key] = (prior[0] if prior else None, version, False)
             version_rows.append((key, version, op.method, False, row["content"]))
-            indexed.append((key, self.indexer.index(res)))
+            indexed.append((key, rows))
             texts[key] = fulltext.text_rows(res)
             results.append(WriteResult(
                 Stored(op.rtype, op.rid, version, stamp, content, False), prior is None or prior[2]))
@@ -341,45 +363,78 @@ class Store:
                     raise FHIRError.of(400, "duplicate", f"{k[0]}/{k[1]} is written twice")
                 seen[k] = r
             pks = _allocate_pks(conn, len(new_rows))
+            if self.partitioned(conn):
+                # The unique (type, id): a concurrent create of the same id fails here (and
+                # the unit is done again on top of it).
+                conn.execute(insert(resource_key), [
+                    {"type": r["type"], "id": r["id"], "pk": pk,
+                     "partition_key": r["partition_key"]}
+                    for r, pk in zip(new_rows, pks, strict=True)])
             cols = [c.name for c in resource.columns]
             conn.exec_driver_sql(_insert_sql(conn, resource), [
                 tuple(pk if c == "pk" else r[c] for c in cols)
                 for r, pk in zip(new_rows, pks, strict=True)])
             for r, pk in zip(new_rows, pks, strict=True):
                 existing[(r["type"], r["id"])] = (pk, r["version"], False)
+        # The old partition key in the predicate: one partition to look in.
+        by_row = and_(resource.c.pk == bindparam("b_pk"),
+                      resource.c.partition_key == bindparam("b_part"))
         for rows in (upd_rows, del_rows):
             if rows:
-                conn.execute(update(resource).where(resource.c.pk == bindparam("b_pk")), rows)
+                conn.execute(update(resource).where(by_row), rows)
+        if moved:
+            # A changed key moves the row to its new partition (the UPDATE above); its older
+            # versions and its (type, id) entry follow.
+            v = resource_version.c
+            conn.execute(update(resource_version).where(
+                v.resource_pk == bindparam("b_pk"), v.partition_key == bindparam("b_part"))
+                .values(partition_key=bindparam("partition_key")), moved)
+            if self.partitioned(conn):
+                conn.execute(update(resource_key).where(
+                    resource_key.c.type == bindparam("b_type"),
+                    resource_key.c.id == bindparam("b_id"))
+                    .values(partition_key=bindparam("partition_key")), moved)
         if upd_rows or del_rows:
             stale = [r["b_pk"] for r in upd_rows + del_rows]
+            parts = sorted({r["b_part"] for r in upd_rows + del_rows})
             for t in INDEX_WRITE:
                 for chunk in _chunks(stale, 500):
-                    conn.execute(delete(t).where(t.c.resource_pk.in_(chunk)))
+                    # Index rows sit in their resource's (old) partition; compartment rows in
+                    # their patients' partitions.
+                    conds = [t.c.resource_pk.in_(chunk)]
+                    if t is not compartment:
+                        conds.append(t.c.partition_key.in_(parts))
+                    conn.execute(delete(t).where(*conds))
             fulltext.delete_rows(conn, stale)
         if version_rows:
             conn.exec_driver_sql(_insert_sql(conn, resource_version, skip=("seq",)), [
-                (existing[k][0], v, stamp, m, d, c) for k, v, m, d, c in version_rows])
-        self._insert_index(conn, [(existing[k][0], k[0], rows) for k, rows in indexed if rows])
+                (existing[k][0], v, stamp, m, d, c, part_of[k])
+                for k, v, m, d, c in version_rows])
+        self._insert_index(conn, [(existing[k][0], k[0], rows, part_of[k])
+                                  for k, rows in indexed if rows])
         fulltext.insert_rows(conn, [(existing[k][0], *words) for k, words in texts.items()
-                                    if words])
+                                    if words], [part_of[k] for k, words in texts.items()
+                                                if words])
         for hook in self.after_write:
             hook(conn, results)
         return results[:asked]
 
-    def _insert_index(self, conn: Connection, items: list[tuple[int, str, IndexRows]]) -> None:
+    def _insert_index(self, conn: Connection, items: list[tuple[int, str, IndexRows, str]]
+                      ) -> None:
         # The hottest loop of ingest: rows go to the driver's executemany as plain tuples,
         # skipping SQLAlchemy's per-row parameter processing (a third of ingest time otherwise).
         tok, st, dt, num, ref, uri, comp = [], [], [], [], [], [], []
-        for pk, rtype, rows in items:
-            tok += [(pk, rtype, p, _cut(s), _cut(c), _cut(tx)) for p, s, c, tx in rows.tokens]
-            st += [(pk, rtype, p, v[:MAX_TEXT], e[:MAX_TEXT]) for p, v, e in rows.strings]
-            dt += [(pk, rtype, p, lo, hi) for p, lo, hi in rows.dates]
-            num += [(pk, rtype, p, lo, hi, v, _cut(s), _cut(c, 64), _cut(u, 64))
+        # The last column is partition_key: the resource's, and a compartment row's own patient.
+        for pk, rtype, rows, k in items:
+            tok += [(pk, rtype, p, _cut(s), _cut(c), _cut(tx), k) for p, s, c, tx in rows.tokens]
+            st += [(pk, rtype, p, v[:MAX_TEXT], e[:MAX_TEXT], k) for p, v, e in rows.strings]
+            dt += [(pk, rtype, p, lo, hi, k) for p, lo, hi in rows.dates]
+            num += [(pk, rtype, p, lo, hi, v, _cut(s), _cut(c, 64), _cut(u, 64), k)
                     for p, lo, hi, v, s, c, u in rows.numbers]
-            ref += [(pk, rtype, p, tt, _cut(ti, 64), _cut(url, 512))
+            ref += [(pk, rtype, p, tt, _cut(ti, 64), _cut(url, 512), k)
                     for p, tt, ti, url in rows.references]
-            uri += [(pk, rtype, p, u[:512]) for p, u in rows.uris]
-            comp += [(pk, patient) for patient in rows.compartments]
+            uri += [(pk, rtype, p, u[:512], k) for p, u in rows.uris]
+            comp += [(pk, patient, patient) for patient in rows.compartments]
         for table, batch in ((idx_token, tok), (idx_string, st), (idx_date, dt),
                              (idx_number, num), (idx_reference, ref), (idx_uri, uri),
                              (compartment, comp)):
@@ -391,11 +446,27 @@ class Store:
         pred = policy.resource_filter()
         return [pred] if pred is not None else []
 
+    def _by_id(self, rtype: str, rid: str, conn: Connection | None = None
+               ) -> list[ColumnElement]:
+        """The resource `rtype/rid`: partitioned, its partition too (from `resource_key`, a
+        value PostgreSQL prunes with when the statement runs), so one partition is read."""
+        conds = [resource.c.type == rtype, resource.c.id == rid]
+        if self._partitioned is None:
+            if conn is not None:
+                self.partitioned(conn)
+            else:
+                with self.engine.connect() as c:
+                    self.partitioned(c)
+        if self._partitioned:
+            conds.append(resource.c.partition_key == select(resource_key.c.partition_key).where(
+                resource_key.c.type == rtype, resource_key.c.id == rid).scalar_subquery())
+        return conds
+
     def read(self, rtype: str, rid: str, policy: AccessPolicy, conn: Connection | None = None
              ) -> Stored:
         stmt = select(resource.c.pk, resource.c.version, resource.c.last_updated,
                       resource.c.deleted, resource.c.content).where(
-            resource.c.type == rtype, resource.c.id == rid, *self._visible(policy))
+            *self._by_id(rtype, rid, conn), *self._visible(policy))
         row = self._one(stmt, conn)
         if row is None:
             raise not_found(rtype, rid)
@@ -414,9 +485,10 @@ class Store:
         stmt = (
             select(resource_version.c.version, resource_version.c.last_updated,
                    resource_version.c.deleted, resource_version.c.content)
-            .join(resource, resource.c.pk == resource_version.c.resource_pk)
-            .where(resource.c.type == rtype, resource.c.id == rid,
-                   resource_version.c.version == version, *self._visible(policy))
+            .join(resource, and_(resource.c.pk == resource_version.c.resource_pk,
+                                 resource.c.partition_key == resource_version.c.partition_key))
+            .where(*self._by_id(rtype, rid), resource_version.c.version == version,
+                   *self._visible(policy))
         )
         row = self._one(stmt)
         if row is None:
@@ -490,8 +562,8 @@ class Store:
         with self._reader().connect() as conn:
             if compartment_of is not None:
                 # The compartment follows the person: every partner's record of them.
-                where.append(resource.c.pk.in_(select(compartment.c.resource_pk).where(
-                    compartment.c.patient_id.in_(patients_of_person(conn, compartment_of)))))
+                where.append(resource.c.pk.in_(
+                    in_compartments(patients_of_person(conn, compartment_of))))
             total = None
             if req.total != "none" and req.cursor is None:
                 total = conn.execute(select(func.count()).select_from(resource).where(*where)
@@ -604,8 +676,7 @@ class Store:
             # A search confined to one patient's record stays confined in what it includes.
             visible.append(or_(
                 resource.c.type.not_in(sorted(patient_compartment_types())),
-                resource.c.pk.in_(select(compartment.c.resource_pk).where(
-                    compartment.c.patient_id.in_(patients_of_person(conn, compartment_of))))))
+                resource.c.pk.in_(in_compartments(patients_of_person(conn, compartment_of)))))
         seen = {(m.type, m.id) for m in matches}
         out: list[Stored] = []
         frontier = matches
@@ -686,8 +757,7 @@ class Store:
             if pat is None:
                 raise not_found("Patient", patient_id)
             scope = [resource.c.deleted == false(),
-                     resource.c.pk.in_(select(compartment.c.resource_pk).where(
-                         compartment.c.patient_id.in_(patients_of_person(conn, patient_id)))),
+                     resource.c.pk.in_(in_compartments(patients_of_person(conn, patient_id))),
                      *since_clause]
             if types:
                 scope.append(resource.c.type.in_(types))
@@ -788,7 +858,35 @@ def _concurrent(e: Exception) -> bool:
     if isinstance(e, IntegrityError):
         return True
     text = str(e).lower()
-    return any(s in text for s in ("deadlock", "could not serialize", "database is locked"))
+    # "moved to another partition": the row this unit waited to lock was moved by a concurrent
+    # update of its partition key (PostgreSQL, partitioned layout).
+    return any(s in text for s in ("deadlock", "could not serialize", "database is locked",
+                                   "moved to another partition"))
+
+
+def move_partition(conn: Connection, pk: int, rtype: str, rid: str, key: str) -> None:
+    """Give a stored resource -- its row, versions, index rows and text -- the partition key
+    `key`, in the caller's transaction (PostgreSQL moves the rows between partitions). For a
+    write hook that puts a resource in a patient's record after the store indexed it (a Binary
+    secured by that patient's DocumentReference). Compartment rows keep their own patient's."""
+    for t in (resource_version, *(t for t in INDEX_WRITE if t is not compartment)):
+        conn.execute(update(t).where(t.c.resource_pk == pk).values(partition_key=key))
+    conn.execute(update(resource).where(resource.c.pk == pk).values(partition_key=key))
+    if conn.dialect.name == "postgresql":  # (on SQLite the text table is FTS5, keyless)
+        conn.exec_driver_sql(f"UPDATE {fulltext.TABLE} SET partition_key = %s "
+                             "WHERE resource_pk = %s", (key, pk))
+        if is_partitioned(conn):
+            conn.execute(update(resource_key).where(
+                resource_key.c.type == rtype, resource_key.c.id == rid)
+                .values(partition_key=key))
+
+
+def in_compartments(patients: list[str]):
+    """SELECT the pks of the resources in these patients' compartments. Compartment rows are
+    partitioned by their own patient, so the key in the predicate confines the lookup to one
+    partition per patient (PostgreSQL prunes the rest)."""
+    return select(compartment.c.resource_pk).where(compartment.c.patient_id.in_(patients),
+                                                    compartment.c.partition_key.in_(patients))
 
 
 def _chunks(seq, n):
@@ -805,4 +903,6 @@ __all__ = [
     "Stored",
     "WriteOp",
     "WriteResult",
+    "in_compartments",
+    "move_partition",
 ]

@@ -25,7 +25,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import TSVECTOR
 
+from .partitioning import KEY_LENGTH
+
 metadata = MetaData()
+
+
+def partition_key_column(comment: str = "store/partitioning.py partition_key: the Patient "
+                         "record's id, or type/id outside any patient compartment") -> Column:
+    """The key the record tables are hash-partitioned by on PostgreSQL (migration
+    0006_partition_by_patient); the last column of each record table, on both backends."""
+    return Column("partition_key", String(KEY_LENGTH), nullable=False, comment=comment)
+
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT identity.
 PK = BigInteger().with_variant(Integer(), "sqlite")
@@ -46,6 +56,7 @@ resource = Table(
     Column("source_org", String(32), nullable=True),  # controlling organisation (ODS code)
     Column("category", String(32), nullable=True),  # data category an agreement shares
     Column("sensitivity", String(200), nullable=False, default=""),  # ' code code ' or ''
+    partition_key_column(),
     UniqueConstraint("type", "id", name="uq_resource_type_id"),
     comment="Current version of every resource (deleted ones kept as tombstones).",
 )
@@ -62,6 +73,7 @@ resource_version = Table(
     Column("method", String(8), nullable=False),  # POST | PUT | DELETE
     Column("deleted", Boolean, nullable=False, default=False),
     Column("content", Text, nullable=True),
+    partition_key_column(),
     UniqueConstraint("resource_pk", "version", name="uq_version"),
     comment="Every version of every resource: vread and _history.",
 )
@@ -71,6 +83,7 @@ compartment = Table(
     metadata,
     Column("resource_pk", BigInteger, ForeignKey("resource.pk"), nullable=False),
     Column("patient_id", String(64), nullable=False),
+    partition_key_column("The row's own patient_id, so a lookup by patient is one partition."),
     comment="Patient compartment membership (official R4 CompartmentDefinition).",
 )
 Index("ix_compartment_patient", compartment.c.patient_id, compartment.c.resource_pk)
@@ -99,6 +112,7 @@ def _index_table(name: str, comment: str, *columns: Column) -> Table:
         Column("type", String(64), nullable=False),
         Column("param", String(64), nullable=False),
         *columns,
+        partition_key_column(),
         comment=comment,
     )
     Index(f"ix_{name}_resource", t.c.resource_pk)
@@ -185,6 +199,7 @@ resource_text = Table(
            comment="text.div with the markup stripped, as to_tsvector('english', ...): _text"),
     Column("content", TSVECTOR().with_variant(Text(), "sqlite"), nullable=True,
            comment="every string of the resource and its text/* attachments' text: _content"),
+    partition_key_column(),
     comment="One row per current resource with any text, replaced with every update, removed "
             "by a delete, written in the resource's transaction.",
 )
@@ -201,3 +216,20 @@ search_result = Table(
     comment="Snapshot of a sorted search's matches, so its pages neither skip nor repeat.",
 )
 Index("ix_search_result", search_result.c.search_id, search_result.c.rank)
+
+
+# Only in the partitioned layout (PostgreSQL with SHAREDCARE_PARTITIONS > 0, made by migration
+# 0006): a partitioned table's unique constraints must include its partition key, so the
+# unique (type, id) of `resource` moves to this plain table, written in the resource's
+# transaction (a concurrent create of the same id fails on its primary key, and the write is
+# done again). Kept out of `metadata`, which describes the plain layout.
+partitioned_metadata = MetaData()
+resource_key = Table(
+    "resource_key",
+    partitioned_metadata,
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("pk", BigInteger, nullable=False),
+    Column("partition_key", String(KEY_LENGTH), nullable=False),
+    comment="Where a resource lives: its row key and partition, by (type, id).",
+)

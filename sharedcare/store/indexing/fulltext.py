@@ -166,11 +166,19 @@ def text_rows(res: dict) -> tuple[str, str] | None:
 
 
 # ------------------------------------------------------------------ writing
-def insert_rows(conn, rows: list[tuple[int, str, str]]) -> None:
-    """(pk, narrative, content) rows, in the caller's transaction."""
+def insert_rows(conn, rows: list[tuple[int, str, str]], keys: list[str] | None = None) -> None:
+    """(pk, narrative, content) rows, in the caller's transaction. `keys`: each row's
+    partition_key (store/partitioning.py), which PostgreSQL's table holds since migration 0006
+    (None: the table as migration 0005 made it)."""
     if not rows:
         return
     if conn.dialect.name == "postgresql":
+        if keys is not None:
+            conn.exec_driver_sql(
+                f"INSERT INTO {TABLE} (resource_pk, narrative, content, partition_key) VALUES "
+                "(%s, to_tsvector('english', %s), to_tsvector('english', %s), %s)",
+                [(*r, k) for r, k in zip(rows, keys, strict=True)])
+            return
         conn.exec_driver_sql(
             f"INSERT INTO {TABLE} (resource_pk, narrative, content) VALUES "
             "(%s, to_tsvector('english', %s), to_tsvector('english', %s))", rows)
