@@ -1,0 +1,189 @@
+"""Governed FHIR searches over HTTP, measured with `wrk` (issue 16, P3).
+
+    python bench/http_wrk.py --quick                          # 60 patients, c=1 and 16, 5 s each
+    python bench/http_wrk.py --patients 1000 --duration 20 --json docs/bench-results/http-wrk.json
+    python bench/http_wrk.py --viewer clinician --profile     # + py-spy of the server under c=16
+
+Builds a fresh database (PostgreSQL by default, `--backend sqlite` for the embedded store), loads
+the demo care system through the product's own path, starts `sharedcare serve` as a subprocess
+and drives it with Debian's `wrk` (C, one thread per two connections), so the load generator
+costs the server almost nothing. The mix is bench/run.py's four clinician searches (NHS number,
+name + birthdate, Observation patient + code + date range, Encounter patient + date), round robin
+from a Lua script, as a partner system (system token of the broadest direct-care agreement's
+first party) or as the GP persona (a user token: relationship-checked). Every request is
+governed and audited; the script checks the audit trail grew by exactly one event a request.
+
+`--profile` samples the server with py-spy (`pip install py-spy`; not a project dependency)
+holding the GIL only, and prints the functions with the largest inclusive share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from _common import Server, fresh_backend, machine
+from run import accesses, http_spec, load, plans_for, visible_patients, warm_validators
+
+LUA = """local paths = {%s}
+local i = 0
+wrk.headers["Authorization"] = "Bearer %s"
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i])
+end
+"""
+
+
+def wrk(script: Path, base: str, connections: int, seconds: int) -> dict:
+    out = subprocess.run(
+        ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{seconds}s", "--latency",
+         "-s", str(script), base], capture_output=True, text=True, check=True).stdout
+    unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+    def ms(text: str) -> float:
+        value, u = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+        return round(float(value) * unit[u], 2)
+
+    lat = {f"p{q}": ms(v) for q, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.MULTILINE)}
+    done = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"connections": connections, "requests": done,
+            "req_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "latency_ms": lat, "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(1) if errors else None}
+
+
+def audit_count(sc) -> int:
+    from sqlalchemy import func, select
+
+    from sharedcare.governance.schema import audit_event
+
+    with sc.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(audit_event)).scalar()
+
+
+def profile_summary(raw: Path, top: int) -> list[tuple[float, str]]:
+    """Inclusive share of each function in py-spy's raw (collapsed) stacks."""
+    inclusive: collections.Counter = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        total += int(n)
+        seen = set()
+        for frame in stack.split(";"):
+            name = frame.split(" (")[0]
+            where = frame.rsplit("/", 1)[-1].split(":")[0].rstrip(")")
+            key = f"{name} [{where}]"
+            if key not in seen:
+                seen.add(key)
+                inclusive[key] += int(n)
+    return [(round(100 * v / max(total, 1), 1), k) for k, v in inclusive.most_common(top)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", default="postgresql", choices=["postgresql", "sqlite"])
+    ap.add_argument("--patients", type=int, default=300)
+    ap.add_argument("--concurrency", default="1,16")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per concurrency level")
+    ap.add_argument("--viewer", default="system", choices=["system", "clinician"])
+    ap.add_argument("--workers", type=int, default=1, help="sharedcare serve --workers")
+    ap.add_argument("--profile", action="store_true", help="py-spy the server at the last level")
+    ap.add_argument("--quick", action="store_true", help="60 patients, 5 s a level")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.patients, args.duration = 60, 5
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed: apt-get install -y wrk")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    from sharedcare.app import SharedCare
+    from sharedcare.demo import generate
+
+    rng = random.Random(args.seed)
+    result: dict = {"machine": machine(), "backend": args.backend, "patients": args.patients,
+                    "viewer": args.viewer, "workers": args.workers, "levels": []}
+    with fresh_backend(args.backend) as be, tempfile.TemporaryDirectory() as tmp:
+        sc = SharedCare.open(be.url, be.data_dir)
+        warm_validators()
+        cs = generate(args.seed, args.patients)
+        acc = accesses(sc, cs)
+        load(sc, cs, None, acc["system"]["access"].ods)
+        if args.backend == "postgresql":
+            with sc.engine.connect() as conn:
+                conn.exec_driver_sql("ANALYZE")
+                conn.commit()
+        sc.governance.forget_agreements()
+        acc = accesses(sc, cs)
+        viewer = acc[args.viewer]["access"]
+        result["who"] = acc[args.viewer]["describe"]
+        plans = plans_for(cs, set(visible_patients(sc, viewer)), 30, rng)
+        if args.viewer == "system":
+            token = sc.governance.issue_system_token("bench-wrk", viewer.ods)
+        else:
+            token = sc.governance.issue_token(viewer.username, viewer.ods, viewer.role)
+        extra = ("--workers", str(args.workers)) if args.workers > 1 else ()
+        with Server(be.url, be.data_dir, extra_args=extra) as server:
+            spec = http_spec(server.base, token, plans, 30)
+            script = Path(tmp) / "mix.lua"
+            script.write_text(LUA % (",".join(json.dumps(r["path"]) for r in spec["requests"]),
+                                     token))
+            wrk(script, spec["base"], 2, 2)  # warm the server's caches and connections
+            time.sleep(1)  # let the warm-up's last requests be answered and audited
+            for c in levels:
+                before = audit_count(sc)
+                spy = None
+                if args.profile and c == levels[-1]:
+                    raw = Path(tmp) / "spy.txt"
+                    spy = subprocess.Popen(
+                        [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+                         "record", "-p", str(server.pid), "-d", str(args.duration),
+                         "-r", "200", "--gil", "-f", "raw", "-o", str(raw)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(1)
+                level = wrk(script, spec["base"], c, args.duration)
+                if spy:
+                    spy.wait()
+                    level["profile_top"] = profile_summary(raw, 80)
+                time.sleep(1)  # requests still in flight are answered and audited
+                level["audit_events"] = audit_count(sc) - before
+                # wrk stops with up to c requests in flight: the server still answers and
+                # audits them, but wrk does not count them.
+                level["one_audit_event_a_request"] = (
+                    level["requests"] <= level["audit_events"] <= level["requests"] + c)
+                level["load_avg_1m"] = round(os.getloadavg()[0], 2)
+                result["levels"].append(level)
+                lat = level["latency_ms"]
+                print(f"c={c:<3} {level['req_s']:8.1f} req/s  p50 {lat.get('p50')} ms  "
+                      f"p90 {lat.get('p90')} ms  p99 {lat.get('p99')} ms  "
+                      f"non-2xx {level['non_2xx']}  audit events {level['audit_events']} "
+                      f"for {level['requests']} requests "
+                      f"(+{c} in flight at most: {level['one_audit_event_a_request']})  load {level['load_avg_1m']}")
+                for share, name in level.get("profile_top", [])[:80]:
+                    print(f"    {share:5.1f}%  {name}")
+        sc.engine.dispose()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
