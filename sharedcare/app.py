@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,4 +144,16 @@ async def _http_error(request, exc):
 def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` / several workers: each worker process opens its own
     SharedCare from $SHAREDCARE_DATABASE_URL and $SHAREDCARE_DATA_DIR."""
-    return create_app(SharedCare.open())
+    application = create_app(SharedCare.open())
+    settle_heap()
+    return application
+
+
+def settle_heap() -> None:
+    """Take what the server built at start-up (modules, schema, templates, the app: ~160,000
+    objects) out of the garbage collector's full collections. A full collection walked them
+    all, 80 ms, in whichever request happened to trigger it -- the patient view's p95 was such
+    pauses (docs/performance.md). Called by `serve` only, once the app is built: a test
+    process that builds many apps keeps collecting them."""
+    gc.collect()
+    gc.freeze()

@@ -127,7 +127,7 @@ def serve(database: str = DatabaseOpt, data_dir: Path = DataDirOpt,
     PostgreSQL database share everything a request may need from an earlier one."""
     import uvicorn
 
-    from .app import create_app
+    from .app import create_app, settle_heap
 
     # Through the environment, so that every worker process opens the same (see app_from_env).
     for name, value in (("SHAREDCARE_DATABASE_READ_URL", read_database),
@@ -154,6 +154,7 @@ def serve(database: str = DatabaseOpt, data_dir: Path = DataDirOpt,
         from .feeds.service import attach_mllp
 
         attach_mllp(application, sc, host, mllp_port)
+    settle_heap()
     uvicorn.run(application, host=host, port=port, log_level="warning", access_log=False)
 
 
