@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, exists, false, literal, not_, or_, select
+from sqlalchemy import and_, exists, false, literal, not_, or_, select, union
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.util import ClauseAdapter
 
@@ -322,13 +322,16 @@ class SearchBuilder:
         search by NHS number finds the person once, whichever partner registered it."""
         sub = select(idx_token.c.resource_pk).where(
             idx_token.c.type == "Patient", idx_token.c.param == "identifier", cond)
-        found = resource.alias("nhs_found")
+        found, linked = resource.alias("nhs_found"), resource.alias("nhs_linked")
         mine, theirs = person_link.alias("pl_nhs_mine"), person_link.alias("pl_nhs_theirs")
         same = (select(theirs.c.patient_id)
                 .join(mine, mine.c.person_key == theirs.c.person_key)
                 .where(mine.c.patient_id.in_(select(found.c.id).where(
                     found.c.type == "Patient", found.c.pk.in_(sub)))))
-        return or_(resource.c.pk.in_(sub), resource.c.id.in_(same))
+        # One IN over a UNION, not `pk IN (...) OR id IN (...)`: PostgreSQL cannot use an index
+        # for that OR and filtered every Patient row (2 s at 100,000 persons; bench/growth.py).
+        return resource.c.pk.in_(union(sub, select(linked.c.pk).where(
+            linked.c.type == "Patient", linked.c.id.in_(same))))
 
     def _param(self, rtype: str | None, code: str) -> SearchParam:
         if rtype is None:
@@ -540,7 +543,9 @@ def _escape_like(s: str) -> str:
 def _date_cond(prefix, lo_col, hi_col, low: str, high: str, point: bool = False) -> ColumnElement:
     """FHIR date prefixes as range comparisons: the stored value is [lo_col, hi_col]."""
     if prefix == "eq":
-        return and_(lo_col >= low, hi_col <= high)
+        # `lo_col <= high` follows from the other two (lo <= hi); it bounds the index range
+        # scan on (..., low, high) at both ends instead of reading every later date.
+        return and_(lo_col >= low, lo_col <= high, hi_col <= high)
     if prefix == "ne":
         return or_(lo_col < low, hi_col > high)
     if prefix == "lt":
