@@ -174,9 +174,8 @@ def build_base(name: str, data_dir: Path, patients: int, seed: int, reuse: bool,
             if already_loaded(sc):
                 log(f"reusing {name} (already loaded)")
                 info = json.loads(info_file.read_text()) if info_file.exists() else {}
-                if "analyze_s" not in info:  # loaded by hand: statistics as after a build
-                    info["analyze_s"] = analyze(name)
-                    info_file.write_text(json.dumps(info))
+                # opening may have migrated it (new layout, rows moved): fresh statistics
+                info["analyze_s"] = analyze(name)
                 return {"reused": True, **info}
         finally:
             sc.engine.dispose()
