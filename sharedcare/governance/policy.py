@@ -33,7 +33,9 @@ from ..fhir.categories import DIRECTORY_TYPES
 from ..fhir.codes import DATA_CATEGORY_SYSTEM
 from ..fhir.compartment import patient_compartment_types, secured_reference
 from ..fhir.outcome import FHIRError
+from ..store.partitioning import partition_key
 from ..store.persons import same_person
+from ..store.repository import move_partition
 from ..store.schema import compartment, person_link, resource
 from .policy_clause import PolicyClause
 from .schema import agreement, agreement_party, break_glass, care_relationship, patient_choice
@@ -514,7 +516,8 @@ def secure_binaries(conn: Connection, results) -> None:
             continue
         binary = orjson.loads(s.content)
         target = secured_reference(binary)
-        row = conn.execute(select(resource.c.pk, resource.c.sensitivity).where(
+        row = conn.execute(select(resource.c.pk, resource.c.sensitivity,
+                                  resource.c.partition_key).where(
             resource.c.type == "Binary", resource.c.id == s.id)).one()
         patients = set(conn.execute(select(compartment.c.patient_id).where(
             compartment.c.resource_pk == row.pk)).scalars())
@@ -529,9 +532,13 @@ def secure_binaries(conn: Connection, results) -> None:
                     compartment.c.resource_pk == secured.pk)).scalars())
                 if theirs - patients:
                     conn.execute(compartment.insert(), [
-                        {"resource_pk": row.pk, "patient_id": p} for p in sorted(
-                            theirs - patients)])
+                        {"resource_pk": row.pk, "patient_id": p, "partition_key": p}
+                        for p in sorted(theirs - patients)])
                 patients |= theirs
+                # and into that record's partition (store/partitioning.py)
+                key = partition_key("Binary", s.id, patients)
+                if key != row.partition_key:
+                    move_partition(conn, row.pk, "Binary", s.id, key)
                 labels = sorted(set((row.sensitivity or "").split())
                                 | set((secured.sensitivity or "").split()))
                 values = {"sensitivity": f" {' '.join(labels)} " if labels else ""}

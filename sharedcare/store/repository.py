@@ -514,10 +514,10 @@ class Store:
                 ) -> tuple[list[tuple[str, Stored, str]], int | None]:
         """Newest first. Returns ((method, Stored, type) ..., next before_seq)."""
         conds = list(self._visible(policy))
-        if rtype:
+        if rtype and rid:  # one resource: one partition
+            conds += self._by_id(rtype, rid)
+        elif rtype:
             conds.append(resource.c.type == rtype)
-        if rid:
-            conds.append(resource.c.id == rid)
         if since:
             conds.append(resource_version.c.last_updated >= since)
         if before_seq:
@@ -526,7 +526,9 @@ class Store:
             select(resource.c.type, resource.c.id, resource_version.c.version,
                    resource_version.c.last_updated, resource_version.c.deleted,
                    resource_version.c.content, resource_version.c.method, resource_version.c.seq)
-            .join(resource, resource.c.pk == resource_version.c.resource_pk)
+            # (a resource's versions share its partition key: the join stays in the partition)
+            .join(resource, and_(resource.c.pk == resource_version.c.resource_pk,
+                                 resource.c.partition_key == resource_version.c.partition_key))
             .where(*conds)
             .order_by(resource_version.c.seq.desc())
             .limit(count + 1)

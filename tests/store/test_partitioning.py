@@ -138,6 +138,26 @@ def test_a_compartment_lookup_reads_one_partition(sc):
     assert sc.store.everything("pc", PermitAll())[1] == 2
 
 
+def test_a_read_by_id_reads_one_partition(sc):
+    """resource_key gives the partition; PostgreSQL prunes the others as the statement runs."""
+    if not pg(sc):
+        pytest.skip("hash partitions are PostgreSQL's")
+    from sqlalchemy import select
+
+    from sharedcare.store.schema import resource
+
+    put(sc.store, patient("pg1"), obs("og1", "pg1"), patient("pg2"), obs("og2", "pg2"))
+    stmt = select(resource.c.pk).where(*sc.store._by_id("Observation", "og1"))
+    with sc.engine.connect() as c:
+        sql = str(stmt.compile(c, compile_kwargs={"literal_binds": True}))
+        plan = "\n".join(c.exec_driver_sql(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) " + sql).scalars())
+    scans = re.findall(r" on (resource_p\d+) .*\((never executed|actual rows=\d+)", plan)
+    assert len(scans) == DEFAULT_PARTITIONS, plan
+    assert len([s for s in scans if s[1] != "never executed"]) == 1, plan
+    assert sc.store.read("Observation", "og1", PermitAll()).version == 1
+
+
 def test_moving_a_resource_to_another_patient_moves_its_rows(sc):
     put(sc.store, patient("pd"), patient("pe"), obs("od", "pd"))
     put(sc.store, obs("od", "pe", "4321"))  # the subject corrected to another patient
