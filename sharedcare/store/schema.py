@@ -134,7 +134,10 @@ idx_string = _index_table(
     Column("value", String(255), nullable=False),
     Column("exact", String(255), nullable=False),
 )
-Index("ix_idx_string_lookup", idx_string.c.type, idx_string.c.param, idx_string.c.value)
+# varchar_pattern_ops: a string search is a prefix LIKE, which a C.UTF-8 btree cannot serve
+# (migration 0007); the operator class serves equality too.
+Index("ix_idx_string_lookup", idx_string.c.type, idx_string.c.param, idx_string.c.value,
+      postgresql_ops={"value": "varchar_pattern_ops"})
 
 idx_date = _index_table(
     "idx_date",
