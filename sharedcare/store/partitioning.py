@@ -2,9 +2,11 @@
 rows and its text live in (docs/scaling.md, "Partitioning and Citus").
 
 One function decides it (`partition_key`), for both backends: SQLite keeps the column and
-nothing more; PostgreSQL hash-partitions the record tables by it (migration
-0006_partition_by_patient, `SHAREDCARE_PARTITIONS` partitions, default 16, 0 for plain tables),
-the layout Citus would distribute by (`create_distributed_table(..., 'partition_key')`).
+nothing more; PostgreSQL hash-partitions the record tables by it when `SHAREDCARE_PARTITIONS`
+asks for partitions (migration 0006_partition_by_patient), the layout Citus would distribute by
+(`create_distributed_table(..., 'partition_key')`). The default is 0, plain tables: governed
+searches still join their per-row probes by row key alone, which visits every partition, so the
+partitioned layout measured 3-5x slower (docs/performance.md, docs/scaling.md).
 
 The key is the **Patient record's id** -- the partner's copy -- not the person (person_link):
 linking or unlinking Patients then never moves a row, and a person's record is the few
@@ -19,7 +21,7 @@ from collections.abc import Iterable
 from sqlalchemy import Connection, text
 
 ENV_PARTITIONS = "SHAREDCARE_PARTITIONS"
-DEFAULT_PARTITIONS = 16
+DEFAULT_PARTITIONS = 0
 KEY_LENGTH = 140  # a patient id (64) or "type/id" (type up to 64, id up to 64)
 
 # The tables hash-partitioned by partition_key on PostgreSQL (resource_key is the plain lookup
@@ -40,7 +42,7 @@ def partition_key(rtype: str, rid: str, compartments: Iterable[str] = ()) -> str
 
 def partition_count() -> int:
     """$SHAREDCARE_PARTITIONS: how many hash partitions migration 0006 makes on PostgreSQL
-    (default 16; 0 keeps plain tables). Read when the migration runs: changing it later does
+    (default 0: plain tables). Read when the migration runs: changing it later does
     not re-partition an existing database."""
     raw = os.environ.get(ENV_PARTITIONS, "").strip()
     if not raw:

@@ -1,5 +1,5 @@
 """partition the record by patient: partition_key on the record tables; on PostgreSQL hash
-partitions (SHAREDCARE_PARTITIONS, default 16; 0 keeps plain tables)
+partitions when SHAREDCARE_PARTITIONS > 0 (default 0: plain tables)
 
 Every record table (resource, resource_version, compartment, the idx_* tables and, on
 PostgreSQL, resource_text) gets `partition_key`: the Patient record's id, or "type/id" outside
