@@ -254,7 +254,7 @@ def db_upgrade(database: str = DatabaseOpt):
 
     engine = make_engine(database)
     migrate.upgrade(engine)
-    print(f"database at revision {migrate.current(engine)}")
+    print(f"database at revision {', '.join(migrate.current(engine)) or 'none'}")
 
 
 def _warn_audit_key(sc) -> None:

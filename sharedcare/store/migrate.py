@@ -24,8 +24,10 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
     command.upgrade(config(engine), revision)
 
 
-def current(engine: Engine) -> str | None:
+def current(engine: Engine) -> tuple[str, ...]:
+    """The revisions the database is at: one per branch (each capability's tables have their
+    own), so a fully upgraded database is at several heads."""
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return tuple(sorted(MigrationContext.configure(conn).get_current_heads()))
