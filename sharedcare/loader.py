@@ -132,13 +132,20 @@ class Loader:
     def _transaction(self, doc: dict, key: str, kind: str) -> None:
         """One Bundle as one transaction with its receipt; nothing if the receipt exists."""
         entries = bundles.parse_entries(doc)
-        with self.store.begin_write() as conn, conn.begin():
+
+        def unit(conn):
             if _loaded(conn, [key]):
-                self.skipped += len(entries)
-                return
+                return None
             ops, _, responses = bundles.plan_writes(self.store, entries, conn)
             results = self.store.write(ops, conn)
             _record(conn, [key], kind)
+            return results, responses
+
+        done = self.store.run_write_unit(unit)
+        if done is None:
+            self.skipped += len(entries)
+            return
+        results, responses = done
         self.loaded += sum(1 for r in results if not r.stored.deleted) + sum(
             1 for r in responses.values() if r["response"]["status"].startswith(("200", "201")))
 
@@ -177,13 +184,16 @@ class Loader:
                         self._reject(f"{where}:{item[0]}", str(e))
 
     def _write_keyed(self, keyed: list[tuple[int, dict, str]], where: str) -> None:
-        with self.store.begin_write() as conn, conn.begin():
+        def unit(conn):
             done = _loaded(conn, [k for _, _, k in keyed])
             todo = [(n, r, k) for n, r, k in keyed if k not in done]
             if todo:
                 self.store.write([self._op(r, where, n) for n, r, _ in todo], conn,
                                  source_org=self.source_org)
                 _record(conn, [k for _, _, k in todo], "resource")
+            return todo
+
+        todo = self.store.run_write_unit(unit)
         self.skipped += len(keyed) - len(todo)
         self.loaded += len(todo)
 

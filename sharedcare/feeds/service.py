@@ -40,7 +40,7 @@ from ..fhir.codes import BASE, NHS_NUMBER_SYSTEM, ODS_SYSTEM, SOURCE_ORG_SYSTEM,
 from ..fhir.outcome import FHIRError
 from ..identity import nhs_number
 from ..logsafe import log_failure
-from ..store.repository import PermitAll, Store, WriteOp, instant, now_utc
+from ..store.repository import PermitAll, StaleRead, Store, WriteOp, instant, now_utc
 from ..store.schema import resource as resource_table
 from .hl7v2 import HL7Error, build_ack, to_fhir
 
@@ -191,8 +191,10 @@ class _OrgPolicy:
 
 
 def _transient(exc: Exception) -> bool:
-    if isinstance(exc, IntegrityError):
-        return True  # a concurrent writer created the same receipt/Person: retry sees it
+    if isinstance(exc, IntegrityError | StaleRead):
+        # a concurrent writer created the same receipt/Person, or changed a Person the
+        # identity hook read: retry sees it
+        return True
     if isinstance(exc, OperationalError | DBAPIError):
         text = str(exc).lower()
         return any(s in text for s in ("locked", "serializ", "deadlock", "could not obtain"))

@@ -429,8 +429,9 @@ class Governance:
                 if len(ops) == 1 else "transaction"
         if conn is not None:
             return governed_write(self, access, ops, conn, action, entity, joint)
-        with self.store.begin_write() as c, c.begin():
-            return governed_write(self, access, ops, c, action, entity, joint)
+        # Decided, written and audited again as a whole if it loses a race with another writer.
+        return self.store.run_write_unit(
+            lambda c: governed_write(self, access, ops, c, action, entity, joint))
 
     def require_write(self, access: Access, rtype: str) -> None:
         """May this caller create `rtype` at all (scopes and role)? For forms, before the

@@ -215,9 +215,12 @@ class LinkPlan:
         out = []
         for pid in sorted(self.changed):
             res, links = self.persons[pid], self.links[pid]
+            # The version read (0: none), so the store redoes the unit if another writer
+            # changed this Person since (WriteOp.read_version).
+            read = int(((res or {}).get("meta") or {}).get("versionId") or 0)
             if not links:
                 if res is not None and "meta" in res:  # stored: retire it
-                    out.append(WriteOp("DELETE", "Person", pid, None))
+                    out.append(WriteOp("DELETE", "Person", pid, None, read_version=read))
                 continue
             body = {k: v for k, v in (res or {}).items() if k not in ("meta", "link")}
             meta = {k: v for k, v in ((res or {}).get("meta") or {}).items()
@@ -226,6 +229,6 @@ class LinkPlan:
                 body["meta"] = meta
             body["resourceType"], body["id"] = "Person", pid
             body["link"] = list(links.values())
-            out.append(WriteOp("PUT", "Person", pid, body))
+            out.append(WriteOp("PUT", "Person", pid, body, read_version=read))
         self.changed.clear()
         return out

@@ -10,10 +10,10 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -94,6 +94,9 @@ class Stored:
         return orjson.loads(self.content) if self.content else {}
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class WriteOp:
     """One write inside a unit of work."""
@@ -104,6 +107,15 @@ class WriteOp:
     resource: dict | None
     if_match: int | None = None
     where: str = ""  # location for error messages, e.g. "Bundle.entry[3]"
+    # For a write a hook derived from what it read before the unit locked its rows (identity's
+    # Person links): the version it read, 0 for none. A different version at lock time means
+    # another writer changed the resource in between; the unit is done again from the start
+    # (StaleRead) rather than overwrite that writer's change.
+    read_version: int | None = None
+
+
+class StaleRead(Exception):
+    """A write hook read a resource that another writer changed before this unit locked it."""
 
 
 @dataclass
@@ -224,15 +236,20 @@ class Store:
                     op.resource = stamp_source(op.resource, source_org)
         if conn is not None:
             return self._write(conn, ops, source_org)
+        return self.run_write_unit(lambda c: self._write(c, ops, source_org))
+
+    def run_write_unit(self, work: Callable[[Connection], T]) -> T:
+        """`work(conn)` in one write transaction, done again when it loses a race with another
+        writer: a concurrent writer created or versioned one of its resources first (the unique
+        (type, id) and (resource, version) keys caught it), changed a resource a write hook read
+        (StaleRead), or PostgreSQL broke a deadlock. The unit rolled back whole, so it runs again
+        on top of theirs, hooks and reads afresh. A conflict of the unit's own making fails every
+        time. Everything a caller does in `work` (its audit event, a load receipt) goes with it."""
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 with self.begin_write() as c, c.begin():
-                    return self._write(c, ops, source_org)
-            except (IntegrityError, OperationalError) as e:
-                # A concurrent writer created or versioned one of these resources first (the
-                # unique (type, id) and (resource, version) keys caught it), or PostgreSQL broke
-                # a deadlock: the unit rolled back whole, so do it again on top of theirs, hooks
-                # and reads afresh. A conflict of the unit's own making fails every time.
+                    return work(c)
+            except (IntegrityError, OperationalError, StaleRead) as e:
                 if attempt == WRITE_ATTEMPTS - 1 or not _concurrent(e):
                     raise
                 time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
@@ -287,6 +304,12 @@ class Store:
                     raise FHIRError.of(403, "forbidden",
                                        f"{t}/{i} is controlled by {src}; only {src} may change "
                                        "or delete it")
+
+        for op in ops:
+            if op.read_version is not None:
+                prior = existing.get((op.rtype, op.rid))
+                if (prior[1] if prior and not prior[2] else 0) != op.read_version:
+                    raise StaleRead(f"{op.rtype}/{op.rid} changed after it was read")
 
         stamp = now_utc()
         new_rows, upd_rows, del_rows, version_rows, results = [], [], [], [], []
@@ -857,7 +880,7 @@ WRITE_ATTEMPTS = 5
 
 def _concurrent(e: Exception) -> bool:
     """Whether a failed write unit lost a race with another writer (worth doing again)."""
-    if isinstance(e, IntegrityError):
+    if isinstance(e, IntegrityError | StaleRead):
         return True
     text = str(e).lower()
     # "moved to another partition": the row this unit waited to lock was moved by a concurrent
