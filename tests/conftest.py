@@ -119,8 +119,11 @@ def pg_database():
 def database_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'sharedcare.sqlite'}"
-    url = request.getfixturevalue("pg_database")
-    # A clean schema for every test: drop everything the last test made.
+    return _clean_schema(request.getfixturevalue("pg_database"))
+
+
+def _clean_schema(url: str) -> str:
+    """A clean schema for every test: drop everything the last test made."""
     eng = create_engine(url)
     with eng.begin() as c:
         c.execute(text("DROP SCHEMA public CASCADE"))
@@ -135,6 +138,17 @@ def sc(database_url, tmp_path):
 
     app = SharedCare.open(database_url, tmp_path / "data")
     app.governance.add_organisation(TEST_ORG, "Test Partner System Trust", "acute-trust")
+    yield app
+    app.engine.dispose()
+
+
+@pytest.fixture
+def pg_sc(pg_database, tmp_path):
+    """sharedcare on PostgreSQL only, for what only PostgreSQL has: query plans, partitions,
+    writers running side by side."""
+    from sharedcare.app import SharedCare
+
+    app = SharedCare.open(_clean_schema(pg_database), tmp_path / "data")
     yield app
     app.engine.dispose()
 

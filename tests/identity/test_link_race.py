@@ -8,9 +8,6 @@ would drop the other writer's link."""
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import create_engine, text
-
 from sharedcare.fhir.nhs_number import is_valid
 from sharedcare.identity.links import person_id_for_nhs
 from sharedcare.store.repository import PermitAll, WriteOp
@@ -26,18 +23,6 @@ def patient(pid: str, org: str) -> dict:
             "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": NHS}]}
 
 
-@pytest.fixture
-def pg_sc(pg_database, tmp_path):
-    from sharedcare.app import SharedCare
-
-    eng = create_engine(pg_database)
-    with eng.begin() as c:
-        c.execute(text("DROP SCHEMA public CASCADE"))
-        c.execute(text("CREATE SCHEMA public"))
-    eng.dispose()
-    app = SharedCare.open(pg_database, tmp_path / "data")
-    yield app
-    app.engine.dispose()
 
 
 def linked(store) -> set[str]:

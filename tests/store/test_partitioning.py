@@ -32,30 +32,11 @@ INDEX = ("idx_token", "idx_string", "idx_date", "idx_number", "idx_reference", "
 PARTITIONS = 16
 
 
-@pytest.fixture
-def sc(database_url, tmp_path, monkeypatch):
-    from sharedcare.app import SharedCare
-
-    monkeypatch.setenv(ENV_PARTITIONS, str(PARTITIONS))  # read when the migration runs
-    app = SharedCare.open(database_url, tmp_path / "data")
-    yield app
-    app.engine.dispose()
-
-
-@pytest.fixture
-def pg_sc(pg_database, tmp_path, monkeypatch):
-    """The partitioned layout on PostgreSQL (hash partitions are PostgreSQL's), fresh schema."""
-    from sharedcare.app import SharedCare
-
-    eng = create_engine(pg_database)
-    with eng.begin() as c:
-        c.execute(text("DROP SCHEMA public CASCADE"))
-        c.execute(text("CREATE SCHEMA public"))
-    eng.dispose()
+@pytest.fixture(autouse=True)
+def partitioned(monkeypatch):
+    """Every database these tests open is migrated with PARTITIONS hash partitions (on
+    PostgreSQL; read when the migration runs) unless a test sets the count itself."""
     monkeypatch.setenv(ENV_PARTITIONS, str(PARTITIONS))
-    app = SharedCare.open(pg_database, tmp_path / "data")
-    yield app
-    app.engine.dispose()
 
 
 def patient(pid, family="Smith"):

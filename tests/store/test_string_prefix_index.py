@@ -4,8 +4,7 @@ index on (type, param, value varchar_pattern_ops) instead of reading every name 
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from sharedcare.store.repository import PermitAll, WriteOp
 
@@ -24,18 +23,6 @@ def test_name_search_is_a_prefix_match(sc):
     assert sorted(m.id for m in page.matches) == ["p0", "p1"]
 
 
-@pytest.fixture
-def pg_sc(pg_database, tmp_path):
-    from sharedcare.app import SharedCare
-
-    eng = create_engine(pg_database)
-    with eng.begin() as c:
-        c.execute(text("DROP SCHEMA public CASCADE"))
-        c.execute(text("CREATE SCHEMA public"))
-    eng.dispose()
-    app = SharedCare.open(pg_database, tmp_path / "data")
-    yield app
-    app.engine.dispose()
 
 
 def test_postgresql_serves_the_prefix_from_the_index(pg_sc):
