@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import threading
-import uuid
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -262,24 +261,12 @@ def test_concurrent_creates_of_one_id_end_with_one_resource(sc):
 
 # ------------------------------------------------------------------ settings and upgrades
 @pytest.fixture
-def pg_url(request):
-    """A fresh PostgreSQL database of its own (dropped afterwards)."""
-    from tests.conftest import IN_CI, PG_ADMIN_URL, _postgres_available
+def pg_url(pg_database):
+    """The run's PostgreSQL database with a clean schema, migrated by the test itself (the
+    conftest fixture fails under CI=true when PostgreSQL is unreachable)."""
+    from tests.conftest import _clean_schema
 
-    if not _postgres_available():
-        if IN_CI:
-            pytest.fail("PostgreSQL is unreachable in CI")
-        pytest.skip("PostgreSQL unreachable")
-    name = f"sharedcare_part_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as c:
-        c.execute(text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                       f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"))
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    return _clean_schema(pg_database)
 
 
 def round_trip(store: Store) -> None:
