@@ -13,6 +13,12 @@ from a Lua script, as a partner system (system token of the broadest direct-care
 first party) or as the GP persona (a user token: relationship-checked). Every request is
 governed and audited; the script checks the audit trail grew by exactly one event a request.
 
+`--mix clinicians` is issue 16's R5 instead: 50 clinicians at once (`--concurrency 50`, three
+minutes with `--duration 180`), each a wrk connection that waits a random 0-1 s (`--think-ms`)
+before each request, the GP persona's user token, a mix per visible patient of find the patient
+by NHS number, the patient view page (`/patients/{id}`, the session cookie), `$everything` and
+the Observation search. wrk's latency excludes the think time.
+
 `--profile` samples the server with py-spy (`pip install py-spy`; not a project dependency)
 holding the GIL only, and prints the functions with the largest inclusive share.
 """
@@ -46,7 +52,32 @@ request = function()
   i = i %% #paths + 1
   return wrk.format("GET", paths[i])
 end
+done = function(summary, latency, requests)
+  io.write(string.format("p95_us %%d\\n", latency:percentile(95)))
+end
 """
+
+# R5: each connection is a clinician who thinks 0..N ms before each request.
+THINK = """wrk.headers["Cookie"] = "%s=%s"
+math.randomseed(os.time())
+delay = function()
+  return math.random(0, %d)
+end
+"""
+
+
+def clinician_paths(plans: dict[str, list], limit: int) -> list[str]:
+    """Per patient: find them by NHS number, open their page, their `$everything`, then the
+    Observation search -- a clinician's round, patients interleaved."""
+    from urllib.parse import urlencode
+
+    out = []
+    for j, obs in enumerate(plans.get("observation_code_date", [])[:limit]):
+        pid = dict(obs)["patient"].split("/", 1)[1]
+        nhs = plans["patient_nhs"][j % len(plans["patient_nhs"])]
+        out += [f"/fhir/Patient?{urlencode(nhs)}", f"/patients/{pid}",
+                f"/fhir/Patient/{pid}/$everything", f"/fhir/Observation?{urlencode(obs)}"]
+    return out
 
 
 def wrk(script: Path, base: str, connections: int, seconds: int) -> dict:
@@ -60,6 +91,9 @@ def wrk(script: Path, base: str, connections: int, seconds: int) -> dict:
         return round(float(value) * unit[u], 2)
 
     lat = {f"p{q}": ms(v) for q, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.MULTILINE)}
+    p95 = re.search(r"^p95_us (\d+)", out, re.MULTILINE)
+    if p95:
+        lat["p95"] = round(int(p95.group(1)) / 1000, 2)
     done = int(re.search(r"(\d+) requests in", out).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
@@ -103,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--duration", type=int, default=10, help="seconds per concurrency level")
     ap.add_argument("--viewer", default="system", choices=["system", "clinician"])
+    ap.add_argument("--mix", default="searches", choices=["searches", "clinicians"],
+                    help="clinicians: issue 16's R5 (GP persona, think time, view + $everything)")
+    ap.add_argument("--think-ms", type=int, default=1000, help="--mix clinicians: max think time")
     ap.add_argument("--workers", type=int, default=1, help="sharedcare serve --workers")
     ap.add_argument("--profile", action="store_true", help="py-spy the server at the last level")
     ap.add_argument("--quick", action="store_true", help="60 patients, 5 s a level")
@@ -111,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.patients, args.duration = 60, 5
+    if args.mix == "clinicians":
+        args.viewer = "clinician"
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install -y wrk")
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -119,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = random.Random(args.seed)
     result: dict = {"machine": machine(), "backend": args.backend, "patients": args.patients,
-                    "viewer": args.viewer, "workers": args.workers, "levels": []}
+                    "viewer": args.viewer, "workers": args.workers, "mix": args.mix,
+                    "levels": []}
     with fresh_backend(args.backend) as be, tempfile.TemporaryDirectory() as tmp:
         sc = SharedCare.open(be.url, be.data_dir)
         warm_validators()
@@ -143,9 +183,21 @@ def main(argv: list[str] | None = None) -> int:
         with Server(be.url, be.data_dir, extra_args=extra) as server:
             spec = http_spec(server.base, token, plans, 30)
             script = Path(tmp) / "mix.lua"
-            script.write_text(LUA % (",".join(json.dumps(r["path"]) for r in spec["requests"]),
-                                     token))
-            wrk(script, spec["base"], 2, 2)  # warm the server's caches and connections
+            paths = ([r["path"] for r in spec["requests"]] if args.mix == "searches"
+                     else clinician_paths(plans, 30))
+            script.write_text(LUA % (",".join(json.dumps(p) for p in paths), token))
+            if args.mix == "clinicians":
+                from sharedcare.web.core import SESSION_COOKIE
+
+                warm = Path(tmp) / "warm.lua"
+                warm.write_text(script.read_text() + THINK % (SESSION_COOKIE, token, 0))
+                with script.open("a") as f:
+                    f.write(THINK % (SESSION_COOKIE, token, args.think_ms))
+            else:
+                warm = script
+            if os.environ.get("BENCH_KEEP_LUA"):
+                shutil.copy(script, os.environ["BENCH_KEEP_LUA"])
+            wrk(warm, spec["base"], 2, 2)  # warm the server's caches and connections
             time.sleep(1)  # let the warm-up's last requests be answered and audited
             for c in levels:
                 before = audit_count(sc)
@@ -172,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["levels"].append(level)
                 lat = level["latency_ms"]
                 print(f"c={c:<3} {level['req_s']:8.1f} req/s  p50 {lat.get('p50')} ms  "
-                      f"p90 {lat.get('p90')} ms  p99 {lat.get('p99')} ms  "
+                      f"p90 {lat.get('p90')} ms  p95 {lat.get('p95')} ms  p99 {lat.get('p99')} ms  "
                       f"non-2xx {level['non_2xx']}  audit events {level['audit_events']} "
                       f"for {level['requests']} requests "
                       f"(+{c} in flight at most: {level['one_audit_event_a_request']})  load {level['load_avg_1m']}")
