@@ -40,6 +40,7 @@ from ..fhir.codes import DATA_CATEGORY_SYSTEM, SENSITIVITY_SYSTEM, SOURCE_ORG_SY
 from ..fhir.compartment import patient_compartment_types
 from ..fhir.outcome import FHIRError, Issue, not_found
 from ..fhir.validation import problems, write_status
+from . import bulk
 from .db import replica_reads
 from .indexing import Indexer, IndexRows, fulltext
 from .partitioning import is_partitioned, partition_key
@@ -394,7 +395,7 @@ class Store:
                      "partition_key": r["partition_key"]}
                     for r, pk in zip(new_rows, pks, strict=True)])
             cols = [c.name for c in resource.columns]
-            conn.exec_driver_sql(_insert_sql(conn, resource), [
+            bulk.insert_rows(conn, resource, [
                 tuple(pk if c == "pk" else r[c] for c in cols)
                 for r, pk in zip(new_rows, pks, strict=True)])
             for r, pk in zip(new_rows, pks, strict=True):
@@ -430,9 +431,9 @@ class Store:
                     conn.execute(delete(t).where(*conds))
             fulltext.delete_rows(conn, stale)
         if version_rows:
-            conn.exec_driver_sql(_insert_sql(conn, resource_version, skip=("seq",)), [
+            bulk.insert_rows(conn, resource_version, [
                 (existing[k][0], v, stamp, m, d, c, part_of[k])
-                for k, v, m, d, c in version_rows])
+                for k, v, m, d, c in version_rows], skip=("seq",))
         self._insert_index(conn, [(existing[k][0], k[0], rows, part_of[k])
                                   for k, rows in indexed if rows])
         fulltext.insert_rows(conn, [(existing[k][0], *words) for k, words in texts.items()
@@ -461,8 +462,7 @@ class Store:
         for table, batch in ((idx_token, tok), (idx_string, st), (idx_date, dt),
                              (idx_number, num), (idx_reference, ref), (idx_uri, uri),
                              (compartment, comp)):
-            if batch:
-                conn.exec_driver_sql(_insert_sql(conn, table), batch)
+            bulk.insert_rows(conn, table, batch)
 
     # ------------------------------------------------------------------ reads
     def _visible(self, policy: AccessPolicy) -> list[ColumnElement]:
@@ -865,9 +865,6 @@ class Store:
             last = rows[-1][0]
 
 
-_INSERT_SQL: dict[tuple[str, str], str] = {}
-
-
 def _allocate_pks(conn: Connection, n: int) -> list[int]:
     """Row keys for n new resources, taken in one round trip so the rows can go in one
     executemany (RETURNING would make SQLAlchemy insert them one at a time on SQLite)."""
@@ -878,17 +875,6 @@ def _allocate_pks(conn: Connection, n: int) -> list[int]:
     # SQLite: the write transaction holds the database's only write lock (BEGIN IMMEDIATE).
     top = conn.exec_driver_sql("SELECT COALESCE(MAX(pk), 0) FROM resource").scalar()
     return list(range(top + 1, top + 1 + n))
-
-
-def _insert_sql(conn: Connection, table, skip: tuple[str, ...] = ()) -> str:
-    """INSERT with positional placeholders, columns in table order (less `skip`)."""
-    key = (conn.dialect.name, table.name)
-    if key not in _INSERT_SQL:
-        mark = "?" if conn.dialect.name == "sqlite" else "%s"
-        cols = [c.name for c in table.columns if c.name not in skip]
-        _INSERT_SQL[key] = (f"INSERT INTO {table.name} ({', '.join(cols)}) "
-                            f"VALUES ({', '.join([mark] * len(cols))})")
-    return _INSERT_SQL[key]
 
 
 def _cut(s: str | None, n: int = MAX_TEXT) -> str | None:
