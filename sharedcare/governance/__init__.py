@@ -43,6 +43,7 @@ from .policy import (
     BREAK_GLASS_MINUTES,
     BREAK_GLASS_ROLES,
     DIRECT_CARE,
+    GLASS_REASON,
     ROLE_CATEGORIES,
     Access,
     Decision,
@@ -82,6 +83,10 @@ class PatientView:
     next_cursor: str | None
     withheld_notes: list = field(default_factory=list)
     withheld_sensitive: int = 0
+    # Why the viewer may see this record (the relationship check's reasons), so a page that
+    # shows "why can I see this?" does not ask again.
+    reasons: list[str] = field(default_factory=list)
+    glass: bool = False
 
 
 class Governance:
@@ -334,8 +339,10 @@ class Governance:
         pinned = self._scope_patient(access)
         if pinned and pinned != patient_id:
             raise forbidden("this token is confined to another patient's record")
-        self.check_patient(access, patient_id, "everything")
-        glass = self.has_glass(access, patient_id)
+        reasons = self.check_patient(access, patient_id, "everything")
+        # The relationship check reads the viewer's break-glass for the person too; only a
+        # person can break glass, so a partner system's view never includes it.
+        glass = access.needs_relationship and any(r.startswith(GLASS_REASON) for r in reasons)
         policy = access.policy.for_patient(glass)
         try:
             matches, total, nxt, hidden = self.store.everything(
@@ -343,7 +350,8 @@ class Governance:
         except FHIRError as e:
             self.audit(access, "everything", "4", patient_id=patient_id, reason=str(e))
             raise
-        view = PatientView(matches, total, nxt, withheld_sensitive=hidden)
+        view = PatientView(matches, total, nxt, withheld_sensitive=hidden, reasons=reasons,
+                           glass=glass)
         if cursor is None and hidden:
             view.withheld_notes = [Issue(
                 "suppressed", f"{hidden} item{'s' if hidden != 1 else ''} withheld: sensitive "

@@ -71,6 +71,7 @@ SENSITIVE = ("sexual-health", "mental-health", "safeguarding", "gender-identity"
              "assisted-conception")
 # Roles that may break glass (clinical roles with a duty of care in an emergency).
 BREAK_GLASS_ROLES = frozenset({"clinician", "nurse", "allied-health", "social-worker"})
+GLASS_REASON = "you broke glass"  # how explain_relationship's break-glass reasons begin
 BREAK_GLASS_MINUTES = 240
 
 
@@ -369,7 +370,7 @@ def decide(conn: Connection, access: Access, row: dict, patient_id: str | None) 
         deny.append("it belongs to no patient's record, so no legitimate relationship covers it")
     if patient_id is not None and access.needs_relationship:
         rels = explain_relationship(conn, access, patient_id)
-        glass = any(r.startswith("you broke glass") for r in rels)
+        glass = any(r.startswith(GLASS_REASON) for r in rels)
         if rels:
             reasons.extend(rels)
         else:
@@ -480,7 +481,7 @@ def explain_relationship(conn: Connection, access: Access, patient_id: str) -> l
                                    "x_now": now_text()}).all()
     for part, kind, source, username, reason, review in rows:
         if part == 1:
-            glass.append(f"you broke glass: {reason}")
+            glass.append(f"{GLASS_REASON}: {reason}")
             continue
         if username and username != access.username or review == "rejected":
             continue

@@ -54,6 +54,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..background import PollingWorker, attach
 from ..fhir.outcome import FHIRError
 from ..governance.policy import (
+    GLASS_REASON,
     Access,
     counted_relationship,
     explain_relationship,
@@ -426,7 +427,7 @@ class NotifyWorker(PollingWorker):
                 else:  # perhaps through another of the person's records: the full check
                     reasons = explain_relationship(conn, access, p)
                     if reasons:
-                        groups[any(r.startswith("you broke glass") for r in reasons)].append(p)
+                        groups[any(r.startswith(GLASS_REASON) for r in reasons)].append(p)
             for glass, related in groups.items():
                 if not related:
                     continue
