@@ -95,10 +95,15 @@ def resolve_references(resource: dict, mapping: dict[str, str], unresolved: list
     raw = orjson.dumps(resource)
     if b'"reference"' not in raw:
         return resource
+    swapped = False
 
     def swap(m: re.Match) -> bytes:
-        value = orjson.loads(b'"' + m.group(1) + b'"')
+        nonlocal swapped
+        text = m.group(1)
+        # JSON string escapes only when there is a backslash; else the bytes are the value
+        value = orjson.loads(b'"' + text + b'"') if b"\\" in text else text.decode()
         if value in mapping:
+            swapped = True
             return b'"reference":' + orjson.dumps(mapping[value])
         if value.startswith(("urn:uuid:", "urn:oid:")):
             unresolved.append(value)
@@ -106,7 +111,10 @@ def resolve_references(resource: dict, mapping: dict[str, str], unresolved: list
             conditional.append(value)
         return m.group(0)
 
-    return orjson.loads(REFERENCE.sub(swap, raw))
+    out = REFERENCE.sub(swap, raw)
+    # Nothing to rewrite (references already Type/id, as most feeds send them): the resource
+    # as it was, not a parse of its own serialisation.
+    return orjson.loads(out) if swapped else resource
 
 
 class Writer:

@@ -20,8 +20,6 @@ write cost a quarter of an HL7 message's time).
 from __future__ import annotations
 
 from sqlalchemy import Connection, delete
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ..fhir.codes import NHS_NUMBER_SYSTEM
 from ..store.repository import WriteOp, WriteResult, now_utc
@@ -42,15 +40,19 @@ def enqueue(conn: Connection, patient_ids) -> None:
     if not ids:
         return
     stamp = now_utc()
-    ins = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    for chunk in _chunks(ids):
-        stmt = ins(identity_queue).values([
-            {"patient_id": p, "status": "pending", "enqueued": stamp, "attempts": 0}
-            for p in chunk])
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=[identity_queue.c.patient_id],
-            set_={"status": "pending", "enqueued": stamp, "owner": None, "lease_until": None,
-                  "attempts": 0, "last_error": None}))
+    # Plain SQL to the driver's executemany (same syntax on both backends): a bulk load queues
+    # every Patient without an NHS number, and compiling a multi-row ON CONFLICT statement per
+    # chunk cost more than running it.
+    conflict = (" ON CONFLICT (patient_id) DO UPDATE SET status = 'pending', "
+                "enqueued = excluded.enqueued, owner = NULL, lease_until = NULL, attempts = 0, "
+                "last_error = NULL")
+    head = f"INSERT INTO {identity_queue.name} (patient_id, status, enqueued, attempts) "
+    if conn.dialect.name == "postgresql":  # one statement over an array
+        conn.exec_driver_sql(head + "SELECT unnest(%s::text[]), 'pending', %s, 0" + conflict,
+                             (ids, stamp))
+    else:
+        conn.exec_driver_sql(head + "VALUES (?, 'pending', ?, 0)" + conflict,
+                             [(p, stamp) for p in ids])
 
 
 def dequeue(conn: Connection, patient_ids) -> None:
