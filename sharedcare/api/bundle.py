@@ -83,15 +83,17 @@ def _split_url(url: str, where: str) -> tuple[str, str | None, str | None]:
     return parts[0], (parts[1] if len(parts) > 1 else None), (query or None)
 
 
-REFERENCE = re.compile(rb'"reference":"((?:[^"\\\\]|\\\\.)*)"')
+# (a JSON string: any character but a quote or a backslash, or a backslash escape)
+REFERENCE = re.compile(rb'"reference":"((?:[^"\\]|\\.)*)"')
 
 
 def resolve_references(resource: dict, mapping: dict[str, str], unresolved: list[str],
-                       conditional: list[str]) -> dict:
+                       conditional: list[str], matched: dict[str, str] | None = None) -> dict:
     """`resource` with every Reference.reference found in `mapping` replaced; references to
     bundle-local ids missing from it go to `unresolved`, conditional ones ("Type?query") to
-    `conditional`. Runs on every resource of every Bundle, so it works on the serialised JSON
-    (one regex pass) rather than walking the tree in Python."""
+    `conditional` -- unless `matched` (conditional references already looked up) has them.
+    Runs on every resource of every Bundle, so it works on the serialised JSON (one regex pass)
+    rather than walking the tree in Python."""
     raw = orjson.dumps(resource)
     if b'"reference"' not in raw:
         return resource
@@ -102,9 +104,12 @@ def resolve_references(resource: dict, mapping: dict[str, str], unresolved: list
         text = m.group(1)
         # JSON string escapes only when there is a backslash; else the bytes are the value
         value = orjson.loads(b'"' + text + b'"') if b"\\" in text else text.decode()
-        if value in mapping:
+        target = mapping.get(value)
+        if target is None and matched:
+            target = matched.get(value)
+        if target is not None:
             swapped = True
-            return b'"reference":' + orjson.dumps(mapping[value])
+            return b'"reference":' + orjson.dumps(target)
         if value.startswith(("urn:uuid:", "urn:oid:")):
             unresolved.append(value)
         elif "?" in value and "/" not in value.split("?", 1)[0]:
@@ -289,6 +294,10 @@ def plan_writes(store: Store, entries: list[Entry], conn, match=None, read=None
             _, rt, i = targets[e.index]
             mapping[e.full_url] = f"{rt}/{i}"
     # Pass 2: rewrite references, resolve conditional references, build write operations.
+    # A conditional reference is looked up once a Bundle (Synthea names the same Practitioner
+    # and Organization in most entries) and then rewritten in the same pass as the urn:uuid
+    # ones: nothing is written before this pass ends, so the answer cannot change within it.
+    matched: dict[str, str] = {}
     for e in ordered:
         method, rtype, rid = targets[e.index]
         if method == "NOOP":
@@ -305,7 +314,7 @@ def plan_writes(store: Store, entries: list[Entry], conn, match=None, read=None
         if e.resource is not None:
             unresolved: list[str] = []
             conditional: list[str] = []
-            res = resolve_references(e.resource, mapping, unresolved, conditional)
+            res = resolve_references(e.resource, mapping, unresolved, conditional, matched)
             if unresolved:
                 raise FHIRError.of(400, "invalid",
                                    f"reference {unresolved[0]} does not resolve to any entry "
@@ -313,14 +322,16 @@ def plan_writes(store: Store, entries: list[Entry], conn, match=None, read=None
             if conditional:
                 cmap = {}
                 for ref in conditional:
-                    ctype, _, cq = ref.partition("?")
-                    found = match(ctype, cq, conn)
-                    if len(found) != 1:
-                        raise FHIRError.of(
-                            412 if found else 400, "invalid",
-                            f"conditional reference {ref} matches {len(found)} resources "
-                            "(exactly one is required)", f"{e.where}.resource")
-                    cmap[ref] = f"{ctype}/{found[0]}"
+                    if ref not in matched:
+                        ctype, _, cq = ref.partition("?")
+                        found = match(ctype, cq, conn)
+                        if len(found) != 1:
+                            raise FHIRError.of(
+                                412 if found else 400, "invalid",
+                                f"conditional reference {ref} matches {len(found)} resources "
+                                "(exactly one is required)", f"{e.where}.resource")
+                        matched[ref] = f"{ctype}/{found[0]}"
+                    cmap[ref] = matched[ref]
                 res = resolve_references(res, cmap, [], [])
         ops.append(WriteOp(method, rtype, rid, res, _version_of(e.if_match, e.where),
                            f"{e.where}.resource"))
