@@ -103,6 +103,43 @@ def wrk(script: Path, base: str, connections: int, seconds: int) -> dict:
             "socket_errors": errors.group(1) if errors else None}
 
 
+def cpu_seconds(root: int, db_pids: set[int]) -> dict[str, float]:
+    """CPU time used so far (user + system) by the server (the process and its children, so
+    `--workers` counts) and by the PostgreSQL backends serving this database and its WAL
+    writer: with the load generator, the database and other work sharing two cores, CPU per
+    request is the figure that load moves least."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                raw = (d / "stat").read_text()
+            except OSError:
+                continue
+            name = raw[raw.index("(") + 1: raw.rindex(")")]
+            f = raw[raw.rindex(")") + 2:].split()
+            stats[int(d.name)] = (name, int(f[1]), (int(f[11]) + int(f[12])) / tick)
+    family = {root}
+    grew = True
+    while grew:
+        more = {pid for pid, (_, ppid, _) in stats.items() if ppid in family} - family
+        family |= more
+        grew = bool(more)
+    server = sum(stats[p][2] for p in family if p in stats)
+    db = sum(stats[p][2] for p in db_pids if p in stats)
+    return {"server": server, "postgres": db}
+
+
+def database_pids(sc) -> set[int]:
+    """The PostgreSQL processes working for this database (its backends, the WAL writer)."""
+    if sc.engine.dialect.name != "postgresql":
+        return set()
+    with sc.engine.connect() as conn:
+        return set(conn.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "OR backend_type = 'walwriter'").scalars())
+
+
 def audit_count(sc) -> int:
     from sqlalchemy import func, select
 
@@ -140,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mix", default="searches", choices=["searches", "clinicians"],
                     help="clinicians: issue 16's R5 (GP persona, think time, view + $everything)")
     ap.add_argument("--think-ms", type=int, default=1000, help="--mix clinicians: max think time")
+    ap.add_argument("--only", help="only the requests whose path contains this (one kind)")
     ap.add_argument("--workers", type=int, default=1, help="sharedcare serve --workers")
     ap.add_argument("--profile", action="store_true", help="py-spy the server at the last level")
     ap.add_argument("--quick", action="store_true", help="60 patients, 5 s a level")
@@ -185,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             script = Path(tmp) / "mix.lua"
             paths = ([r["path"] for r in spec["requests"]] if args.mix == "searches"
                      else clinician_paths(plans, 30))
+            paths = [p for p in paths if not args.only or args.only in p]
             script.write_text(LUA % (",".join(json.dumps(p) for p in paths), token))
             if args.mix == "clinicians":
                 from sharedcare.web.core import SESSION_COOKIE
@@ -210,7 +249,13 @@ def main(argv: list[str] | None = None) -> int:
                          "-r", "200", "--gil", "-f", "raw", "-o", str(raw)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(1)
+                pids = database_pids(sc)
+                cpu0 = cpu_seconds(server.pid, pids)
                 level = wrk(script, spec["base"], c, args.duration)
+                cpu1 = cpu_seconds(server.pid, pids)
+                level["cpu_ms_per_request"] = {
+                    k: round(1000 * (cpu1[k] - cpu0[k]) / max(level["requests"], 1), 2)
+                    for k in cpu0}
                 if spy:
                     spy.wait()
                     level["profile_top"] = profile_summary(raw, 80)
@@ -227,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"p90 {lat.get('p90')} ms  p95 {lat.get('p95')} ms  p99 {lat.get('p99')} ms  "
                       f"non-2xx {level['non_2xx']}  audit events {level['audit_events']} "
                       f"for {level['requests']} requests "
-                      f"(+{c} in flight at most: {level['one_audit_event_a_request']})  load {level['load_avg_1m']}")
+                      f"(+{c} in flight at most: {level['one_audit_event_a_request']})  load {level['load_avg_1m']}"
+                      f"  CPU ms a request: server {level['cpu_ms_per_request']['server']}, "
+                      f"PostgreSQL {level['cpu_ms_per_request']['postgres']}")
                 for share, name in level.get("profile_top", [])[:80]:
                     print(f"    {share:5.1f}%  {name}")
         sc.engine.dispose()

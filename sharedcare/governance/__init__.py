@@ -142,7 +142,7 @@ class Governance:
             key = (access.ods, access.purpose)
             hit = self._agreements.get(key)
             if hit is None or time.monotonic() - hit[0] > AGREEMENT_CACHE_SECONDS:
-                with self.engine.connect() as conn:
+                with self.store.reads.connect() as conn:
                     hit = (time.monotonic(), active_agreements(conn, access.ods, access.purpose))
                 self._agreements[key] = hit
             access.shared_with = hit[1]
@@ -155,7 +155,7 @@ class Governance:
     def issue_token(self, username: str, ods: str, role: str, purpose: str = DIRECT_CARE,
                     scope: str = "user/*.cruds", lifetime: int = 3600, **extra) -> str:
         """A token for a person in one of the roles they hold (checked here)."""
-        with self.engine.connect() as conn:
+        with self.store.reads.connect() as conn:
             person = conn.execute(select(staff.c.display_name, staff.c.active)
                                   .where(staff.c.username == username)).first()
             if person is None or not person.active:
@@ -179,7 +179,7 @@ class Governance:
 
     def roles_of(self, username: str) -> list[tuple[str, str, str]]:
         """(ods, organisation name, role) for each role the person holds."""
-        with self.engine.connect() as conn:
+        with self.store.reads.connect() as conn:
             return [tuple(r) for r in conn.execute(
                 select(staff_role.c.ods, organisation.c.name, staff_role.c.role)
                 .join(organisation, organisation.c.ods == staff_role.c.ods, isouter=True)
@@ -211,7 +211,7 @@ class Governance:
             return False
 
     def is_locked(self, username: str) -> bool:
-        with self.engine.connect() as conn:
+        with self.store.reads.connect() as conn:
             until = conn.execute(select(staff.c.locked_until)
                                  .where(staff.c.username == username)).scalar()
         return bool(until and until > datetime.now(UTC).isoformat())
@@ -240,7 +240,7 @@ class Governance:
         return None
 
     def decide(self, access: Access, rtype: str, rid: str) -> Decision:
-        with self.engine.connect() as conn:
+        with self.store.reads.connect() as conn:
             row = conn.execute(select(resource.c.pk, resource.c.type, resource.c.source_org,
                                       resource.c.category, resource.c.sensitivity)
                                .where(resource.c.type == rtype, resource.c.id == rid)).mappings().first()
@@ -305,7 +305,7 @@ class Governance:
         row = {"type": s.type, "source_org": src, "category": cat, "sensitivity": sens}
         patients = [s.id] if s.type == "Patient" else sorted(
             self.store.indexer.index(res).compartments)
-        with self.engine.connect() as conn:
+        with self.store.reads.connect() as conn:
             decisions = [decide(conn, access, row, p) for p in patients or [None]]
         return next((d for d in decisions if d.permitted), decisions[0])
 
@@ -369,7 +369,7 @@ class Governance:
             raise forbidden("you may not see this patient's record", [reason])
         if not access.needs_relationship:
             return ["partner system acting for its organisation"]
-        with self.engine.connect() as conn:
+        with self.store.reads.connect() as conn:
             reasons = explain_relationship(conn, access, patient_id)
         if not reasons:
             reason = (f"{access.ods} has no legitimate relationship with this patient: no "
@@ -400,7 +400,7 @@ class Governance:
         return ids[0] if ids else None
 
     def has_glass(self, access: Access, patient_id: str) -> bool:
-        with self.engine.connect() as conn:
+        with self.store.reads.connect() as conn:
             return conn.execute(select(break_glass.c.id).where(
                 break_glass.c.username == access.username, break_glass.c.ods == access.ods,
                 break_glass.c.role == access.role,
@@ -410,7 +410,7 @@ class Governance:
     def _patients_of(self, pk: int | None) -> list[str]:
         if pk is None:
             return []
-        with self.engine.connect() as conn:
+        with self.store.reads.connect() as conn:
             return [p for (p,) in conn.execute(select(compartment.c.patient_id)
                                                .where(compartment.c.resource_pk == pk))]
 
@@ -419,7 +419,7 @@ class Governance:
             return rid
         if not rtype or rtype in DIRECTORY_TYPES:
             return None
-        with self.engine.connect() as conn:
+        with self.store.reads.connect() as conn:
             return conn.execute(select(compartment.c.patient_id).join(
                 resource, resource.c.pk == compartment.c.resource_pk).where(
                 resource.c.type == rtype, resource.c.id == rid).limit(1)).scalar()
@@ -554,7 +554,7 @@ class Governance:
             res["performer"] = [{"display": recorded_by}]
         rid = str(uuid.uuid4())
         # Kept with the record it was recorded against: that organisation controls it.
-        with self.engine.connect() as conn:
+        with self.store.reads.connect() as conn:
             controller = conn.execute(select(resource.c.source_org).where(
                 resource.c.type == "Patient", resource.c.id == patient_id)).scalar()
         self.store.write([WriteOp("PUT", "Consent", rid, res)], source_org=controller)
@@ -566,7 +566,7 @@ class Governance:
         match = and_(patient_choice.c.patient_id == patient_id, patient_choice.c.kind == kind,
                      or_(patient_choice.c.ods == ods,
                          and_(patient_choice.c.ods.is_(None), ods is None)))
-        with self.engine.connect() as conn:
+        with self.store.reads.connect() as conn:
             sources = sorted({s for (s,) in conn.execute(
                 select(patient_choice.c.source).where(match, patient_choice.c.source.isnot(None)))})
         ops = []

@@ -24,6 +24,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from ..fhir.outcome import FHIRError, Issue
+from ..store.db import read_only
 from .schema import revoked_token
 
 TOKEN_LIFETIME = 3600
@@ -74,6 +75,7 @@ class TokenService:
         self.key = key
         self.issuer = issuer
         self.engine = engine
+        self.reads = read_only(engine) if engine is not None else None
 
     def issue(self, claims: dict, lifetime: int = TOKEN_LIFETIME) -> str:
         now = int(time.time())
@@ -99,7 +101,7 @@ class TokenService:
         return claims
 
     def _revoked(self, jti: str) -> bool:
-        with self.engine.connect() as conn:
+        with self.reads.connect() as conn:
             return conn.execute(_revoked_row(jti)).first() is not None
 
     def revoke(self, token: str) -> bool:

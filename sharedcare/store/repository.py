@@ -41,7 +41,7 @@ from ..fhir.compartment import patient_compartment_types
 from ..fhir.outcome import FHIRError, Issue, not_found
 from ..fhir.validation import problems, write_status
 from . import bulk
-from .db import replica_reads
+from .db import read_only, replica_reads
 from .indexing import Indexer, IndexRows, fulltext
 from .partitioning import is_partitioned, partition_key
 from .persons import patients_of_person
@@ -188,6 +188,7 @@ def governance_columns(res: dict) -> tuple[str | None, str | None, str]:
 class Store:
     def __init__(self, engine: Engine, indexer: Indexer | None = None):
         self.engine = engine
+        self.reads = read_only(engine)  # reads that write nothing (store.db.read_only)
         self.indexer = indexer or Indexer()
         self.search_builder = SearchBuilder(self.indexer)
         # Named hook point: called inside every write transaction with what was written
@@ -533,8 +534,8 @@ class Store:
         when there is one and this request may use it (store.db.ReadReplicaMiddleware decides,
         keeping read-your-writes), else the primary."""
         if self.replica is not None and replica_reads():
-            return self.replica.engine
-        return self.engine
+            return self.replica.reads
+        return self.reads
 
     def history(self, policy: AccessPolicy, rtype: str | None = None, rid: str | None = None,
                 since: str | None = None, count: int = 50, before_seq: int | None = None
@@ -577,7 +578,7 @@ class Store:
     def _one(self, stmt, conn: Connection | None = None):
         if conn is not None:
             return conn.execute(stmt).first()
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return c.execute(stmt).first()
 
     # ------------------------------------------------------------------ search
@@ -594,15 +595,22 @@ class Store:
                 where.append(resource.c.pk.in_(
                     in_compartments(patients_of_person(conn, compartment_of))))
             total = None
-            if req.total != "none" and req.cursor is None:
-                total = conn.execute(select(func.count()).select_from(resource).where(*where)
-                                     ).scalar_one()
+
+            def count() -> int:
+                return conn.execute(select(func.count()).select_from(resource).where(*where)
+                                    ).scalar_one()
+
             if req.summary == "count":
-                return SearchPage([], [], total, None, req, req.warnings)
+                return SearchPage([], [], count() if req.total != "none" else None, None, req,
+                                  req.warnings)
             if req.sort or req.rank:
                 matches, nxt = self._sorted_page(conn, req, where)
             else:
                 matches, nxt = self._keyset_page(conn, req, where)
+            if req.total != "none" and req.cursor is None:
+                # A first page that holds every match is its own count: the count statement
+                # (the policy over every match again) is only for results that run on.
+                total = len(matches) if nxt is None and req.count else count()
             includes = self._includes(conn, req, matches, policy, compartment_of)
         return SearchPage(matches, includes, total, nxt, req, req.warnings)
 
@@ -635,7 +643,7 @@ class Store:
             snapshot = (select(search_result.c.resource_pk).where(
                 search_result.c.search_id == sid, search_result.c.rank >= start,
                 search_result.c.rank < start + req.count + 1).order_by(search_result.c.rank))
-            if conn.engine is self.engine:
+            if conn.engine.pool is self.engine.pool:
                 pks = conn.execute(snapshot).scalars().all()
             else:  # reading a replica: the snapshot was written to the primary, which has it
                 with self.engine.connect() as primary:
@@ -844,7 +852,7 @@ class Store:
                                             *req.clauses, *visible).limit(limit))
         if conn is not None:
             return list(conn.execute(stmt).scalars())
-        with self.engine.connect() as c:
+        with self.reads.connect() as c:
             return list(c.execute(stmt).scalars())
 
     def iter_current(self, policy: AccessPolicy, types: Iterable[str] | None = None,

@@ -178,7 +178,7 @@ def test_export_reads_the_replica_once_it_has_caught_up(two_clients, monkeypatch
     real = export.BulkExport._export
 
     def spy(self, job, policy):
-        used.append(self.sc.store._reader() is self.sc.replica.engine)  # where it reads
+        used.append(self.sc.store._reader().pool is self.sc.replica.engine.pool)  # where it reads
         return real(self, job, policy)
 
     monkeypatch.setattr(export.BulkExport, "_export", spy)
