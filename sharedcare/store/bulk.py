@@ -18,8 +18,10 @@ from sqlalchemy.exc import DBAPIError
 
 _SQL: dict[tuple[str, str, tuple[str, ...]], str] = {}
 
-# Below this many rows an INSERT executemany costs no more than setting up a COPY.
-COPY_MIN_ROWS = 8
+# Below this many rows an INSERT executemany (one pipelined round trip) is cheaper than a COPY
+# (two round trips and its setup): an HL7 v2 message's few resources went 20-40% slower over
+# MLLP with COPY for every table (bench/mllp_throughput.py, 1 connection).
+COPY_MIN_ROWS = 100
 
 
 def _columns(table: Table, skip: tuple[str, ...]) -> list[str]:
