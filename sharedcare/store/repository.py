@@ -800,11 +800,16 @@ class Store:
             total, hidden = None, 0
             if cursor is None:
                 shown = and_(*visible) if visible else true()
+                # Each row is shown (1), withheld (2) or neither (0). A withheld row is one the
+                # viewer is not shown, so CASE works the withheld predicate out only for rows
+                # the policy did not show, and the policy once a row (OFFSET 0 keeps
+                # PostgreSQL from pulling the CASE up into each sum, which works it out twice).
+                kinds = select(case((shown, 1), (withheld if withheld is not None else false(),
+                                                 2), else_=0).label("k")).where(
+                    resource.c.pk.in_(members), *scope).offset(0).subquery()
                 total, hidden = conn.execute(select(
-                    func.coalesce(func.sum(case((shown, 1), else_=0)), 0),
-                    func.coalesce(func.sum(case((withheld if withheld is not None else false(),
-                                                 1), else_=0)), 0),
-                ).select_from(resource).where(resource.c.pk.in_(members), *scope)).one()
+                    func.coalesce(func.sum(case((kinds.c.k == 1, 1), else_=0)), 0),
+                    func.coalesce(func.sum(case((kinds.c.k == 2, 1), else_=0)), 0))).one()
             rows = self._everything_page(conn, members, scope + visible,
                                          int(cursor) if cursor else 0, count + 1)
         out = [Stored(t, i, v, lu, c.encode(), False, pk) for pk, t, i, v, lu, c in rows[:count]]
