@@ -163,20 +163,21 @@ def get_client(engine: Engine, client_id: str | None) -> Client | None:
         return None
     with engine.connect() as conn:
         row = conn.execute(select(api_client).where(api_client.c.client_id == client_id)).first()
-    if row is None:
-        return None
+    return _client(row) if row is not None else None
+
+
+def _client(row) -> Client:
     return Client(row.client_id, row.name, row.ods, tuple((row.redirect_uris or "").split()),
                   json.loads(row.jwks) if row.jwks else None, tuple(row.scopes.split()),
                   row.purpose or DIRECT_CARE, bool(row.public), row.launch_url)
 
 
 def launchable_clients(engine: Engine) -> list[Client]:
-    """Apps with a launch URL: offered as "Open in <app>" on the patient view."""
+    """Apps with a launch URL: offered as "Open in <app>" on the patient view (one query)."""
     with engine.connect() as conn:
-        ids = conn.execute(select(api_client.c.client_id)
-                           .where(api_client.c.launch_url.is_not(None))
-                           .order_by(api_client.c.name)).scalars().all()
-    return [c for c in (get_client(engine, i) for i in ids) if c is not None]
+        return [_client(row) for row in conn.execute(
+            select(api_client).where(api_client.c.launch_url.is_not(None))
+            .order_by(api_client.c.name))]
 
 
 def start_launch(sc, request: Request, access: Access, client: Client,

@@ -58,7 +58,7 @@ def unread(request, access) -> int:
     if sc is None:
         return 0
     try:
-        with sc.engine.connect() as conn:
+        with sc.store.reads.connect() as conn:
             seen = conn.execute(select(notify_inbox_seen.c.last_id).where(
                 notify_inbox_seen.c.username == (access.username or ""),
                 notify_inbox_seen.c.ods == access.ods)).scalar() or 0

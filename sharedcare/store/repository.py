@@ -811,18 +811,20 @@ class Store:
                     func.coalesce(func.sum(case((kinds.c.k == 1, 1), else_=0)), 0),
                     func.coalesce(func.sum(case((kinds.c.k == 2, 1), else_=0)), 0))).one()
             rows = self._everything_page(conn, members, scope + visible,
-                                         int(cursor) if cursor else 0, count + 1)
+                                         int(cursor) if cursor else 0, count + 1, total)
         out = [Stored(t, i, v, lu, c.encode(), False, pk) for pk, t, i, v, lu, c in rows[:count]]
         nxt = str(rows[count - 1][0]) if len(rows) > count else None
         return out, total, nxt, int(hidden)
 
     @staticmethod
-    def _everything_page(conn: Connection, members, where: list, after: int, want: int) -> list:
+    def _everything_page(conn: Connection, members, where: list, after: int, want: int,
+                         shown: int | None = None) -> list:
         """Up to `want` of the person's rows after row key `after` that `where` (the policy)
         lets through, in row-key order. The policy is applied to a window of the compartment's
         next row keys, not to every row after the cursor, so paging a record of thousands of
         rows costs each page about a page of work rather than the rest of the record; a
-        window the policy thins out is followed by a larger one."""
+        window the policy thins out is followed by a larger one. `shown`, the number of rows
+        the policy shows in the whole record (first page), says when every one is in."""
         cols = (resource.c.pk, resource.c.type, resource.c.id, resource.c.version,
                 resource.c.last_updated, resource.c.content)
         rows: list = []
@@ -832,7 +834,7 @@ class Store:
                     .order_by(compartment.c.resource_pk).limit(window))
             rows += conn.execute(select(*cols).where(resource.c.pk.in_(keys), *where)
                                  .order_by(resource.c.pk).limit(want - len(rows))).all()
-            if len(rows) >= want:
+            if len(rows) >= want or len(rows) == shown:
                 return rows
             ahead = keys.subquery()
             seen, last = conn.execute(select(func.count(), func.max(ahead.c.resource_pk))).one()

@@ -130,7 +130,7 @@ def _names(request: Request) -> dict[str, str]:
     if sc is None:
         return {}
     try:
-        return org_names(sc.engine)
+        return org_names(sc.store.reads)
     except SQLAlchemyError:  # a page about a broken database must still render
         return {}
 

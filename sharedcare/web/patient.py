@@ -44,7 +44,7 @@ MIN_REASON = 10
 
 def org_names(sc) -> dict[str, str]:
     """ODS code -> organisation name: directory data, one query per request."""
-    with sc.engine.connect() as conn:
+    with sc.store.reads.connect() as conn:
         return {o: n for o, n in conn.execute(select(organisation.c.ods, organisation.c.name))}
 
 
@@ -1029,7 +1029,7 @@ def patient_view(request: Request, access: Access) -> Response:
 def _launchable(sc) -> list:
     from ..governance.smart import launchable_clients
 
-    return launchable_clients(sc.engine)
+    return launchable_clients(sc.store.reads)
 
 
 @page(*CLINICAL_ROLES)
