@@ -281,6 +281,7 @@ TARGETS: dict[str, tuple[str, Any]] = {
     "P5": ("≥ 20,000/s", lambda v: v >= 20_000),
     "P6": ("≥ 1,000/s", lambda v: v >= 1_000),
     "P7": ("≤ 400 MB", lambda v: v <= 400),
+    "R5_p95": ("≤ 100 ms", lambda v: v <= 100),
 }
 
 

@@ -167,6 +167,72 @@ def profile_summary(raw: Path, top: int) -> list[tuple[float, str]]:
     return [(round(100 * v / max(total, 1), 1), k) for k, v in inclusive.most_common(top)]
 
 
+def write_scripts(folder: Path, paths: list[str], token: str, think_ms: int | None = None
+                  ) -> tuple[Path, Path]:
+    """The wrk script for `paths` round robin with the token, and a warm-up script. With
+    `think_ms` (the clinicians mix) the session cookie is sent too (the patient view is a page)
+    and each connection waits 0..think_ms before a request; the warm-up does not wait."""
+    script = folder / "mix.lua"
+    script.write_text(LUA % (",".join(json.dumps(p) for p in paths), token))
+    if think_ms is None:
+        return script, script
+    from sharedcare.web.core import SESSION_COOKIE
+
+    warm = folder / "warm.lua"
+    warm.write_text(script.read_text() + THINK % (SESSION_COOKIE, token, 0))
+    with script.open("a") as f:
+        f.write(THINK % (SESSION_COOKIE, token, think_ms))
+    return script, warm
+
+
+def measure_level(sc, server, script: Path, connections: int, seconds: int,
+                  spy_to: Path | None = None) -> dict:
+    """One wrk run against `server`: throughput and latency (wrk's), CPU a request of the
+    server and its database, and whether every request left exactly one audit event."""
+    base = server.base.rsplit("/fhir", 1)[0]
+    before = audit_count(sc)
+    spy = None
+    if spy_to is not None:
+        spy = subprocess.Popen(
+            [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+             "record", "-p", str(server.pid), "-d", str(seconds),
+             "-r", "200", "--gil", "-f", "raw", "-o", str(spy_to)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+    cpu0 = cpu_seconds(server.pid, database_pids(sc))
+    level = wrk(script, base, connections, seconds)
+    # Backends opened during the level count from their start; none closes (the server's
+    # pool keeps them), so none is lost.
+    cpu1 = cpu_seconds(server.pid, database_pids(sc))
+    per = max(level["requests"], 1) / 1000
+    level["cpu_ms_per_request"] = {
+        "server": round((cpu1.pop("server") - cpu0.pop("server")) / per, 2),
+        "postgres": round(sum(t - cpu0.get(p, 0.0) for p, t in cpu1.items()) / per, 2)}
+    if spy:
+        spy.wait()
+        level["profile_top"] = profile_summary(spy_to, 80)
+    time.sleep(1)  # requests still in flight are answered and audited
+    level["audit_events"] = audit_count(sc) - before
+    # wrk stops with up to c requests in flight: the server still answers and audits them,
+    # but wrk does not count them.
+    level["one_audit_event_a_request"] = (
+        level["requests"] <= level["audit_events"] <= level["requests"] + connections)
+    level["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    return level
+
+
+def describe(level: dict) -> str:
+    lat, c = level["latency_ms"], level["connections"]
+    return (f"c={c:<3} {level['req_s']:8.1f} req/s  p50 {lat.get('p50')} ms  "
+            f"p90 {lat.get('p90')} ms  p95 {lat.get('p95')} ms  p99 {lat.get('p99')} ms  "
+            f"non-2xx {level['non_2xx']}  audit events {level['audit_events']} "
+            f"for {level['requests']} requests "
+            f"(+{c} in flight at most: {level['one_audit_event_a_request']})  "
+            f"load {level['load_avg_1m']}  CPU ms a request: server "
+            f"{level['cpu_ms_per_request']['server']}, "
+            f"PostgreSQL {level['cpu_ms_per_request']['postgres']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default="postgresql", choices=["postgresql", "sqlite"])
@@ -220,64 +286,20 @@ def main(argv: list[str] | None = None) -> int:
         extra = ("--workers", str(args.workers)) if args.workers > 1 else ()
         with Server(be.url, be.data_dir, extra_args=extra) as server:
             spec = http_spec(server.base, token, plans, 30)
-            script = Path(tmp) / "mix.lua"
             paths = ([r["path"] for r in spec["requests"]] if args.mix == "searches"
                      else clinician_paths(plans, 30))
             paths = [p for p in paths if not args.only or args.only in p]
-            script.write_text(LUA % (",".join(json.dumps(p) for p in paths), token))
-            if args.mix == "clinicians":
-                from sharedcare.web.core import SESSION_COOKIE
-
-                warm = Path(tmp) / "warm.lua"
-                warm.write_text(script.read_text() + THINK % (SESSION_COOKIE, token, 0))
-                with script.open("a") as f:
-                    f.write(THINK % (SESSION_COOKIE, token, args.think_ms))
-            else:
-                warm = script
+            script, warm = write_scripts(Path(tmp), paths, token,
+                                         args.think_ms if args.mix == "clinicians" else None)
             if os.environ.get("BENCH_KEEP_LUA"):
                 shutil.copy(script, os.environ["BENCH_KEEP_LUA"])
             wrk(warm, spec["base"], 2, 2)  # warm the server's caches and connections
             time.sleep(1)  # let the warm-up's last requests be answered and audited
             for c in levels:
-                before = audit_count(sc)
-                spy = None
-                if args.profile and c == levels[-1]:
-                    raw = Path(tmp) / "spy.txt"
-                    spy = subprocess.Popen(
-                        [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
-                         "record", "-p", str(server.pid), "-d", str(args.duration),
-                         "-r", "200", "--gil", "-f", "raw", "-o", str(raw)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    time.sleep(1)
-                cpu0 = cpu_seconds(server.pid, database_pids(sc))
-                level = wrk(script, spec["base"], c, args.duration)
-                # Backends opened during the level count from their start; none closes (the
-                # server's pool keeps them), so none is lost.
-                cpu1 = cpu_seconds(server.pid, database_pids(sc))
-                per = max(level["requests"], 1) / 1000
-                level["cpu_ms_per_request"] = {
-                    "server": round((cpu1.pop("server") - cpu0.pop("server")) / per, 2),
-                    "postgres": round(sum(t - cpu0.get(p, 0.0) for p, t in cpu1.items()) / per,
-                                      2)}
-                if spy:
-                    spy.wait()
-                    level["profile_top"] = profile_summary(raw, 80)
-                time.sleep(1)  # requests still in flight are answered and audited
-                level["audit_events"] = audit_count(sc) - before
-                # wrk stops with up to c requests in flight: the server still answers and
-                # audits them, but wrk does not count them.
-                level["one_audit_event_a_request"] = (
-                    level["requests"] <= level["audit_events"] <= level["requests"] + c)
-                level["load_avg_1m"] = round(os.getloadavg()[0], 2)
+                spy = Path(tmp) / "spy.txt" if args.profile and c == levels[-1] else None
+                level = measure_level(sc, server, script, c, args.duration, spy)
                 result["levels"].append(level)
-                lat = level["latency_ms"]
-                print(f"c={c:<3} {level['req_s']:8.1f} req/s  p50 {lat.get('p50')} ms  "
-                      f"p90 {lat.get('p90')} ms  p95 {lat.get('p95')} ms  p99 {lat.get('p99')} ms  "
-                      f"non-2xx {level['non_2xx']}  audit events {level['audit_events']} "
-                      f"for {level['requests']} requests "
-                      f"(+{c} in flight at most: {level['one_audit_event_a_request']})  load {level['load_avg_1m']}"
-                      f"  CPU ms a request: server {level['cpu_ms_per_request']['server']}, "
-                      f"PostgreSQL {level['cpu_ms_per_request']['postgres']}")
+                print(describe(level))
                 for share, name in level.get("profile_top", [])[:80]:
                     print(f"    {share:5.1f}%  {name}")
         sc.engine.dispose()

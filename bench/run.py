@@ -36,6 +36,7 @@ import contextlib
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -439,6 +440,36 @@ def run_loadgen(
     return res
 
 
+def measure_wrk(sc, server: Server, token: str, acc: dict, plans: dict, args, workdir: Path
+                ) -> tuple[dict, dict]:
+    """P3 again with wrk (C: the load generator costs the server almost nothing), the partner
+    system's mix at c=1 and c=16; then R5: 50 clinicians (the GP persona), each waiting 0-1 s
+    before each request, finding a patient by NHS number, opening their page, `$everything`
+    and the Observation search (bench/http_wrk.py)."""
+    from http_wrk import clinician_paths, measure_level, write_scripts, wrk
+
+    host = server.base.rsplit("/fhir", 1)[0]
+    folder = workdir / "wrk-p3"
+    folder.mkdir(exist_ok=True)
+    spec = http_spec(server.base, token, plans["system"], args.search_patients)
+    script, warm = write_scripts(folder, [r["path"] for r in spec["requests"]], token)
+    wrk(warm, host, 2, 2)
+    time.sleep(1)
+    p3 = {"load_generator": "wrk", "viewer": "partner system",
+          "levels": [measure_level(sc, server, script, c, args.wrk_duration) for c in (1, 16)]}
+    gp = acc["clinician"]["access"]
+    gp_token = sc.governance.issue_token(gp.username, gp.ods, gp.role)
+    folder = workdir / "wrk-r5"
+    folder.mkdir(exist_ok=True)
+    script, warm = write_scripts(folder, clinician_paths(plans["clinician"],
+                                                         args.search_patients), gp_token, 1000)
+    wrk(warm, host, 2, 2)
+    time.sleep(1)
+    r5 = measure_level(sc, server, script, 50, args.r5_duration)
+    r5.update({"load_generator": "wrk", "viewer": "GP persona", "think_ms": "0-1000"})
+    return p3, r5
+
+
 # ------------------------------------------------------------------------------ P5
 def measure_export(sc, server: Server | None, token: str | None, access, workdir: Path) -> dict:
     import httpx
@@ -640,6 +671,11 @@ def measure(backend: str, patients: int, args) -> dict:
                     )
                     res["P7_rss"] = res["P3_http"].get("rss")
                     phase("P3 HTTP")
+                    if args.wrk:
+                        log(f"{backend} {patients}: P3 with wrk, then R5 (50 clinicians)")
+                        res["P3_wrk"], res["R5_clinicians"] = measure_wrk(
+                            sc, server, token, acc, plans, args, be.data_dir)
+                        phase("P3 wrk + R5")
                     log(f"{backend} {patients}: P5 export")
                     res["P5_export"] = measure_export(
                         sc, server, token, acc["system"]["access"], be.data_dir
@@ -853,6 +889,21 @@ def rows_for(runs: list[dict], levels: list[int]) -> list[tuple[str, str | None,
             1,
             " ms",
         )
+    for i, c in enumerate((1, 16)):
+        add(f"P3 wrk req/s c={c} (partner system)", "P3_rps",
+            lambda r, i=i: _get(r, "P3_wrk", "levels", i, "req_s"), 0)
+    add("P3 wrk p95 c=1", "P3_p95", lambda r: _get(r, "P3_wrk", "levels", 0, "latency_ms", "p95"),
+        1, " ms")
+    add("P3 wrk CPU ms a request c=16 (server / PostgreSQL)", None, lambda r: (
+        f"{_get(r, 'P3_wrk', 'levels', 1, 'cpu_ms_per_request', 'server')} / "
+        f"{_get(r, 'P3_wrk', 'levels', 1, 'cpu_ms_per_request', 'postgres')}"
+        if _get(r, "P3_wrk") else None))
+    add("R5 50 clinicians p95", "R5_p95", lambda r: _get(r, "R5_clinicians", "latency_ms", "p95"),
+        1, " ms")
+    add("R5 req/s, errors, one audit event each", None, lambda r: (
+        f"{_get(r, 'R5_clinicians', 'req_s')}, {_get(r, 'R5_clinicians', 'non_2xx')}, "
+        f"{_get(r, 'R5_clinicians', 'one_audit_event_a_request')}"
+        if _get(r, "R5_clinicians") else None))
     add("P5 $export resources/s", "P5", lambda r: _get(r, "P5_export", "resources_per_s"), 0)
     add(
         "P6 MLLP messages/s (ACK after commit)",
@@ -1042,6 +1093,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-duration", type=float, default=None, help="seconds per level (max)")
     ap.add_argument("--no-http", action="store_true", help="skip the server (P3 HTTP, P7)")
     ap.add_argument("--no-mllp", action="store_true", help="skip P6 (bench/mllp_throughput.py)")
+    ap.add_argument("--no-wrk", dest="wrk", action="store_false",
+                    help="skip P3 with wrk and R5 (they run when Debian's wrk is installed)")
+    ap.add_argument("--wrk-duration", type=int, default=None, help="seconds a wrk level (15)")
+    ap.add_argument("--r5-duration", type=int, default=None, help="R5 seconds (180)")
     ap.add_argument(
         "--profile",
         action="store_true",
@@ -1062,6 +1117,9 @@ def main(argv: list[str] | None = None) -> int:
     args.search_samples = args.search_samples or (40 if q else 300)
     args.http_requests = args.http_requests or (400 if q else 5000)
     args.http_duration = args.http_duration or (2.0 if q else 20.0)
+    args.wrk = args.wrk and not args.no_http and shutil.which("wrk") is not None
+    args.wrk_duration = args.wrk_duration or (3 if q else 15)
+    args.r5_duration = args.r5_duration or (5 if q else 180)
     args.peer_bundles = args.peer_bundles if args.peer_bundles is not None else (5 if q else -1)
     args.peer_searches = args.peer_searches or (20 if q else 100)
     if args.synthea:
