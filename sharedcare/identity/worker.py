@@ -51,7 +51,7 @@ class IdentityWorker(PollingWorker):
         ready = or_(identity_queue.c.status == "pending",
                     and_(identity_queue.c.status == "claimed",
                          identity_queue.c.lease_until < now))
-        with self.sc.engine.connect() as conn:
+        with self.sc.store.reads.connect() as conn:  # look without a transaction
             ids = list(conn.execute(select(identity_queue.c.patient_id).where(ready)
                                     .order_by(identity_queue.c.enqueued)
                                     .limit(limit or self.batch)).scalars())
