@@ -64,5 +64,10 @@ def copy_rows(conn: Connection, table: str, columns: list[str], rows) -> None:
             for row in rows:
                 write(row)
     except psycopg.Error as e:
-        # As an INSERT would fail: IntegrityError, OperationalError (deadlock) ...
-        raise DBAPIError.instance(sql, None, e, psycopg.Error) from e
+        # As an INSERT would fail: IntegrityError, OperationalError (deadlock) ... and a
+        # connection the server dropped is not handed out by the pool again.
+        lost = raw.closed or raw.broken
+        if lost:
+            conn.invalidate(e)
+        raise DBAPIError.instance(sql, None, e, psycopg.Error,
+                                  connection_invalidated=lost) from e
