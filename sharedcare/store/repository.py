@@ -29,7 +29,6 @@ from sqlalchemy import (
     or_,
     select,
     true,
-    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -290,15 +289,16 @@ class Store:
                       tuple(x for t, ids in part for x in (t, ids)))
                      for part in _chunks(groups, 20)]
         else:
-            lookups = [select(resource.c.type, resource.c.id, resource.c.pk, resource.c.version,
-                              resource.c.deleted, resource.c.source_org, resource.c.sensitivity,
-                              resource.c.partition_key)
-                       .where(resource.c.type == t, resource.c.id.in_(chunk))
+            # Written out rather than built as Core statements: constructing and compiling a
+            # Bundle's IN lists of 500 ids was ~4% of ingest on SQLite.
+            lookups = [(_LOCK_SQL + f"type = ? AND id IN ({', '.join('?' * len(chunk))})",
+                        (t, *chunk))
                        for t, ids in by_type.items() for chunk in _chunks(ids, 500)]
-            found = [part[0] if len(part) == 1 else union_all(*part)
+            found = [(" UNION ALL ".join(q for q, _ in part),
+                      tuple(x for _, params in part for x in params))
                      for part in _chunks(lookups, 20)]
         for stmt in found:
-            rows = conn.exec_driver_sql(*stmt) if isinstance(stmt, tuple) else conn.execute(stmt)
+            rows = conn.exec_driver_sql(*stmt)
             for t, i, pk, v, d, src, sens, part in rows:
                 existing[(t, i)] = (pk, v, d)
                 part_of[(t, i)] = part
