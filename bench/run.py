@@ -440,12 +440,12 @@ def run_loadgen(
     return res
 
 
-def measure_wrk(sc, server: Server, token: str, acc: dict, plans: dict, args, workdir: Path
-                ) -> tuple[dict, dict]:
+def measure_wrk(sc, server: Server, token: str, acc: dict, plans: dict, args, workdir: Path,
+                patients: int) -> tuple[dict, dict]:
     """P3 again with wrk (C: the load generator costs the server almost nothing), the partner
     system's mix at c=1 and c=16; then R5: 50 clinicians (the GP persona), each waiting 0-1 s
     before each request, finding a patient by NHS number, opening their page, `$everything`
-    and the Observation search (bench/http_wrk.py)."""
+    and the Observation search (bench/http_wrk.py) -- at the run's largest size only."""
     from http_wrk import clinician_paths, measure_level, write_scripts, wrk
 
     host = server.base.rsplit("/fhir", 1)[0]
@@ -457,6 +457,8 @@ def measure_wrk(sc, server: Server, token: str, acc: dict, plans: dict, args, wo
     time.sleep(1)
     p3 = {"load_generator": "wrk", "viewer": "partner system",
           "levels": [measure_level(sc, server, script, c, args.wrk_duration) for c in (1, 16)]}
+    if patients < max(args.patients):
+        return p3, {"skipped": "R5 runs at the run's largest size"}
     gp = acc["clinician"]["access"]
     gp_token = sc.governance.issue_token(gp.username, gp.ods, gp.role)
     folder = workdir / "wrk-r5"
@@ -674,7 +676,7 @@ def measure(backend: str, patients: int, args) -> dict:
                     if args.wrk:
                         log(f"{backend} {patients}: P3 with wrk, then R5 (50 clinicians)")
                         res["P3_wrk"], res["R5_clinicians"] = measure_wrk(
-                            sc, server, token, acc, plans, args, be.data_dir)
+                            sc, server, token, acc, plans, args, be.data_dir, patients)
                         phase("P3 wrk + R5")
                     log(f"{backend} {patients}: P5 export")
                     res["P5_export"] = measure_export(
@@ -903,7 +905,7 @@ def rows_for(runs: list[dict], levels: list[int]) -> list[tuple[str, str | None,
     add("R5 req/s, errors, one audit event each", None, lambda r: (
         f"{_get(r, 'R5_clinicians', 'req_s')}, {_get(r, 'R5_clinicians', 'non_2xx')}, "
         f"{_get(r, 'R5_clinicians', 'one_audit_event_a_request')}"
-        if _get(r, "R5_clinicians") else None))
+        if _get(r, "R5_clinicians", "req_s") is not None else None))
     add("P5 $export resources/s", "P5", lambda r: _get(r, "P5_export", "resources_per_s"), 0)
     add(
         "P6 MLLP messages/s (ACK after commit)",
