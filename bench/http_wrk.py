@@ -218,7 +218,23 @@ def measure_level(sc, server, script: Path, connections: int, seconds: int,
     level["one_audit_event_a_request"] = (
         level["requests"] <= level["audit_events"] <= level["requests"] + connections)
     level["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    level["server_peak_rss_mb"] = peak_rss_mb(server.pid)
     return level
+
+
+def peak_rss_mb(root: int) -> float:
+    """The largest resident set the server's processes have had so far (VmHWM), in MB."""
+    peak = 0
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                status = (d / "status").read_text()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            if int(d.name) == root or int(fields.get("PPid", "0").strip() or 0) == root:
+                peak = max(peak, int(fields.get("VmHWM", "0 kB").split()[0]))
+    return round(peak / 1024, 1)
 
 
 def describe(level: dict) -> str:
@@ -230,7 +246,8 @@ def describe(level: dict) -> str:
             f"(+{c} in flight at most: {level['one_audit_event_a_request']})  "
             f"load {level['load_avg_1m']}  CPU ms a request: server "
             f"{level['cpu_ms_per_request']['server']}, "
-            f"PostgreSQL {level['cpu_ms_per_request']['postgres']}")
+            f"PostgreSQL {level['cpu_ms_per_request']['postgres']}  "
+            f"server peak RSS {level['server_peak_rss_mb']} MB")
 
 
 def main(argv: list[str] | None = None) -> int:
