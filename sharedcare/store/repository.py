@@ -189,7 +189,7 @@ class Store:
         self.engine = engine
         self.reads = read_only(engine)  # reads that write nothing (store.db.read_only)
         self.indexer = indexer or Indexer()
-        self.search_builder = SearchBuilder(self.indexer)
+        self.search_builder = SearchBuilder(self.indexer, engine.dialect.name)
         # Named hook point: called inside every write transaction with what was written
         # (governance keeps care relationships current here).
         from .persons import maintain_person_links

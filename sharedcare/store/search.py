@@ -115,8 +115,9 @@ class SearchRequest:
 
 
 class SearchBuilder:
-    def __init__(self, indexer: Indexer):
+    def __init__(self, indexer: Indexer, dialect: str = ""):
         self.indexer = indexer
+        self.dialect = dialect  # the database's dialect name, where SQL must differ
 
     def _params_of(self, rtype: str | None) -> dict:
         """The search parameters of `rtype`; none for a name that is not a resource type (a
@@ -374,7 +375,14 @@ class SearchBuilder:
             like = _escape_like(norm)
             if modifier == "contains":
                 return t.c.value.like(f"%{like}%", escape="\\")
-            return t.c.value.like(f"{like}%", escape="\\")
+            prefix = t.c.value.like(f"{like}%", escape="\\")
+            if self.dialect == "sqlite" and norm and ord(norm[-1]) < 0x10FFFF:
+                # SQLite's LIKE ignores ASCII case, so it cannot use the (binary) index on
+                # value and read every row of the parameter; the stored and searched values
+                # are both normalised, so the same prefix as a range can, and says the same.
+                upper = norm[:-1] + chr(ord(norm[-1]) + 1)
+                return and_(t.c.value >= norm, t.c.value < upper, prefix)
+            return prefix
         if kind == "date":
             prefix, v = _prefix(value)
             try:
