@@ -43,7 +43,11 @@ def database_url(explicit: str | None = None, folder: Path | None = None) -> str
 def make_engine(url: str | None = None, folder: Path | None = None) -> Engine:
     url = database_url(url, folder)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # Twenty kept connections, as on PostgreSQL: with SQLAlchemy's five, sixteen requests
+        # at once opened and closed overflow connections, each a fresh SQLite page cache and
+        # its pragmas (wrk c=16: 336/360 -> 363/424 searches/s, alternated).
+        engine = create_engine(url, pool_size=20, max_overflow=10,
+                               connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - runs per connection
