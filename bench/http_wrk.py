@@ -110,23 +110,27 @@ def cpu_seconds(root: int, db_pids: set[int]) -> dict:
     request is the figure that load moves least."""
     tick = os.sysconf("SC_CLK_TCK")
     stats = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                raw = (d / "stat").read_text()
-            except OSError:
-                continue
-            name = raw[raw.index("(") + 1: raw.rindex(")")]
-            f = raw[raw.rindex(")") + 2:].split()
-            stats[int(d.name)] = (name, int(f[1]), (int(f[11]) + int(f[12])) / tick)
+    for pid, raw in proc_files("stat"):
+        f = raw[raw.rindex(")") + 2:].split()  # the fields after the command name
+        stats[pid] = (int(f[1]), (int(f[11]) + int(f[12])) / tick)  # ppid, utime + stime
     family = {root}
     grew = True
     while grew:
-        more = {pid for pid, (_, ppid, _) in stats.items() if ppid in family} - family
+        more = {pid for pid, (ppid, _) in stats.items() if ppid in family} - family
         family |= more
         grew = bool(more)
-    server = sum(stats[p][2] for p in family if p in stats)
-    return {"server": server, **{p: stats[p][2] for p in db_pids if p in stats}}
+    server = sum(stats[p][1] for p in family if p in stats)
+    return {"server": server, **{p: stats[p][1] for p in db_pids if p in stats}}
+
+
+def proc_files(name: str):
+    """(pid, text of /proc/PID/<name>) for every process still there to be read."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                yield int(d.name), (d / name).read_text()
+            except OSError:
+                continue
 
 
 def database_pids(sc) -> set[int]:
@@ -225,15 +229,10 @@ def measure_level(sc, server, script: Path, connections: int, seconds: int,
 def peak_rss_mb(root: int) -> float:
     """The largest resident set the server's processes have had so far (VmHWM), in MB."""
     peak = 0
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                status = (d / "status").read_text()
-            except OSError:
-                continue
-            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            if int(d.name) == root or int(fields.get("PPid", "0").strip() or 0) == root:
-                peak = max(peak, int(fields.get("VmHWM", "0 kB").split()[0]))
+    for pid, status in proc_files("status"):
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if pid == root or int(fields.get("PPid", "0").strip() or 0) == root:
+            peak = max(peak, int(fields.get("VmHWM", "0 kB").split()[0]))
     return round(peak / 1024, 1)
 
 
